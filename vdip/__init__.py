@@ -1,0 +1,1 @@
+"""Versatile Data Ingestion Platform: shared settings, errors, database, topics, stack and CLI."""

@@ -1,0 +1,28 @@
+"""The project's exception tree. Everything we raise on purpose derives from ``VdipError``.
+
+- ``VdipError``: base class.
+  - ``StackError``: a local service could not be installed, started or reached.
+  - ``MigrationError``: a schema migration failed or was edited after being applied.
+  - ``TopicError``: topics.yaml is invalid or could not be applied.
+  - ``BrokerUnavailable``: Kafka did not acknowledge a record in time (the gateway answers 503).
+"""
+
+
+class VdipError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class StackError(VdipError):
+    """A local service could not be installed, started or reached."""
+
+
+class MigrationError(VdipError):
+    """A schema migration failed, or an applied migration was edited."""
+
+
+class TopicError(VdipError):
+    """topics.yaml is invalid, or applying it failed."""
+
+
+class BrokerUnavailable(VdipError):
+    """Kafka did not acknowledge a record within the configured time."""

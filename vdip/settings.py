@@ -1,0 +1,57 @@
+"""The one place configuration comes from: environment variables prefixed ``VDIP_``.
+
+Every default works with the local stack that ``vdip stack up`` starts.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VDIP_", env_file=".env", extra="ignore")
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = Field(
+        default="", description="Prepended to every topic name, to share one broker between stacks."
+    )
+    produce_timeout_s: float = Field(
+        default=5.0, gt=0, description="How long ingest waits for the broker before answering 503."
+    )
+    retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with 503 answers.")
+
+    # PostgreSQL
+    database_url: str = "postgresql://vdip:vdip@127.0.0.1:5432/vdip"
+
+    # Gateway
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+
+    # Stream worker
+    worker_id: str = "vdip-worker"
+    worker_web_port: int = 6066
+    worker_datadir: Path = Path(".stack/worker")
+
+    # Event store sink
+    sink_group_id: str = "vdip-event-store"
+    sink_batch_size: int = Field(default=500, ge=1)
+    sink_batch_timeout_ms: int = Field(default=200, ge=1)
+
+    # Local stack
+    stack_dir: Path = Path(".stack")
+    kafka_version: str = "4.1.1"
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "512m"
+    stack_timeout_s: float = 120.0
+
+    def topic(self, name: str) -> str:
+        """The broker-side name of one of the system's topics."""
+        return f"{self.topic_prefix}{name}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
