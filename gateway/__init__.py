@@ -1,0 +1,1 @@
+"""The HTTP gateway: ingest, management and read APIs, health."""

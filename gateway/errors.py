@@ -1,0 +1,73 @@
+"""HTTP errors and the handlers that turn every failure into the error envelope.
+
+Every error answer is ``{"success": false, "message": ..., "errors": [{"field", "reason"}]}``.
+"""
+
+from collections.abc import Mapping, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from schemas import ErrorDetail, ErrorResponse
+from vdip.errors import BrokerUnavailable
+
+
+class ApiError(Exception):
+    """An error answer: raised by routes and dependencies, rendered by ``api_error_handler``."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        errors: Sequence[ErrorDetail] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.errors = list(errors)
+        self.headers = dict(headers or {})
+
+
+def _render(status_code: int, body: ErrorResponse, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body.model_dump(mode="json"), status_code=status_code, headers=headers)
+
+
+async def api_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return _render(exc.status_code, ErrorResponse(message=exc.message, errors=exc.errors), exc.headers)
+
+
+async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        ErrorDetail(field=".".join(str(part) for part in error["loc"]), reason=error["msg"])
+        for error in exc.errors()
+    ]
+    return _render(422, ErrorResponse(message="The request is invalid", errors=errors))
+
+
+async def http_error_handler(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return _render(exc.status_code, ErrorResponse(message=str(exc.detail)), exc.headers)
+
+
+async def broker_unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
+    retry_after = str(request.app.state.settings.retry_after_s)
+    return _render(
+        503,
+        ErrorResponse(
+            message="The event was not accepted: Kafka is unavailable; retry later",
+            errors=[ErrorDetail(field="kafka", reason=str(exc))],
+        ),
+        {"Retry-After": retry_after},
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, api_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(BrokerUnavailable, broker_unavailable_handler)

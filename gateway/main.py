@@ -1,0 +1,40 @@
+"""The gateway application: ``create_app()`` builds it, ``vdip gateway`` serves it."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from gateway.errors import install_error_handlers
+from gateway.producer import EventProducer
+from gateway.routes import events, health, ingest
+from vdip.db import create_pool
+from vdip.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.pool = await create_pool(settings.database_url, min_size=0)
+        app.state.producer = EventProducer(settings)
+        await app.state.producer.start()
+        try:
+            yield
+        finally:
+            await app.state.producer.stop()
+            await app.state.pool.close()
+
+    app = FastAPI(
+        title="Versatile Data Ingestion Platform",
+        summary="Ingest JSON events over HTTP, route them, store them and count them.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(ingest.router)
+    app.include_router(events.router)
+    return app

@@ -1,0 +1,93 @@
+"""The gateway's Kafka producer: idempotent, ``acks=all``, and bounded in time.
+
+``send`` returns only once the broker acknowledged the record durably; when the broker does not
+answer within ``produce_timeout_s`` it raises ``BrokerUnavailable`` (the API answers 503). A record
+whose wait timed out may still be written once the broker is back: the client was told to retry,
+and retrying with the same ``event_id`` keeps it one event (the store is idempotent on it).
+"""
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaProducer
+
+from schemas import EventEnvelope
+from vdip.errors import BrokerUnavailable
+from vdip.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class EventProducer:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        timeout_ms = int(self._settings.produce_timeout_s * 1000)
+        return AIOKafkaProducer(
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            client_id="vdip-gateway",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+            request_timeout_ms=max(timeout_ms, 1000),
+            retry_backoff_ms=100,
+        )
+
+    async def start(self) -> None:
+        """Connect now if the broker answers; otherwise the first ``send`` tries again."""
+        try:
+            await self._ensure_started()
+        except BrokerUnavailable as exc:
+            log.warning("Kafka is not reachable yet: %s", exc)
+
+    async def _ensure_started(self) -> AIOKafkaProducer:
+        if self._producer is not None:
+            return self._producer
+        async with self._lock:
+            if self._producer is None:
+                producer = self._new_producer()
+                try:
+                    await asyncio.wait_for(producer.start(), self._settings.produce_timeout_s)
+                except Exception as exc:
+                    await producer.stop()
+                    raise BrokerUnavailable(f"cannot connect to Kafka: {exc!r}") from exc
+                self._producer = producer
+        return self._producer
+
+    async def send(self, envelope: EventEnvelope) -> None:
+        producer = await self._ensure_started()
+        topic = self._settings.topic("events")
+        try:
+            await asyncio.wait_for(
+                producer.send_and_wait(
+                    topic, key=envelope.app_id.encode(), value=envelope.model_dump_json().encode()
+                ),
+                self._settings.produce_timeout_s,
+            )
+        except TimeoutError as exc:
+            raise BrokerUnavailable(
+                f"Kafka did not acknowledge within {self._settings.produce_timeout_s} s"
+            ) from exc
+        except Exception as exc:
+            raise BrokerUnavailable(f"Kafka refused the record: {exc!r}") from exc
+
+    async def ready(self) -> tuple[bool, str]:
+        """Whether the broker answers a metadata request now."""
+        try:
+            producer = await self._ensure_started()
+            await asyncio.wait_for(producer.client.fetch_all_metadata(), 3)
+            brokers = producer.client.cluster.brokers()
+            if not brokers:
+                return False, "no broker in the cluster metadata"
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, f"{len(brokers)} broker(s)"
+
+    async def stop(self) -> None:
+        """Flush what is in flight, then disconnect."""
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None

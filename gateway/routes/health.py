@@ -1,0 +1,70 @@
+"""Service info, liveness and readiness."""
+
+import asyncio
+from typing import Literal
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from gateway.deps import PoolDep, ProducerDep
+from schemas import SuccessResponse
+
+router = APIRouter(tags=["health"])
+
+
+class ServiceInfo(BaseModel):
+    name: str = "Versatile Data Ingestion Platform"
+    version: str
+    docs: str = "/docs"
+    openapi: str = "/openapi.json"
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Check(BaseModel):
+    ok: bool
+    detail: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    kafka: Check
+    postgres: Check
+
+
+@router.get("/", summary="What this service is")
+async def root() -> SuccessResponse[ServiceInfo]:
+    from importlib.metadata import version
+
+    return SuccessResponse(message="Versatile Data Ingestion Platform", data=ServiceInfo(version=version("vdip")))
+
+
+@router.get("/health", summary="Liveness: the process answers")
+async def health() -> SuccessResponse[Liveness]:
+    return SuccessResponse(message="alive", data=Liveness())
+
+
+async def _postgres(pool: PoolDep) -> Check:
+    try:
+        await asyncio.wait_for(pool.fetchval("SELECT 1"), 3)
+    except Exception as exc:
+        return Check(ok=False, detail=f"{type(exc).__name__}: {exc}")
+    return Check(ok=True, detail="SELECT 1 answered")
+
+
+@router.get(
+    "/health/ready",
+    summary="Readiness: Kafka and PostgreSQL answer",
+    responses={503: {"model": SuccessResponse[Readiness], "description": "Not ready"}},
+)
+async def ready(pool: PoolDep, producer: ProducerDep) -> JSONResponse:
+    (kafka_ok, kafka_detail), postgres = await asyncio.gather(producer.ready(), _postgres(pool))
+    readiness = Readiness(
+        ready=kafka_ok and postgres.ok, kafka=Check(ok=kafka_ok, detail=kafka_detail), postgres=postgres
+    )
+    body = SuccessResponse(success=readiness.ready, message="ready" if readiness.ready else "not ready",
+                           data=readiness)
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if readiness.ready else 503)

@@ -1,0 +1,113 @@
+"""The event envelope: the one event model that flows from gateway to streams to sinks.
+
+The gateway builds an ``EventEnvelope`` from an ``IngestRequest`` and produces it to ``events``.
+Producers that write to Kafka directly write the same envelope as JSON (its JSON Schema is in
+``schemas/event-envelope.schema.json``). The worker validates it and passes a ``RoutedEvent`` on.
+"""
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    StringConstraints,
+)
+
+SCHEMA_VERSION = 1
+
+AppId = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"),
+    Field(description="The application's id: 1 to 64 letters, digits, '_' or '-'.", examples=["demo"]),
+]
+EventType = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    Field(description="What happened, 1 to 100 characters.", examples=["order_created"]),
+]
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+
+
+class EventSource(StrEnum):
+    HTTP = "http"
+    KAFKA = "kafka"
+
+
+class EventStatus(StrEnum):
+    PENDING = "pending"
+    PROCESSED = "processed"
+    FAILED = "failed"
+
+
+class EventMetadata(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ip_address: IPvAnyAddress | None = Field(default=None, description="The sender's address.")
+    user_agent: str | None = Field(default=None, max_length=1024)
+    correlation_id: str | None = Field(default=None, max_length=200)
+    source: EventSource = Field(
+        default=EventSource.KAFKA, description="How the event entered: over HTTP or into Kafka."
+    )
+
+
+class EventEnvelope(BaseModel):
+    """One event, as it travels on the ``events`` topic (key: the app_id, UTF-8)."""
+
+    model_config = ConfigDict(extra="forbid", title="EventEnvelope")
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Envelope version.")
+    event_id: UUID = Field(
+        description=(
+            "Unique id: a UUIDv7 assigned by the gateway, or supplied by a direct producer, who must"
+            " reuse it when retrying so that the event is stored once."
+        ),
+    )
+    app_id: AppId
+    event_type: EventType
+    payload: dict[str, Any] = Field(description="The event's data: a JSON object.")
+    metadata: EventMetadata = Field(default_factory=EventMetadata)
+    received_at: UtcDatetime = Field(description="When the platform received it (UTC).")
+
+
+class IngestRequest(BaseModel):
+    """The body of ``POST /api/ingest/{app_id}``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"event_type": "order_created", "payload": {"total": 42}}]},
+    )
+
+    event_type: EventType
+    payload: dict[str, Any] = Field(default_factory=dict, description="A JSON object.")
+
+
+class RoutingSummary(BaseModel):
+    """What the router decided for one event."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    matched_rules: list[int] = Field(default_factory=list)
+    routed_at: UtcDatetime
+
+
+class RoutedEvent(BaseModel):
+    """A validated event after routing, on the ``events.routed`` topic; the event store's input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event: EventEnvelope
+    status: EventStatus
+    routing: RoutingSummary

@@ -1,0 +1,1 @@
+"""The faust-streaming worker: the routing agent (and, later, the statistics agent)."""

@@ -1,0 +1,269 @@
+"""``vdip``: the one console script. ``vdip --help`` lists the commands."""
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from vdip import stack
+from vdip.errors import VdipError
+from vdip.settings import Settings, get_settings
+
+PROCESSES = ("gateway", "worker", "sink")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+# ------------------------------------------------------------------------------------ commands
+
+
+def cmd_stack(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "up":
+        stack.up(settings)
+    elif args.action == "down":
+        stack.down(settings)
+    else:
+        kafka = asyncio.run(stack.kafka_answers(settings.kafka_bootstrap, 3))
+        print(f"kafka {settings.kafka_bootstrap}: {'up' if kafka else 'down'}")
+        postgres = _postgres_answers(settings)
+        print(f"postgres: {'up' if postgres else 'down'}")
+        return 0 if kafka and postgres else 1
+    return 0
+
+
+def _postgres_answers(settings: Settings) -> bool:
+    import asyncpg
+
+    async def check() -> bool:
+        try:
+            conn = await asyncpg.connect(settings.database_url, timeout=3)
+        except Exception:
+            return False
+        await conn.close()
+        return True
+
+    return asyncio.run(check())
+
+
+def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
+    from vdip.db import migrate_url
+
+    applied = asyncio.run(migrate_url(settings.database_url))
+    print(f"migrations applied: {', '.join(applied)}" if applied else "migrations: up to date")
+    return 0
+
+
+def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from vdip.topics import apply_topics, load_topics
+
+    specs = load_topics(Path(args.file), settings.topic_prefix)
+    report = asyncio.run(apply_topics(settings.kafka_bootstrap, specs))
+    for name in report.created:
+        print(f"created  {name}")
+    for name in report.unchanged:
+        print(f"ok       {name}")
+    for line in report.drift:
+        print(f"DRIFT    {line}")
+    print(f"{len(report.created)} created, {len(report.unchanged)} as declared, {len(report.drift)} drifted")
+    return 1 if report.drift else 0
+
+
+def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.main import create_app
+
+    uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
+                log_level=args.log_level.lower(), timeout_graceful_shutdown=30)
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.app import run
+
+    run(settings, loglevel=args.log_level.lower())
+    return 0
+
+
+def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
+    from sinks.event_store import run
+
+    _configure_logging(args.log_level)
+    run(settings)
+    return 0
+
+
+def cmd_app(settings: Settings, args: argparse.Namespace) -> int:
+    key = asyncio.run(_app_action(settings, args))
+    if key is None:
+        return 1
+    print(f"app_id: {args.app_id}\napi_key: {key}  (shown once; only its hash is stored)")
+    return 0
+
+
+async def _app_action(settings: Settings, args: argparse.Namespace) -> str | None:
+    from vdip.applications import create_application, rotate_key
+    from vdip.db import create_pool
+
+    pool = await create_pool(settings.database_url)
+    try:
+        if args.action == "create":
+            created = await create_application(pool, args.app_id, args.name or args.app_id)
+            if created is None:
+                print(f"application '{args.app_id}' exists already (use `vdip app rotate-key`)",
+                      file=sys.stderr)
+                return None
+            return created[1]
+        key = await rotate_key(pool, args.app_id)
+        if key is None:
+            print(f"application '{args.app_id}' does not exist", file=sys.stderr)
+        return key
+    finally:
+        await pool.close()
+
+
+def _run_dir(settings: Settings) -> Path:
+    return settings.stack_dir.resolve() / "run"
+
+
+def start_processes(settings: Settings) -> None:
+    """Start gateway, worker and sink in the background (each a no-op when it runs already)."""
+    run_dir = _run_dir(settings)
+    for name in PROCESSES:
+        pid_file = run_dir / f"{name}.pid"
+        if stack.read_pid(pid_file) is not None:
+            stack.log(f"{name} already running")
+            continue
+        argv = [sys.executable, "-m", "vdip.cli", name]
+        stack.spawn(argv, pid_file=pid_file, log_file=run_dir / f"{name}.log", env=dict(os.environ))
+        stack.log(f"started {name} (log: {run_dir / f'{name}.log'})")
+
+
+def stop_processes(settings: Settings) -> None:
+    for name in reversed(PROCESSES):
+        if stack.terminate(_run_dir(settings) / f"{name}.pid"):
+            stack.log(f"stopped {name}")
+
+
+def _wait_gateway(settings: Settings) -> None:
+    import httpx
+
+    url = f"http://{settings.gateway_host}:{settings.gateway_port}/health/ready"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if stack.read_pid(_run_dir(settings) / "gateway.pid") is None:
+            break
+        time.sleep(0.5)
+    raise VdipError(f"the gateway did not become ready at {url}:\n"
+                    f"{stack.tail(_run_dir(settings) / 'gateway.log')}")
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    """Everything: services, schema, topics, processes, a demo application."""
+    started = time.monotonic()
+    stack.up(settings)
+    cmd_migrate(settings, args)
+    if cmd_topics(settings, argparse.Namespace(file=args.file)) != 0:
+        stack.log("topics drifted from topics.yaml (see above); continuing")
+    start_processes(settings)
+    _wait_gateway(settings)
+    key = asyncio.run(_demo_key(settings))
+    base = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    print(f"""
+Versatile Data Ingestion Platform is running ({time.monotonic() - started:.1f} s).
+  API:          {base}/
+  OpenAPI docs: {base}/docs
+  Readiness:    {base}/health/ready
+  Demo app:     demo
+  Demo API key: {key}
+  Logs:         {_run_dir(settings)}/{{gateway,worker,sink}}.log
+
+Send an event:
+  curl -s -X POST {base}/api/ingest/demo -H 'X-API-Key: {key}' \\
+       -H 'Content-Type: application/json' -d '{{"event_type": "signup", "payload": {{"plan": "pro"}}}}'
+Read it back:
+  curl -s {base}/api/events/app/demo -H 'X-API-Key: {key}'
+Stop everything: vdip down
+""")
+    return 0
+
+
+async def _demo_key(settings: Settings) -> str:
+    """Create the demo application, or give it a fresh key (keys are shown only once)."""
+    from vdip.applications import create_application, rotate_key
+    from vdip.db import create_pool
+
+    pool = await create_pool(settings.database_url)
+    try:
+        created = await create_application(pool, "demo", "Demo application")
+        if created is not None:
+            return created[1]
+        key = await rotate_key(pool, "demo")
+        assert key is not None
+        return key
+    finally:
+        await pool.close()
+
+
+def cmd_down(settings: Settings, _: argparse.Namespace) -> int:
+    stop_processes(settings)
+    stack.down(settings)
+    return 0
+
+
+# -------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vdip", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("VDIP_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[Settings, argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("up", cmd_up, "Start everything: Kafka, PostgreSQL, schema, topics, gateway, worker, sink")
+    p.add_argument("--file", default="topics.yaml")
+    add("down", cmd_down, "Stop the pipeline's processes, Kafka and PostgreSQL")
+    p = add("stack", cmd_stack, "Start, stop or check the local Kafka and PostgreSQL")
+    p.add_argument("action", choices=["up", "down", "status"])
+    add("migrate", cmd_migrate, "Apply the SQL migrations not applied yet")
+    p = add("topics", cmd_topics, "Create the topics of topics.yaml that are missing; report drift")
+    p.add_argument("action", choices=["apply"])
+    p.add_argument("--file", default="topics.yaml")
+    add("gateway", cmd_gateway, "Run the HTTP gateway in the foreground")
+    add("worker", cmd_worker, "Run the stream worker (routing agent) in the foreground")
+    add("sink", cmd_sink, "Run the event store sink in the foreground")
+    p = add("app", cmd_app, "Create an application, or rotate its API key")
+    p.add_argument("action", choices=["create", "rotate-key"])
+    p.add_argument("app_id")
+    p.add_argument("--name")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(get_settings(), args))
+    except VdipError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

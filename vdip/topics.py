@@ -1,0 +1,114 @@
+"""Topics as code: load ``topics.yaml`` and make the broker match it.
+
+``apply`` creates the topics that are missing and reports drift (fewer or more partitions than
+declared, another replication factor, a config value that differs) instead of ignoring it.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vdip.errors import TopicError
+
+
+class TopicSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,200}$")
+    description: str = ""
+    partitions: int = Field(ge=1)
+    replication_factor: int = Field(ge=1)
+    config: dict[str, str] = Field(default_factory=dict)
+
+
+class _Defaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    partitions: int = 3
+    replication_factor: int = 1
+    config: dict[str, str] = Field(default_factory=dict)
+
+
+def load_topics(path: Path, prefix: str = "") -> list[TopicSpec]:
+    """Read topics.yaml; defaults fill what a topic leaves out; names get ``prefix``."""
+    try:
+        raw: Any = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise TopicError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("topics"), list):
+        raise TopicError(f"{path}: expected a mapping with a 'topics' list")
+    try:
+        defaults = _Defaults.model_validate(raw.get("defaults") or {})
+        specs = []
+        for item in raw["topics"]:
+            merged = {**defaults.model_dump(exclude={"config"}), **item}
+            merged["config"] = {**defaults.config, **{k: str(v) for k, v in (item.get("config") or {}).items()}}
+            merged["name"] = prefix + str(item.get("name", ""))
+            specs.append(TopicSpec.model_validate(merged))
+    except ValidationError as exc:
+        raise TopicError(f"{path}: {exc}") from exc
+    names = [s.name for s in specs]
+    if len(names) != len(set(names)):
+        raise TopicError(f"{path}: a topic is declared twice")
+    return specs
+
+
+@dataclass
+class ApplyReport:
+    created: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)
+
+
+async def apply_topics(bootstrap: str, specs: list[TopicSpec]) -> ApplyReport:
+    report = ApplyReport()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if missing:
+            await admin.create_topics([
+                NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.config)
+                for s in missing
+            ])
+            report.created.extend(s.name for s in missing)
+        present = [s for s in specs if s.name in existing]
+        if present:
+            await _check_drift(admin, present, report)
+    finally:
+        await admin.close()
+    return report
+
+
+async def _check_drift(admin: AIOKafkaAdminClient, specs: list[TopicSpec], report: ApplyReport) -> None:
+    described = {t["topic"]: t for t in await admin.describe_topics([s.name for s in specs])}
+    configs: dict[str, dict[str, str]] = {}
+    for response in await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, s.name) for s in specs]
+    ):
+        for resource in response.resources:
+            # (error_code, error_message, resource_type, resource_name, config_entries)
+            name, entries = resource[3], resource[4]
+            configs[name] = {entry[0]: entry[1] for entry in entries}
+    for spec in specs:
+        problems = []
+        partitions = described[spec.name]["partitions"]
+        if len(partitions) != spec.partitions:
+            problems.append(f"{len(partitions)} partitions, declared {spec.partitions}")
+        replicas = min((len(p["replicas"]) for p in partitions), default=0)
+        if replicas != spec.replication_factor:
+            problems.append(f"replication factor {replicas}, declared {spec.replication_factor}")
+        actual = configs.get(spec.name, {})
+        for key, value in sorted(spec.config.items()):
+            if actual.get(key) != value:
+                problems.append(f"{key}={actual.get(key)}, declared {value}")
+        if problems:
+            report.drift.append(f"{spec.name}: " + "; ".join(problems))
+        else:
+            report.unchanged.append(spec.name)
