@@ -5,6 +5,7 @@ Producers that write to Kafka directly write the same envelope as JSON (its JSON
 ``schemas/event-envelope.schema.json``). The worker validates it and passes a ``RoutedEvent`` on.
 """
 
+import math
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -39,6 +40,25 @@ def _to_utc(value: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
+def _json_object(value: dict[str, Any]) -> dict[str, Any]:
+    if not _finite(value):
+        raise ValueError("NaN and Infinity are not JSON numbers")
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
 
 
 class EventSource(StrEnum):
@@ -77,7 +97,7 @@ class EventEnvelope(BaseModel):
     )
     app_id: AppId
     event_type: EventType
-    payload: dict[str, Any] = Field(description="The event's data: a JSON object.")
+    payload: JsonObject = Field(description="The event's data: a JSON object.")
     metadata: EventMetadata = Field(default_factory=EventMetadata)
     received_at: UtcDatetime = Field(description="When the platform received it (UTC).")
 
@@ -91,7 +111,7 @@ class IngestRequest(BaseModel):
     )
 
     event_type: EventType
-    payload: dict[str, Any] = Field(default_factory=dict, description="A JSON object.")
+    payload: JsonObject = Field(default_factory=dict, description="A JSON object.")
 
 
 class RoutingSummary(BaseModel):

@@ -31,6 +31,7 @@ def new_consumer(bootstrap: str, group_id: str, topic: str, *, max_records: int)
         auto_offset_reset="earliest",
         isolation_level="read_committed",
         max_poll_records=max_records,
+        metadata_max_age_ms=30_000,
     )
 
 

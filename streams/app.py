@@ -29,6 +29,9 @@ def create_app(settings: Settings) -> faust.App:
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # Re-read metadata every 30 s (not 5 min): a group that joined while the broker was still
+        # loading its metadata after a restart, and so got no partitions, rebalances soon.
+        consumer_metadata_max_age_ms=30_000,
         topic_replication_factor=1,
         web_enabled=False,
     )

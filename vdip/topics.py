@@ -6,14 +6,22 @@ declared, another replication factor, a config value that differs) instead of ig
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from vdip.errors import TopicError
+
+
+def _config_value(value: Any) -> str:
+    """Kafka wants strings; YAML gives numbers and booleans too."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+TopicConfig = dict[str, Annotated[str, BeforeValidator(_config_value)]]
 
 
 class TopicSpec(BaseModel):
@@ -23,7 +31,7 @@ class TopicSpec(BaseModel):
     description: str = ""
     partitions: int = Field(ge=1)
     replication_factor: int = Field(ge=1)
-    config: dict[str, str] = Field(default_factory=dict)
+    config: TopicConfig = Field(default_factory=dict)
 
 
 class _Defaults(BaseModel):
@@ -31,7 +39,7 @@ class _Defaults(BaseModel):
 
     partitions: int = 3
     replication_factor: int = 1
-    config: dict[str, str] = Field(default_factory=dict)
+    config: TopicConfig = Field(default_factory=dict)
 
 
 def load_topics(path: Path, prefix: str = "") -> list[TopicSpec]:
@@ -46,10 +54,12 @@ def load_topics(path: Path, prefix: str = "") -> list[TopicSpec]:
         defaults = _Defaults.model_validate(raw.get("defaults") or {})
         specs = []
         for item in raw["topics"]:
-            merged = {**defaults.model_dump(exclude={"config"}), **item}
-            merged["config"] = {**defaults.config, **{k: str(v) for k, v in (item.get("config") or {}).items()}}
-            merged["name"] = prefix + str(item.get("name", ""))
-            specs.append(TopicSpec.model_validate(merged))
+            if not isinstance(item, dict):
+                raise TopicError(f"{path}: each topic must be a mapping, got {item!r}")
+            spec = TopicSpec.model_validate({**defaults.model_dump(exclude={"config"}), **item})
+            spec.config = {**defaults.config, **spec.config}
+            spec.name = prefix + spec.name
+            specs.append(spec)
     except ValidationError as exc:
         raise TopicError(f"{path}: {exc}") from exc
     names = [s.name for s in specs]

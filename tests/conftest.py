@@ -1,0 +1,341 @@
+"""Fixtures: the real Kafka and PostgreSQL, a fresh namespace per run, and the pipeline's processes.
+
+Services: the local stack when it answers (``bin/test`` starts it); otherwise, where a Docker
+engine exists, Kafka and PostgreSQL containers via testcontainers; otherwise the run stops with
+a message saying how to start the stack. Every run gets its own topic prefix, consumer groups and
+database, so runs never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from vdip import stack
+from vdip.applications import create_application
+from vdip.db import create_pool, migrate_url
+from vdip.settings import Settings
+from vdip.topics import apply_topics, load_topics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Services:
+    kafka_bootstrap: str
+    database_url: str  # the project database; each run creates its own database beside it
+    local_stack: bool  # True when Kafka is the local stack's broker (it can be stopped and started)
+    containers: list[object] = field(default_factory=list)
+
+
+def _docker_engine() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+def _local_stack_answers(settings: Settings) -> bool:
+    async def check() -> bool:
+        if not await stack.kafka_answers(settings.kafka_bootstrap, 3):
+            return False
+        try:
+            conn = await asyncpg.connect(settings.database_url, timeout=3)
+        except Exception:
+            return False
+        await conn.close()
+        return True
+
+    return asyncio.run(check())
+
+
+def _start_containers() -> Services:  # pragma: no cover - needs a Docker engine
+    from testcontainers.kafka import KafkaContainer
+    from testcontainers.postgres import PostgresContainer
+
+    kafka = KafkaContainer("confluentinc/cp-kafka:7.9.0").with_kraft()
+    postgres = PostgresContainer("postgres:16-alpine", username="vdip", password="vdip", dbname="vdip")
+    kafka.start()
+    postgres.start()
+    url = postgres.get_connection_url().replace("postgresql+psycopg2://", "postgresql://")
+    return Services(kafka.get_bootstrap_server(), url, local_stack=False, containers=[kafka, postgres])
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    settings = Settings()
+    if _local_stack_answers(settings):
+        yield Services(settings.kafka_bootstrap, settings.database_url, local_stack=True)
+        return
+    if not _docker_engine():
+        pytest.exit(
+            "Kafka and PostgreSQL are not reachable and there is no Docker engine: run the tests with"
+            " `bin/test` (it starts the local stack), or start it with `vdip stack up`.",
+            returncode=3,
+        )
+    found = _start_containers()  # pragma: no cover
+    yield found  # pragma: no cover
+    for container in found.containers:  # pragma: no cover
+        container.stop()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def _with_database(url: str, database: str) -> str:
+    head, _, _ = url.rpartition("/")
+    return f"{head}/{database}"
+
+
+@pytest.fixture(scope="session")
+async def settings(services: Services, run_id: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Settings]:
+    """Settings of this run: its own topic prefix, groups and database, schema and topics applied."""
+    database = f"vdip_test_{run_id}"
+    admin_conn = await asyncpg.connect(services.database_url)
+    await admin_conn.execute(f'CREATE DATABASE "{database}"')
+    test_settings = Settings(
+        kafka_bootstrap=services.kafka_bootstrap,
+        database_url=_with_database(services.database_url, database),
+        topic_prefix=f"test-{run_id}.",
+        worker_id=f"test-{run_id}.worker",
+        worker_datadir=tmp_path_factory.mktemp("worker"),
+        sink_group_id=f"test-{run_id}.event-store",
+        gateway_port=_free_port(),
+        produce_timeout_s=3.0,
+    )
+    await migrate_url(test_settings.database_url)
+    await apply_topics(test_settings.kafka_bootstrap, load_topics(ROOT / "topics.yaml", test_settings.topic_prefix))
+    yield test_settings
+    await admin_conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    await admin_conn.close()
+    await _delete_topics(test_settings.kafka_bootstrap, f"test-{run_id}.")
+
+
+async def _delete_topics(bootstrap: str, prefix: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    except Exception as exc:  # the broker may be gone at the very end; leave the topics
+        print(f"could not delete this run's topics: {exc!r}", file=sys.stderr)
+    finally:
+        await admin.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(settings.database_url)
+    yield pool
+    await pool.close()
+
+
+@dataclass
+class AppKey:
+    app_id: str
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.key}
+
+
+@pytest.fixture
+async def app(pool: asyncpg.Pool) -> AppKey:
+    """A new application with its key, for one test."""
+    app_id = f"app-{uuid.uuid4().hex[:12]}"
+    created = await create_application(pool, app_id, f"Test {app_id}")
+    assert created is not None
+    return AppKey(app_id, created[1])
+
+
+# ------------------------------------------------------------------------------------ processes
+
+
+class Process:
+    """One of the pipeline's processes (``vdip gateway|worker|sink``), run as in production."""
+
+    def __init__(self, name: str, settings: Settings, log_dir: Path, extra_env: dict[str, str] | None = None):
+        self.name = name
+        self.settings = settings
+        self.log_path = log_dir / f"{name}.log"
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            **os.environ,
+            "VDIP_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+            "VDIP_DATABASE_URL": s.database_url,
+            "VDIP_TOPIC_PREFIX": s.topic_prefix,
+            "VDIP_WORKER_ID": s.worker_id,
+            "VDIP_WORKER_DATADIR": str(s.worker_datadir),
+            "VDIP_SINK_GROUP_ID": s.sink_group_id,
+            "VDIP_GATEWAY_PORT": str(s.gateway_port),
+            "VDIP_PRODUCE_TIMEOUT_S": str(s.produce_timeout_s),
+            **self.extra_env,
+        }
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "vdip.cli", self.name], stdout=log, stderr=subprocess.STDOUT,
+                env=self.env(), cwd=ROOT,
+            )
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush or commit anything."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self) -> str:
+        return stack.tail(self.log_path, 60)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    gateway: Process
+    worker: Process
+    sink: Process
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.gateway_port}"
+
+
+async def wait_until(predicate, timeout: float, interval: float = 0.2, message: str = "") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting: {message}")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+async def pipeline(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pipeline]:
+    log_dir = Path(os.environ.get("VDIP_TEST_LOG_DIR", tmp_path_factory.mktemp("logs")))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    found = Pipeline(
+        settings,
+        gateway=Process("gateway", settings, log_dir),
+        worker=Process("worker", settings, log_dir),
+        sink=Process("sink", settings, log_dir, {"VDIP_SINK_BATCH_SIZE": "100"}),
+    )
+    for process in (found.gateway, found.worker, found.sink):
+        process.start()
+
+    async def gateway_ready() -> bool:
+        assert found.gateway.alive(), found.gateway.log_tail()
+        try:
+            async with httpx.AsyncClient() as client:
+                return (await client.get(f"{found.base_url}/health/ready")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    await wait_until(gateway_ready, 60, message="gateway ready")
+    await _wait_until_flowing(found)
+    yield found
+    for process in (found.gateway, found.worker, found.sink):
+        process.stop()
+
+
+async def _wait_until_flowing(found: Pipeline) -> None:
+    """Send one event through gateway, worker and sink: the pipeline is up when it is stored."""
+    pool = await create_pool(found.settings.database_url)
+    try:
+        created = await create_application(pool, f"warmup-{uuid.uuid4().hex[:8]}", "warm-up")
+        assert created is not None
+        warmup, key = created
+        async with httpx.AsyncClient(base_url=found.base_url) as http:
+            response = await http.post(f"/api/ingest/{warmup.app_id}", json={"event_type": "warmup"},
+                                       headers={"X-API-Key": key})
+            assert response.status_code == 202, response.text
+        event_id = uuid.UUID(response.json()["data"]["event_id"])
+
+        async def stored() -> bool:
+            for process in (found.worker, found.sink):
+                assert process.alive(), process.log_tail()
+            return bool(await pool.fetchval("SELECT 1 FROM data_events WHERE event_id = $1", event_id))
+
+        await wait_until(stored, 90, message="a first event went through worker and sink")
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+async def client(pipeline: Pipeline) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=pipeline.base_url, timeout=30) as http:
+        yield http
+
+
+@pytest.fixture(scope="session")
+async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    """A direct producer, as an application writing to Kafka would use."""
+    kafka = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
+    await kafka.start()
+    yield kafka
+    await kafka.stop()
+
+
+async def consume_all(settings: Settings, topic: str, *, until: Callable[[list[Any]], bool],
+                      timeout: float = 30) -> list[Any]:
+    """Read ``topic`` from the beginning until ``until(records)`` holds or time runs out."""
+    consumer = AIOKafkaConsumer(
+        settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
+    )
+    await consumer.start()
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while not until(records) and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for partition in batches.values():
+                records.extend(partition)
+    finally:
+        await consumer.stop()
+    return records

@@ -1,0 +1,152 @@
+"""The gateway over real HTTP, with the real pipeline behind it."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.conftest import AppKey, wait_until
+
+
+async def ingest(client: httpx.AsyncClient, app: AppKey, body: object, **headers: str) -> httpx.Response:
+    return await client.post(f"/api/ingest/{app.app_id}", json=body, headers={**app.headers, **headers})
+
+
+async def test_ingest_answers_202_with_the_envelope(client: httpx.AsyncClient, app: AppKey) -> None:
+    response = await ingest(client, app, {"event_type": "signup", "payload": {"plan": "pro"}})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["success"] is True and body["message"]
+    assert body["data"]["status"] == "accepted"
+    assert uuid.UUID(body["data"]["event_id"]).version == 7
+
+
+async def test_ingested_event_is_stored_with_its_enrichment(client: httpx.AsyncClient, app: AppKey) -> None:
+    sent_at = datetime.now(UTC)
+    response = await ingest(client, app, {"event_type": "order", "payload": {"total": 9.5, "tags": ["a"]}},
+                            **{"X-Correlation-ID": "corr-123", "User-Agent": "tests/1.0"})
+    event_id = response.json()["data"]["event_id"]
+
+    async def stored() -> bool:
+        return (await client.get(f"/api/events/{event_id}", headers=app.headers)).status_code == 200
+
+    await wait_until(stored, 20, message="event stored")
+    event = (await client.get(f"/api/events/{event_id}", headers=app.headers)).json()["data"]
+    assert event["app_id"] == app.app_id
+    assert event["event_type"] == "order"
+    assert event["payload"] == {"total": 9.5, "tags": ["a"]}
+    assert event["metadata"] == {"source": "http", "ip_address": "127.0.0.1", "user_agent": "tests/1.0",
+                                 "correlation_id": "corr-123"}
+    assert event["status"] == "processed"
+    assert event["routing"]["matched_rules"] == []
+    received = datetime.fromisoformat(event["received_at"])
+    assert abs(received - sent_at) < timedelta(seconds=30)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"payload": {}}, "body.event_type"),
+        ({"event_type": "", "payload": {}}, "body.event_type"),
+        ({"event_type": "x" * 101}, "body.event_type"),
+        ({"event_type": "t", "payload": [1]}, "body.payload"),
+        ({"event_type": "t", "payload": {}, "surprise": 1}, "body.surprise"),
+        ([1, 2], "body"),
+    ],
+)
+async def test_invalid_bodies_get_422_naming_the_field(client: httpx.AsyncClient, app: AppKey,
+                                                       body: object, field: str) -> None:
+    response = await ingest(client, app, body)
+    assert response.status_code == 422
+    answer = response.json()
+    assert answer["success"] is False
+    assert field in [e["field"] for e in answer["errors"]], answer
+
+
+async def test_non_json_body_is_a_422(client: httpx.AsyncClient, app: AppKey) -> None:
+    response = await client.post(f"/api/ingest/{app.app_id}", content=b"{oops", headers={
+        **app.headers, "Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"].startswith("body")
+
+
+async def test_nan_in_payload_is_refused(client: httpx.AsyncClient, app: AppKey) -> None:
+    response = await client.post(f"/api/ingest/{app.app_id}", content=b'{"event_type": "t", "payload": {"x": NaN}}',
+                                 headers={**app.headers, "Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert "NaN" in response.text
+
+
+async def test_keys_are_checked(client: httpx.AsyncClient, app: AppKey, pool: asyncpg.Pool) -> None:
+    body = {"event_type": "t", "payload": {}}
+    url = f"/api/ingest/{app.app_id}"
+    assert (await client.post(url, json=body)).status_code == 401
+    assert (await client.post(url, json=body, headers={"X-API-Key": "vdip_wrong"})).status_code == 401
+    bearer = await client.post(url, json=body, headers={"Authorization": f"Bearer {app.key}"})
+    assert bearer.status_code == 202
+    unknown = await client.post("/api/ingest/no-such-app", json=body, headers=app.headers)
+    assert unknown.status_code == 404
+    assert unknown.json()["errors"][0]["field"] == "path.app_id"
+    await pool.execute("UPDATE applications SET is_active = false WHERE app_id = $1", app.app_id)
+    disabled = await client.post(url, json=body, headers=app.headers)
+    assert disabled.status_code == 403
+    # Another application's key does not open this one's events.
+    assert (await client.get(f"/api/events/app/{app.app_id}", headers={"X-API-Key": "vdip_x"})).status_code == 401
+
+
+async def test_bad_app_id_in_path_is_a_422(client: httpx.AsyncClient, app: AppKey) -> None:
+    response = await client.post("/api/ingest/bad%20id", json={"event_type": "t"}, headers=app.headers)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "path.app_id"
+
+
+async def test_unknown_event_is_a_clear_404(client: httpx.AsyncClient, app: AppKey) -> None:
+    response = await client.get(f"/api/events/{uuid.uuid4()}", headers=app.headers)
+    assert response.status_code == 404
+    assert "was not found" in response.json()["message"]
+    assert (await client.get("/api/events/not-a-uuid", headers=app.headers)).status_code == 422
+
+
+async def test_list_is_newest_first_filtered_and_paginated(client: httpx.AsyncClient, app: AppKey) -> None:
+    ids = []
+    for i in range(7):
+        response = await ingest(client, app, {"event_type": "even" if i % 2 == 0 else "odd", "payload": {"i": i}})
+        ids.append(response.json()["data"]["event_id"])
+
+    async def all_stored() -> bool:
+        page = (await client.get(f"/api/events/app/{app.app_id}", headers=app.headers)).json()
+        return len(page["data"]["events"]) == 7
+
+    await wait_until(all_stored, 20, message="7 events stored")
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get(f"/api/events/app/{app.app_id}", params=params, headers=app.headers)).json()["data"]
+        seen.extend(e["event_id"] for e in page["events"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))  # UUIDv7 and received_at both grow with time
+    odd = (await client.get(f"/api/events/app/{app.app_id}", params={"event_type": "odd"},
+                            headers=app.headers)).json()["data"]["events"]
+    assert [e["payload"]["i"] for e in odd] == [5, 3, 1]
+    bad = await client.get(f"/api/events/app/{app.app_id}", params={"cursor": "!!"}, headers=app.headers)
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "query.cursor"
+    naive = await client.get(f"/api/events/app/{app.app_id}", params={"start_date": "2026-01-01T00:00:00"},
+                             headers=app.headers)
+    assert naive.status_code == 422 and naive.json()["errors"][0]["field"] == "query.start_date"
+
+
+async def test_service_info_liveness_readiness_and_openapi(client: httpx.AsyncClient) -> None:
+    root = (await client.get("/")).json()
+    assert root["success"] is True and root["data"]["docs"] == "/docs"
+    assert (await client.get("/health")).json()["data"]["status"] == "ok"
+    ready = await client.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.json()["data"]["kafka"]["ok"] and ready.json()["data"]["postgres"]["ok"]
+    spec = (await client.get("/openapi.json")).json()
+    ingest_op = spec["paths"]["/api/ingest/{app_id}"]["post"]
+    assert {"202", "401", "403", "404", "422", "503"} <= set(ingest_op["responses"])
+    assert "/api/events/{event_id}" in spec["paths"] and "/api/events/app/{app_id}" in spec["paths"]

@@ -1,0 +1,117 @@
+"""End to end on the real services: HTTP and direct producers, dead letters, a sink killed mid-stream."""
+
+import asyncio
+import signal
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+import httpx
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from tests.conftest import AppKey, Pipeline, consume_all, wait_until
+
+
+def envelope(app_id: str, **overrides: object) -> dict[str, object]:
+    data: dict[str, object] = {
+        "event_id": str(uuid.uuid4()), "app_id": app_id, "event_type": "direct",
+        "payload": {"via": "kafka"}, "received_at": datetime.now(UTC).isoformat(),
+        "metadata": {"source": "kafka", "correlation_id": "direct-1"},
+    }
+    data.update(overrides)
+    return data
+
+
+async def stored_ids(pool: asyncpg.Pool, app_id: str) -> list[uuid.UUID]:
+    return [r["event_id"] for r in await pool.fetch("SELECT event_id FROM data_events WHERE app_id = $1", app_id)]
+
+
+async def test_http_and_direct_producers_both_land_in_postgres(
+        pipeline: Pipeline, client: httpx.AsyncClient, producer: AIOKafkaProducer, pool: asyncpg.Pool,
+        app: AppKey) -> None:
+    over_http = await client.post(f"/api/ingest/{app.app_id}", json={"event_type": "web", "payload": {"via": "http"}},
+                                  headers=app.headers)
+    assert over_http.status_code == 202
+    direct = envelope(app.app_id)
+    await producer.send_and_wait(pipeline.settings.topic("events"), orjson.dumps(direct), key=app.app_id.encode())
+
+    async def both() -> bool:
+        return len(await stored_ids(pool, app.app_id)) == 2
+
+    await wait_until(both, 30, message="both events stored")
+    event = (await client.get(f"/api/events/{direct['event_id']}", headers=app.headers)).json()["data"]
+    assert event["payload"] == {"via": "kafka"}
+    assert event["metadata"]["source"] == "kafka"
+    assert event["status"] == "processed"
+    http_id = over_http.json()["data"]["event_id"]
+    assert (await client.get(f"/api/events/{http_id}", headers=app.headers)).json()["data"]["payload"] == {"via": "http"}
+
+
+async def test_malformed_records_are_dead_lettered_and_the_worker_goes_on(
+        pipeline: Pipeline, producer: AIOKafkaProducer, pool: asyncpg.Pool, app: AppKey) -> None:
+    topic = pipeline.settings.topic("events")
+    marker = uuid.uuid4().hex
+    bad_records = [
+        f"not json {marker}".encode(),
+        orjson.dumps({"marker": marker}),  # JSON, wrong shape
+        orjson.dumps(envelope(app.app_id, payload=[marker])),  # payload is not an object
+    ]
+    for value in bad_records:
+        await producer.send_and_wait(topic, value, key=app.app_id.encode())
+    good = envelope(app.app_id)
+    await producer.send_and_wait(topic, orjson.dumps(good), key=app.app_id.encode())
+
+    async def good_stored() -> bool:
+        return uuid.UUID(str(good["event_id"])) in await stored_ids(pool, app.app_id)
+
+    await wait_until(good_stored, 30, message="the valid event after the bad ones is stored")
+    assert len(await stored_ids(pool, app.app_id)) == 1
+
+    def mine(records: list[object]) -> list[object]:
+        return [r for r in records if marker.encode() in r.value]  # type: ignore[attr-defined]
+
+    dead = mine(await consume_all(pipeline.settings, "events.dlq", until=lambda rs: len(mine(rs)) >= 3))
+    assert sorted(r.value for r in dead) == sorted(bad_records)  # type: ignore[attr-defined]
+    for record in dead:
+        headers = dict(record.headers)  # type: ignore[attr-defined]
+        assert headers["error.stage"] == b"validation"
+        assert headers["source.topic"] == topic.encode()
+        assert headers["error"]
+    reasons = sorted(dict(r.headers)["error"].decode() for r in dead)  # type: ignore[attr-defined]
+    assert any("Invalid JSON" in r for r in reasons)
+    assert any("payload" in r for r in reasons)
+
+
+async def test_sink_killed_mid_stream_stores_each_of_2000_events_once(
+        pipeline: Pipeline, producer: AIOKafkaProducer, pool: asyncpg.Pool, app: AppKey) -> None:
+    total = 2000
+    topic = pipeline.settings.topic("events")
+    sent = [envelope(app.app_id, payload={"n": n}) for n in range(total)]
+
+    async def produce(chunk: list[dict[str, object]]) -> None:
+        futures = [await producer.send(topic, orjson.dumps(e), key=app.app_id.encode()) for e in chunk]
+        await asyncio.gather(*futures)
+
+    await produce(sent[:1000])
+
+    async def some_stored() -> bool:
+        count: int = await pool.fetchval("SELECT count(*) FROM data_events WHERE app_id = $1", app.app_id)
+        return count >= 100
+
+    await wait_until(some_stored, 30, interval=0.05, message="the sink started storing")
+    pipeline.sink.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    pipeline.sink.proc.wait()  # type: ignore[union-attr]
+    stored_at_kill = await pool.fetchval("SELECT count(*) FROM data_events WHERE app_id = $1", app.app_id)
+    await produce(sent[1000:])
+    pipeline.sink.start()
+
+    async def all_stored() -> bool:
+        return len(await stored_ids(pool, app.app_id)) >= total
+
+    await wait_until(all_stored, 90, message=f"{total} events stored")
+    rows = await pool.fetch("SELECT event_id, payload FROM data_events WHERE app_id = $1", app.app_id)
+    assert stored_at_kill < total, "the sink was not killed mid-stream"
+    assert len(rows) == total
+    assert sorted(r["payload"]["n"] for r in rows) == list(range(total))
+    assert {r["event_id"] for r in rows} == {uuid.UUID(str(e["event_id"])) for e in sent}

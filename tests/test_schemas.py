@@ -1,0 +1,117 @@
+"""The event envelope: what it accepts, what it refuses, and its committed JSON Schema."""
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import jsonschema
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from schemas import EventEnvelope, IngestRequest
+from schemas.export import SCHEMA_FILE, envelope_json_schema
+
+
+def envelope(**overrides: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "event_id": str(uuid.uuid4()),
+        "app_id": "shop",
+        "event_type": "order_created",
+        "payload": {"total": 42, "items": [{"sku": "a"}]},
+        "received_at": "2026-03-01T10:00:00+00:00",
+    }
+    base.update(overrides)
+    return base
+
+
+def test_committed_json_schema_is_current() -> None:
+    assert SCHEMA_FILE.read_bytes() == envelope_json_schema(), (
+        "schemas/event-envelope.schema.json is stale: run `python -m schemas.export`"
+    )
+
+
+def test_envelope_round_trips_and_defaults() -> None:
+    event = EventEnvelope.model_validate(envelope())
+    assert event.schema_version == 1
+    assert event.metadata.source == "kafka"
+    assert EventEnvelope.model_validate_json(event.model_dump_json()) == event
+
+
+def test_received_at_is_normalised_to_utc() -> None:
+    event = EventEnvelope.model_validate(envelope(received_at="2026-03-01T12:00:00+02:00"))
+    assert event.received_at == datetime(2026, 3, 1, 10, tzinfo=UTC)
+    assert event.received_at.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"received_at": "2026-03-01T10:00:00"}, "received_at"),  # naive: ambiguous
+        ({"event_type": ""}, "event_type"),
+        ({"event_type": "x" * 101}, "event_type"),
+        ({"payload": [1, 2]}, "payload"),
+        ({"app_id": "has space"}, "app_id"),
+        ({"event_id": "not-a-uuid"}, "event_id"),
+        ({"unexpected": 1}, "unexpected"),
+        ({"schema_version": 2}, "schema_version"),
+        ({"metadata": {"source": "ftp"}}, "metadata.source"),
+    ],
+)
+def test_invalid_envelopes_name_the_field(overrides: dict[str, object], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        EventEnvelope.model_validate(envelope(**overrides))
+    fields = {".".join(str(p) for p in e["loc"]) for e in caught.value.errors()}
+    assert field in fields
+
+
+def test_required_fields() -> None:
+    for name in ("event_id", "app_id", "event_type", "payload", "received_at"):
+        data = envelope()
+        del data[name]
+        with pytest.raises(ValidationError):
+            EventEnvelope.model_validate(data)
+
+
+def test_json_schema_agrees_with_the_model_on_samples() -> None:
+    schema = orjson.loads(SCHEMA_FILE.read_bytes())
+    good = envelope(metadata={"source": "http", "ip_address": "10.0.0.1", "correlation_id": "c"})
+    jsonschema.validate(good, schema)
+    EventEnvelope.model_validate(good)
+    for bad in (envelope(payload="text"), envelope(extra=True), envelope(event_type="")):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+        with pytest.raises(ValidationError):
+            EventEnvelope.model_validate(bad)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(payload=st.dictionaries(st.text(max_size=10), json_values, max_size=6),
+       offset=st.integers(min_value=-12 * 60, max_value=14 * 60))
+def test_any_json_object_payload_round_trips(payload: dict[str, object], offset: int) -> None:
+    received = datetime(2026, 1, 1, tzinfo=timezone(timedelta(minutes=offset)))
+    event = EventEnvelope.model_validate(envelope(payload=payload, received_at=received.isoformat()))
+    again = EventEnvelope.model_validate_json(event.model_dump_json())
+    assert again.payload == payload
+    assert again.received_at == received
+
+
+def test_ingest_request_strips_event_type_and_defaults_payload() -> None:
+    request = IngestRequest.model_validate({"event_type": "  signup  "})
+    assert request.event_type == "signup"
+    assert request.payload == {}
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_numbers_are_refused_anywhere_in_the_payload(number: float) -> None:
+    with pytest.raises(ValidationError, match="NaN and Infinity"):
+        EventEnvelope.model_validate(envelope(payload={"a": [{"b": number}]}))
+    with pytest.raises(ValidationError, match="NaN and Infinity"):
+        IngestRequest.model_validate({"event_type": "t", "payload": {"x": number}})

@@ -1,0 +1,71 @@
+"""topics.yaml: loading, and applying it to the real broker."""
+
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from tests.conftest import ROOT, Services
+from vdip.errors import TopicError
+from vdip.topics import apply_topics, load_topics
+
+
+def test_project_topics_file_declares_the_spine() -> None:
+    specs = {s.name: s for s in load_topics(ROOT / "topics.yaml")}
+    assert {"events", "events.routed", "events.dlq"} <= set(specs)
+    assert specs["events"].config["cleanup.policy"] == "delete"
+    assert all(s.replication_factor == 1 for s in specs.values())
+
+
+def test_defaults_fill_in_and_prefix_applies(tmp_path: Path) -> None:
+    path = tmp_path / "topics.yaml"
+    path.write_text(
+        "defaults: {partitions: 4, replication_factor: 1, config: {retention.ms: 1000}}\n"
+        "topics:\n  - name: a\n  - name: b\n    partitions: 2\n    config: {cleanup.policy: compact}\n"
+    )
+    a, b = load_topics(path, prefix="p.")
+    assert (a.name, a.partitions, a.config) == ("p.a", 4, {"retention.ms": "1000"})
+    assert (b.name, b.partitions) == ("p.b", 2)
+    assert b.config == {"retention.ms": "1000", "cleanup.policy": "compact"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["topics: nope", "topics:\n  - name: a\n  - name: a\n", "topics:\n  - name: 'bad name'\n",
+     "topics:\n  - name: a\n    partitions: 0\n", "topics:\n  - name: a\n    colour: red\n", ": : :"],
+)
+def test_invalid_files_are_refused(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "topics.yaml"
+    path.write_text(text)
+    with pytest.raises(TopicError):
+        load_topics(path)
+
+
+async def test_apply_creates_missing_and_reports_drift(services: Services, tmp_path: Path) -> None:
+    prefix = f"topics-{uuid.uuid4().hex[:8]}."
+    admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+    await admin.start()
+    try:
+        # Someone created `narrow` by hand with 1 partition and another retention.
+        await admin.create_topics([NewTopic(f"{prefix}narrow", 1, 1, topic_configs={"retention.ms": "5000"})])
+        path = tmp_path / "topics.yaml"
+        path.write_text(
+            "defaults: {partitions: 2, replication_factor: 1, config: {retention.ms: 60000}}\n"
+            "topics:\n  - name: fresh\n  - name: narrow\n"
+        )
+        specs = load_topics(path, prefix)
+        report = await apply_topics(services.kafka_bootstrap, specs)
+        assert report.created == [f"{prefix}fresh"]
+        assert len(report.drift) == 1
+        assert "1 partitions, declared 2" in report.drift[0]
+        assert "retention.ms=5000, declared 60000" in report.drift[0]
+
+        again = await apply_topics(services.kafka_bootstrap, specs)
+        assert again.created == []
+        assert again.unchanged == [f"{prefix}fresh"]
+        described = await admin.describe_topics([f"{prefix}fresh"])
+        assert len(described[0]["partitions"]) == 2
+    finally:
+        await admin.delete_topics([t for t in await admin.list_topics() if t.startswith(prefix)])
+        await admin.close()
