@@ -62,8 +62,11 @@ async def authorize(pool: asyncpg.Pool, app_id: str, key: str | None) -> Applica
     """The application ``app_id`` if ``key`` is its key: else 404, 401 or 403."""
     application = await get_application(pool, app_id)
     if application is None:
-        raise ApiError(404, f"Application '{app_id}' does not exist",
-                       [ErrorDetail(field="path.app_id", reason="unknown application")])
+        raise ApiError(
+            404,
+            f"Application '{app_id}' does not exist",
+            [ErrorDetail(field="path.app_id", reason="unknown application")],
+        )
     if key is None or not key_matches(key, application.api_key_hash):
         raise ApiError(
             401,
@@ -72,8 +75,11 @@ async def authorize(pool: asyncpg.Pool, app_id: str, key: str | None) -> Applica
             {"WWW-Authenticate": "Bearer"},
         )
     if not application.is_active:
-        raise ApiError(403, f"Application '{app_id}' is disabled",
-                       [ErrorDetail(field="path.app_id", reason="application disabled")])
+        raise ApiError(
+            403,
+            f"Application '{app_id}' is disabled",
+            [ErrorDetail(field="path.app_id", reason="application disabled")],
+        )
     return application
 
 

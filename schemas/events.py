@@ -88,7 +88,7 @@ class EventEnvelope(BaseModel):
 
     model_config = ConfigDict(extra="forbid", title="EventEnvelope")
 
-    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Envelope version.")
+    schema_version: Literal[1] = Field(default=1, description="Envelope version (SCHEMA_VERSION).")
     event_id: UUID = Field(
         description=(
             "Unique id: a UUIDv7 assigned by the gateway, or supplied by a direct producer, who must"

@@ -1,1 +1,1 @@
-"""Kafka consumers that write what the pipeline produced: the event store (and, later, tables and webhooks)."""
+"""Kafka consumers that write what the pipeline produced: the event store (later tables, webhooks)."""

@@ -35,8 +35,14 @@ def new_consumer(bootstrap: str, group_id: str, topic: str, *, max_records: int)
     )
 
 
-async def write_with_retry(write: WriteBatch, records: Records, stop: asyncio.Event,
-                           *, first_delay_s: float = 0.5, max_delay_s: float = 30.0) -> bool:
+async def write_with_retry(
+    write: WriteBatch,
+    records: Records,
+    stop: asyncio.Event,
+    *,
+    first_delay_s: float = 0.5,
+    max_delay_s: float = 30.0,
+) -> bool:
     """Call ``write`` until it succeeds (True) or ``stop`` is set (False)."""
     delay = first_delay_s
     while True:
@@ -52,8 +58,9 @@ async def write_with_retry(write: WriteBatch, records: Records, stop: asyncio.Ev
             delay = min(delay * 2, max_delay_s)
 
 
-async def run_batches(consumer: AIOKafkaConsumer, write: WriteBatch, stop: asyncio.Event,
-                      *, max_records: int, timeout_ms: int) -> None:
+async def run_batches(
+    consumer: AIOKafkaConsumer, write: WriteBatch, stop: asyncio.Event, *, max_records: int, timeout_ms: int
+) -> None:
     """Consume, write and commit until ``stop`` is set. The consumer must be started."""
     while not stop.is_set():
         batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = await consumer.getmany(

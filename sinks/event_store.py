@@ -59,37 +59,54 @@ class EventStore:
             try:
                 rows.append(to_row(RoutedEvent.model_validate_json(record.value)))
             except ValidationError as exc:
-                await self._dead_letter(record.topic, record.partition, record.offset,
-                                        record.key, record.value, str(exc))
+                await self._dead_letter(
+                    record.topic, record.partition, record.offset, record.key, record.value, str(exc)
+                )
         if rows:
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.executemany(INSERT, rows)
 
-    async def _dead_letter(self, topic: str, partition: int, offset: int,
-                           key: bytes | None, value: bytes | None, reason: str) -> None:
+    async def _dead_letter(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, reason: str
+    ) -> None:
         log.error("dead-lettering %s[%d]@%d: %s", topic, partition, offset, reason)
-        await self.producer.send_and_wait(self.dlq_topic, key=key, value=value, headers=[
-            ("error", reason[:1000].encode()),
-            ("error.stage", b"event-store"),
-            ("source.topic", topic.encode()),
-            ("source.partition", str(partition).encode()),
-            ("source.offset", str(offset).encode()),
-        ])
+        await self.producer.send_and_wait(
+            self.dlq_topic,
+            key=key,
+            value=value,
+            headers=[
+                ("error", reason[:1000].encode()),
+                ("error.stage", b"event-store"),
+                ("source.topic", topic.encode()),
+                ("source.partition", str(partition).encode()),
+                ("source.offset", str(offset).encode()),
+            ],
+        )
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
-                                enable_idempotence=True)
-    consumer = new_consumer(settings.kafka_bootstrap, settings.sink_group_id,
-                            settings.topic("events.routed"), max_records=settings.sink_batch_size)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True
+    )
+    consumer = new_consumer(
+        settings.kafka_bootstrap,
+        settings.sink_group_id,
+        settings.topic("events.routed"),
+        max_records=settings.sink_batch_size,
+    )
     await producer.start()
     await consumer.start()
     store = EventStore(pool, producer, settings.topic("events.dlq"))
     log.info("event store sink consuming %s", settings.topic("events.routed"))
     try:
-        await run_batches(consumer, store.write, stop, max_records=settings.sink_batch_size,
-                          timeout_ms=settings.sink_batch_timeout_ms)
+        await run_batches(
+            consumer,
+            store.write,
+            stop,
+            max_records=settings.sink_batch_size,
+            timeout_ms=settings.sink_batch_timeout_ms,
+        )
     finally:
         await consumer.stop()
         await producer.stop()

@@ -47,8 +47,9 @@ def create_app(settings: Settings) -> faust.App:
                 event = parse_envelope(record.value)
             except ValidationError as exc:
                 reason = rejection_reason(exc)
-                log.warning("dead-lettering %s[%d]@%d: %s",
-                            message.topic, message.partition, message.offset, reason)
+                log.warning(
+                    "dead-lettering %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason
+                )
                 await dlq.send(
                     key=record.key,
                     value=record.value,

@@ -34,5 +34,3 @@ def parse_envelope(value: bytes | None) -> EventEnvelope:
             "EventEnvelope", [{"type": "missing", "loc": (), "input": None}]
         )
     return EventEnvelope.model_validate_json(value)
-
-

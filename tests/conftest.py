@@ -105,7 +105,9 @@ def _with_database(url: str, database: str) -> str:
 
 
 @pytest.fixture(scope="session")
-async def settings(services: Services, run_id: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Settings]:
+async def settings(
+    services: Services, run_id: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Settings]:
     """Settings of this run: its own topic prefix, groups and database, schema and topics applied."""
     database = f"vdip_test_{run_id}"
     admin_conn = await asyncpg.connect(services.database_url)
@@ -121,7 +123,9 @@ async def settings(services: Services, run_id: str, tmp_path_factory: pytest.Tem
         produce_timeout_s=3.0,
     )
     await migrate_url(test_settings.database_url)
-    await apply_topics(test_settings.kafka_bootstrap, load_topics(ROOT / "topics.yaml", test_settings.topic_prefix))
+    await apply_topics(
+        test_settings.kafka_bootstrap, load_topics(ROOT / "topics.yaml", test_settings.topic_prefix)
+    )
     yield test_settings
     await admin_conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     await admin_conn.close()
@@ -205,8 +209,11 @@ class Process:
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "vdip.cli", self.name], stdout=log, stderr=subprocess.STDOUT,
-                env=self.env(), cwd=ROOT,
+                [sys.executable, "-m", "vdip.cli", self.name],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
+                cwd=ROOT,
             )
 
     def kill(self) -> None:
@@ -291,8 +298,9 @@ async def _wait_until_flowing(found: Pipeline) -> None:
         assert created is not None
         warmup, key = created
         async with httpx.AsyncClient(base_url=found.base_url) as http:
-            response = await http.post(f"/api/ingest/{warmup.app_id}", json={"event_type": "warmup"},
-                                       headers={"X-API-Key": key})
+            response = await http.post(
+                f"/api/ingest/{warmup.app_id}", json={"event_type": "warmup"}, headers={"X-API-Key": key}
+            )
             assert response.status_code == 202, response.text
         event_id = uuid.UUID(response.json()["data"]["event_id"])
 
@@ -321,12 +329,16 @@ async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
     await kafka.stop()
 
 
-async def consume_all(settings: Settings, topic: str, *, until: Callable[[list[Any]], bool],
-                      timeout: float = 30) -> list[Any]:
+async def consume_all(
+    settings: Settings, topic: str, *, until: Callable[[list[Any]], bool], timeout: float = 30
+) -> list[Any]:
     """Read ``topic`` from the beginning until ``until(records)`` holds or time runs out."""
     consumer = AIOKafkaConsumer(
-        settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
+        settings.topic(topic),
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
     )
     await consumer.start()
     records: list[Any] = []

@@ -12,7 +12,8 @@ from vdip.settings import Settings
 
 
 async def test_gateway_answers_503_while_kafka_is_down_then_recovers(
-        services: Services, pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey) -> None:
+    services: Services, pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey
+) -> None:
     if not services.local_stack:  # pragma: no cover - containers cannot be stopped and restarted in place
         pytest.skip("needs the local stack's broker, which this test stops and starts")
     stack_settings = Settings(kafka_bootstrap=services.kafka_bootstrap)

@@ -25,8 +25,12 @@ async def test_ingest_answers_202_with_the_envelope(client: httpx.AsyncClient, a
 
 async def test_ingested_event_is_stored_with_its_enrichment(client: httpx.AsyncClient, app: AppKey) -> None:
     sent_at = datetime.now(UTC)
-    response = await ingest(client, app, {"event_type": "order", "payload": {"total": 9.5, "tags": ["a"]}},
-                            **{"X-Correlation-ID": "corr-123", "User-Agent": "tests/1.0"})
+    response = await ingest(
+        client,
+        app,
+        {"event_type": "order", "payload": {"total": 9.5, "tags": ["a"]}},
+        **{"X-Correlation-ID": "corr-123", "User-Agent": "tests/1.0"},
+    )
     event_id = response.json()["data"]["event_id"]
 
     async def stored() -> bool:
@@ -37,8 +41,12 @@ async def test_ingested_event_is_stored_with_its_enrichment(client: httpx.AsyncC
     assert event["app_id"] == app.app_id
     assert event["event_type"] == "order"
     assert event["payload"] == {"total": 9.5, "tags": ["a"]}
-    assert event["metadata"] == {"source": "http", "ip_address": "127.0.0.1", "user_agent": "tests/1.0",
-                                 "correlation_id": "corr-123"}
+    assert event["metadata"] == {
+        "source": "http",
+        "ip_address": "127.0.0.1",
+        "user_agent": "tests/1.0",
+        "correlation_id": "corr-123",
+    }
     assert event["status"] == "processed"
     assert event["routing"]["matched_rules"] == []
     received = datetime.fromisoformat(event["received_at"])
@@ -56,8 +64,9 @@ async def test_ingested_event_is_stored_with_its_enrichment(client: httpx.AsyncC
         ([1, 2], "body"),
     ],
 )
-async def test_invalid_bodies_get_422_naming_the_field(client: httpx.AsyncClient, app: AppKey,
-                                                       body: object, field: str) -> None:
+async def test_invalid_bodies_get_422_naming_the_field(
+    client: httpx.AsyncClient, app: AppKey, body: object, field: str
+) -> None:
     response = await ingest(client, app, body)
     assert response.status_code == 422
     answer = response.json()
@@ -66,15 +75,21 @@ async def test_invalid_bodies_get_422_naming_the_field(client: httpx.AsyncClient
 
 
 async def test_non_json_body_is_a_422(client: httpx.AsyncClient, app: AppKey) -> None:
-    response = await client.post(f"/api/ingest/{app.app_id}", content=b"{oops", headers={
-        **app.headers, "Content-Type": "application/json"})
+    response = await client.post(
+        f"/api/ingest/{app.app_id}",
+        content=b"{oops",
+        headers={**app.headers, "Content-Type": "application/json"},
+    )
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"].startswith("body")
 
 
 async def test_nan_in_payload_is_refused(client: httpx.AsyncClient, app: AppKey) -> None:
-    response = await client.post(f"/api/ingest/{app.app_id}", content=b'{"event_type": "t", "payload": {"x": NaN}}',
-                                 headers={**app.headers, "Content-Type": "application/json"})
+    response = await client.post(
+        f"/api/ingest/{app.app_id}",
+        content=b'{"event_type": "t", "payload": {"x": NaN}}',
+        headers={**app.headers, "Content-Type": "application/json"},
+    )
     assert response.status_code == 422
     assert "NaN" in response.text
 
@@ -93,7 +108,9 @@ async def test_keys_are_checked(client: httpx.AsyncClient, app: AppKey, pool: as
     disabled = await client.post(url, json=body, headers=app.headers)
     assert disabled.status_code == 403
     # Another application's key does not open this one's events.
-    assert (await client.get(f"/api/events/app/{app.app_id}", headers={"X-API-Key": "vdip_x"})).status_code == 401
+    assert (
+        await client.get(f"/api/events/app/{app.app_id}", headers={"X-API-Key": "vdip_x"})
+    ).status_code == 401
 
 
 async def test_bad_app_id_in_path_is_a_422(client: httpx.AsyncClient, app: AppKey) -> None:
@@ -112,7 +129,9 @@ async def test_unknown_event_is_a_clear_404(client: httpx.AsyncClient, app: AppK
 async def test_list_is_newest_first_filtered_and_paginated(client: httpx.AsyncClient, app: AppKey) -> None:
     ids = []
     for i in range(7):
-        response = await ingest(client, app, {"event_type": "even" if i % 2 == 0 else "odd", "payload": {"i": i}})
+        response = await ingest(
+            client, app, {"event_type": "even" if i % 2 == 0 else "odd", "payload": {"i": i}}
+        )
         ids.append(response.json()["data"]["event_id"])
 
     async def all_stored() -> bool:
@@ -120,22 +139,27 @@ async def test_list_is_newest_first_filtered_and_paginated(client: httpx.AsyncCl
         return len(page["data"]["events"]) == 7
 
     await wait_until(all_stored, 20, message="7 events stored")
-    seen, cursor = [], None
+    seen: list[str] = []
+    cursor: str | None = None
     while True:
-        params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
-        page = (await client.get(f"/api/events/app/{app.app_id}", params=params, headers=app.headers)).json()["data"]
+        params: dict[str, str | int] = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get(f"/api/events/app/{app.app_id}", params=params, headers=app.headers)).json()[
+            "data"
+        ]
         seen.extend(e["event_id"] for e in page["events"])
         cursor = page["next_cursor"]
         if cursor is None:
             break
     assert seen == list(reversed(ids))  # UUIDv7 and received_at both grow with time
-    odd = (await client.get(f"/api/events/app/{app.app_id}", params={"event_type": "odd"},
-                            headers=app.headers)).json()["data"]["events"]
+    odd = (
+        await client.get(f"/api/events/app/{app.app_id}", params={"event_type": "odd"}, headers=app.headers)
+    ).json()["data"]["events"]
     assert [e["payload"]["i"] for e in odd] == [5, 3, 1]
     bad = await client.get(f"/api/events/app/{app.app_id}", params={"cursor": "!!"}, headers=app.headers)
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "query.cursor"
-    naive = await client.get(f"/api/events/app/{app.app_id}", params={"start_date": "2026-01-01T00:00:00"},
-                             headers=app.headers)
+    naive = await client.get(
+        f"/api/events/app/{app.app_id}", params={"start_date": "2026-01-01T00:00:00"}, headers=app.headers
+    )
     assert naive.status_code == 422 and naive.json()["errors"][0]["field"] == "query.start_date"
 
 

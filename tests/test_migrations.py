@@ -32,7 +32,10 @@ async def test_applies_all_once_and_records_them(empty_db: asyncpg.Connection) -
     first = await migrate(empty_db)
     assert first == [f"{m.version:04d}_{m.name}" for m in load_migrations()]
     assert await migrate(empty_db) == []
-    tables = {r["tablename"] for r in await empty_db.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
+    tables = {
+        r["tablename"]
+        for r in await empty_db.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")
+    }
     assert {"applications", "data_events", "routing_rules", "event_statistics", "schema_migrations"} <= tables
     recorded = await empty_db.fetchval("SELECT count(*) FROM schema_migrations")
     assert recorded == len(load_migrations())

@@ -15,8 +15,11 @@ from tests.conftest import AppKey, Pipeline, consume_all, wait_until
 
 def envelope(app_id: str, **overrides: object) -> dict[str, object]:
     data: dict[str, object] = {
-        "event_id": str(uuid.uuid4()), "app_id": app_id, "event_type": "direct",
-        "payload": {"via": "kafka"}, "received_at": datetime.now(UTC).isoformat(),
+        "event_id": str(uuid.uuid4()),
+        "app_id": app_id,
+        "event_type": "direct",
+        "payload": {"via": "kafka"},
+        "received_at": datetime.now(UTC).isoformat(),
         "metadata": {"source": "kafka", "correlation_id": "direct-1"},
     }
     data.update(overrides)
@@ -24,17 +27,24 @@ def envelope(app_id: str, **overrides: object) -> dict[str, object]:
 
 
 async def stored_ids(pool: asyncpg.Pool, app_id: str) -> list[uuid.UUID]:
-    return [r["event_id"] for r in await pool.fetch("SELECT event_id FROM data_events WHERE app_id = $1", app_id)]
+    return [
+        r["event_id"] for r in await pool.fetch("SELECT event_id FROM data_events WHERE app_id = $1", app_id)
+    ]
 
 
 async def test_http_and_direct_producers_both_land_in_postgres(
-        pipeline: Pipeline, client: httpx.AsyncClient, producer: AIOKafkaProducer, pool: asyncpg.Pool,
-        app: AppKey) -> None:
-    over_http = await client.post(f"/api/ingest/{app.app_id}", json={"event_type": "web", "payload": {"via": "http"}},
-                                  headers=app.headers)
+    pipeline: Pipeline, client: httpx.AsyncClient, producer: AIOKafkaProducer, pool: asyncpg.Pool, app: AppKey
+) -> None:
+    over_http = await client.post(
+        f"/api/ingest/{app.app_id}",
+        json={"event_type": "web", "payload": {"via": "http"}},
+        headers=app.headers,
+    )
     assert over_http.status_code == 202
     direct = envelope(app.app_id)
-    await producer.send_and_wait(pipeline.settings.topic("events"), orjson.dumps(direct), key=app.app_id.encode())
+    await producer.send_and_wait(
+        pipeline.settings.topic("events"), orjson.dumps(direct), key=app.app_id.encode()
+    )
 
     async def both() -> bool:
         return len(await stored_ids(pool, app.app_id)) == 2
@@ -45,11 +55,14 @@ async def test_http_and_direct_producers_both_land_in_postgres(
     assert event["metadata"]["source"] == "kafka"
     assert event["status"] == "processed"
     http_id = over_http.json()["data"]["event_id"]
-    assert (await client.get(f"/api/events/{http_id}", headers=app.headers)).json()["data"]["payload"] == {"via": "http"}
+    assert (await client.get(f"/api/events/{http_id}", headers=app.headers)).json()["data"]["payload"] == {
+        "via": "http"
+    }
 
 
 async def test_malformed_records_are_dead_lettered_and_the_worker_goes_on(
-        pipeline: Pipeline, producer: AIOKafkaProducer, pool: asyncpg.Pool, app: AppKey) -> None:
+    pipeline: Pipeline, producer: AIOKafkaProducer, pool: asyncpg.Pool, app: AppKey
+) -> None:
     topic = pipeline.settings.topic("events")
     marker = uuid.uuid4().hex
     bad_records = [
@@ -84,7 +97,8 @@ async def test_malformed_records_are_dead_lettered_and_the_worker_goes_on(
 
 
 async def test_sink_killed_mid_stream_stores_each_of_2000_events_once(
-        pipeline: Pipeline, producer: AIOKafkaProducer, pool: asyncpg.Pool, app: AppKey) -> None:
+    pipeline: Pipeline, producer: AIOKafkaProducer, pool: asyncpg.Pool, app: AppKey
+) -> None:
     total = 2000
     topic = pipeline.settings.topic("events")
     sent = [envelope(app.app_id, payload={"n": n}) for n in range(total)]

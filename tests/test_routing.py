@@ -13,8 +13,11 @@ from streams.routing import parse_envelope, rejection_reason, route
 
 def record(**overrides: object) -> bytes:
     data: dict[str, object] = {
-        "event_id": str(uuid.uuid4()), "app_id": "shop", "event_type": "viewed",
-        "payload": {}, "received_at": "2026-01-01T00:00:00Z",
+        "event_id": str(uuid.uuid4()),
+        "app_id": "shop",
+        "event_type": "viewed",
+        "payload": {},
+        "received_at": "2026-01-01T00:00:00Z",
     }
     data.update(overrides)
     return orjson.dumps(data)

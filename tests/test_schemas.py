@@ -93,8 +93,10 @@ json_values = st.recursive(
 )
 
 
-@given(payload=st.dictionaries(st.text(max_size=10), json_values, max_size=6),
-       offset=st.integers(min_value=-12 * 60, max_value=14 * 60))
+@given(
+    payload=st.dictionaries(st.text(max_size=10), json_values, max_size=6),
+    offset=st.integers(min_value=-12 * 60, max_value=14 * 60),
+)
 def test_any_json_object_payload_round_trips(payload: dict[str, object], offset: int) -> None:
     received = datetime(2026, 1, 1, tzinfo=timezone(timedelta(minutes=offset)))
     event = EventEnvelope.model_validate(envelope(payload=payload, received_at=received.isoformat()))

@@ -32,8 +32,14 @@ def test_defaults_fill_in_and_prefix_applies(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["topics: nope", "topics:\n  - name: a\n  - name: a\n", "topics:\n  - name: 'bad name'\n",
-     "topics:\n  - name: a\n    partitions: 0\n", "topics:\n  - name: a\n    colour: red\n", ": : :"],
+    [
+        "topics: nope",
+        "topics:\n  - name: a\n  - name: a\n",
+        "topics:\n  - name: 'bad name'\n",
+        "topics:\n  - name: a\n    partitions: 0\n",
+        "topics:\n  - name: a\n    colour: red\n",
+        ": : :",
+    ],
 )
 def test_invalid_files_are_refused(tmp_path: Path, text: str) -> None:
     path = tmp_path / "topics.yaml"

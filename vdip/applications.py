@@ -50,7 +50,10 @@ async def create_application(
         """INSERT INTO applications (app_id, name, description, api_key_hash)
            VALUES ($1, $2, $3, $4) ON CONFLICT (app_id) DO NOTHING
            RETURNING app_id, name, is_active, api_key_hash""",
-        app_id, name, description, hash_key(key),
+        app_id,
+        name,
+        description,
+        hash_key(key),
     )
     return (Application(**dict(row)), key) if row else None
 
@@ -60,6 +63,7 @@ async def rotate_key(conn: asyncpg.Pool | asyncpg.Connection, app_id: str) -> st
     key = generate_key()
     updated = await conn.fetchval(
         "UPDATE applications SET api_key_hash = $2, updated_at = now() WHERE app_id = $1 RETURNING 1",
-        app_id, hash_key(key),
+        app_id,
+        hash_key(key),
     )
     return key if updated else None

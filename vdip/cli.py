@@ -81,8 +81,13 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
 
     from gateway.main import create_app
 
-    uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
-                log_level=args.log_level.lower(), timeout_graceful_shutdown=30)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        log_level=args.log_level.lower(),
+        timeout_graceful_shutdown=30,
+    )
     return 0
 
 
@@ -118,8 +123,9 @@ async def _app_action(settings: Settings, args: argparse.Namespace) -> str | Non
         if args.action == "create":
             created = await create_application(pool, args.app_id, args.name or args.app_id)
             if created is None:
-                print(f"application '{args.app_id}' exists already (use `vdip app rotate-key`)",
-                      file=sys.stderr)
+                print(
+                    f"application '{args.app_id}' exists already (use `vdip app rotate-key`)", file=sys.stderr
+                )
                 return None
             return created[1]
         key = await rotate_key(pool, args.app_id)
@@ -167,8 +173,9 @@ def _wait_gateway(settings: Settings) -> None:
         if stack.read_pid(_run_dir(settings) / "gateway.pid") is None:
             break
         time.sleep(0.5)
-    raise VdipError(f"the gateway did not become ready at {url}:\n"
-                    f"{stack.tail(_run_dir(settings) / 'gateway.log')}")
+    raise VdipError(
+        f"the gateway did not become ready at {url}:\n{stack.tail(_run_dir(settings) / 'gateway.log')}"
+    )
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
@@ -232,7 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("VDIP_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, func: Callable[[Settings, argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, func: Callable[[Settings, argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(func=func)
         return p

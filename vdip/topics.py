@@ -83,10 +83,12 @@ async def apply_topics(bootstrap: str, specs: list[TopicSpec]) -> ApplyReport:
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
         if missing:
-            await admin.create_topics([
-                NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.config)
-                for s in missing
-            ])
+            await admin.create_topics(
+                [
+                    NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.config)
+                    for s in missing
+                ]
+            )
             report.created.extend(s.name for s in missing)
         present = [s for s in specs if s.name in existing]
         if present:

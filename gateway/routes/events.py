@@ -48,8 +48,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         received_at, event_id = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
         return datetime.fromisoformat(received_at), uuid.UUID(event_id)
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError) as exc:
-        raise ApiError(422, "The cursor is invalid",
-                       [ErrorDetail(field="query.cursor", reason="not a cursor this API returned")]) from exc
+        raise ApiError(
+            422,
+            "The cursor is invalid",
+            [ErrorDetail(field="query.cursor", reason="not a cursor this API returned")],
+        ) from exc
 
 
 @router.get(
@@ -78,13 +81,17 @@ async def list_events(
               AND ($6::timestamptz IS NULL OR (received_at, event_id) < ($6, $7::uuid))
             ORDER BY received_at DESC, event_id DESC
             LIMIT $8""",
-        app.app_id, event_type, status.value if status else None, start_date, end_date,
-        after_at, after_id, limit + 1,
+        app.app_id,
+        event_type,
+        status.value if status else None,
+        start_date,
+        end_date,
+        after_at,
+        after_id,
+        limit + 1,
     )
     events = [StoredEvent(**dict(row)) for row in rows[:limit]]
-    next_cursor = (
-        encode_cursor(events[-1].received_at, events[-1].event_id) if len(rows) > limit else None
-    )
+    next_cursor = encode_cursor(events[-1].received_at, events[-1].event_id) if len(rows) > limit else None
     return SuccessResponse(
         message=f"{len(events)} event(s)", data=EventPage(events=events, next_cursor=next_cursor)
     )
@@ -98,7 +105,10 @@ async def list_events(
 async def get_event(event_id: uuid.UUID, pool: PoolDep, key: PresentedKey) -> SuccessResponse[StoredEvent]:
     row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM data_events WHERE event_id = $1", event_id)
     if row is None:
-        raise ApiError(404, f"Event '{event_id}' was not found (it may not be stored yet)",
-                       [ErrorDetail(field="path.event_id", reason="unknown event")])
+        raise ApiError(
+            404,
+            f"Event '{event_id}' was not found (it may not be stored yet)",
+            [ErrorDetail(field="path.event_id", reason="unknown event")],
+        )
     await authorize(pool, row["app_id"], key)
     return SuccessResponse(message="Event found", data=StoredEvent(**dict(row)))

@@ -39,7 +39,9 @@ class Readiness(BaseModel):
 async def root() -> SuccessResponse[ServiceInfo]:
     from importlib.metadata import version
 
-    return SuccessResponse(message="Versatile Data Ingestion Platform", data=ServiceInfo(version=version("vdip")))
+    return SuccessResponse(
+        message="Versatile Data Ingestion Platform", data=ServiceInfo(version=version("vdip"))
+    )
 
 
 @router.get("/health", summary="Liveness: the process answers")
@@ -65,6 +67,7 @@ async def ready(pool: PoolDep, producer: ProducerDep) -> JSONResponse:
     readiness = Readiness(
         ready=kafka_ok and postgres.ok, kafka=Check(ok=kafka_ok, detail=kafka_detail), postgres=postgres
     )
-    body = SuccessResponse(success=readiness.ready, message="ready" if readiness.ready else "not ready",
-                           data=readiness)
+    body: SuccessResponse[Readiness] = SuccessResponse(
+        success=readiness.ready, message="ready" if readiness.ready else "not ready", data=readiness
+    )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if readiness.ready else 503)

@@ -20,7 +20,9 @@ class IngestAccepted(BaseModel):
     status: Literal["accepted"] = "accepted"
 
 
-def _envelope(app_id: str, body: IngestRequest, request: Request, correlation_id: str | None) -> EventEnvelope:
+def _envelope(
+    app_id: str, body: IngestRequest, request: Request, correlation_id: str | None
+) -> EventEnvelope:
     return EventEnvelope(
         event_id=uuid7(),
         app_id=app_id,
