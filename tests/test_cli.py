@@ -1,0 +1,122 @@
+"""The console script as a newcomer uses it: `vdip up` prints a working demo key."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, Services, _free_port, wait_until
+from vdip import stack
+from vdip.cli import stop_processes
+from vdip.settings import Settings
+
+
+def vdip(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vdip.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def cli_env(settings: Settings, tmp_path: Path) -> dict[str, str]:
+    """The run's services and database, but a stack dir, ports, groups and prefix of its own."""
+    return {
+        **os.environ,
+        "VDIP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "VDIP_DATABASE_URL": settings.database_url,
+        "VDIP_TOPIC_PREFIX": f"{settings.topic_prefix}cli.",
+        "VDIP_WORKER_ID": f"{settings.worker_id}-cli",
+        "VDIP_WORKER_DATADIR": str(tmp_path / "worker"),
+        "VDIP_SINK_GROUP_ID": f"{settings.sink_group_id}-cli",
+        "VDIP_GATEWAY_PORT": str(_free_port()),
+        "VDIP_STACK_DIR": str(tmp_path / "stack"),
+    }
+
+
+async def test_up_starts_everything_and_prints_a_working_demo_key(
+    services: Services, cli_env: dict[str, str]
+) -> None:
+    settings = Settings(**{k[5:].lower(): v for k, v in cli_env.items() if k.startswith("VDIP_")})
+    try:
+        result = vdip("up", env=cli_env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        key = re.search(r"Demo API key: (\S+)", result.stdout)
+        assert key, result.stdout
+        assert "OpenAPI docs: http://" in result.stdout
+        base = f"http://127.0.0.1:{cli_env['VDIP_GATEWAY_PORT']}"
+        async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": key[1]}) as client:
+            accepted = await client.post("/api/ingest/demo", json={"event_type": "hello", "payload": {}})
+            assert accepted.status_code == 202
+            event_id = accepted.json()["data"]["event_id"]
+
+            async def stored() -> bool:
+                return (await client.get(f"/api/events/{event_id}")).status_code == 200
+
+            await wait_until(stored, 60, message="the demo event went through the pipeline")
+        again = vdip("up", env=cli_env)  # a second run is a no-op for what runs, and a new key
+        assert again.returncode == 0, again.stderr
+        assert "gateway already running" in again.stderr
+        assert re.search(r"Demo API key: (\S+)", again.stdout)[1] != key[1]  # type: ignore[index]
+    finally:
+        stop_processes(settings)
+    for name in ("gateway", "worker", "sink"):
+        assert stack.read_pid(settings.stack_dir.resolve() / "run" / f"{name}.pid") is None
+
+
+def test_topics_apply_exits_non_zero_on_drift(cli_env: dict[str, str], tmp_path: Path) -> None:
+    declared = tmp_path / "topics.yaml"
+    declared.write_text("topics:\n  - name: drifty\n    partitions: 1\n")
+    assert vdip("topics", "apply", "--file", str(declared), env=cli_env).returncode == 0
+    declared.write_text("topics:\n  - name: drifty\n    partitions: 2\n")
+    result = vdip("topics", "apply", "--file", str(declared), env=cli_env)
+    assert result.returncode == 1
+    assert "DRIFT" in result.stdout and "1 partitions, declared 2" in result.stdout
+
+
+def test_stack_status_and_up_are_idempotent(services: Services, cli_env: dict[str, str]) -> None:
+    if not services.local_stack:  # pragma: no cover
+        pytest.skip("needs the local stack")
+    env = {**os.environ}  # the real stack's own settings
+    up = vdip("stack", "up", env=env)
+    assert up.returncode == 0, up.stderr
+    assert "Kafka already running" in up.stderr
+    status = vdip("stack", "status", env=env)
+    assert status.returncode == 0 and "kafka" in status.stdout and "postgres: up" in status.stdout
+
+
+def test_server_properties_are_single_node_kraft(tmp_path: Path) -> None:
+    text = stack.server_properties(
+        Settings(kafka_bootstrap="127.0.0.1:19092", kafka_controller_port=19093), tmp_path
+    )
+    lines = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+    assert lines["process.roles"] == "broker,controller"
+    assert lines["controller.quorum.voters"] == "1@127.0.0.1:19093"
+    assert lines["listeners"] == "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
+    assert lines["log.dirs"] == str(tmp_path)
+    for key in (
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+        "transaction.state.log.min.isr",
+        "default.replication.factor",
+    ):
+        assert lines[key] == "1"
+
+
+def test_database_url_parsing() -> None:
+    target = stack.db_target("postgresql://us%40er:p%3Ass@db.local:6543/events")
+    assert (target.user, target.password, target.host, target.port, target.database) == (
+        "us@er",
+        "p:ss",
+        "db.local",
+        6543,
+        "events",
+    )

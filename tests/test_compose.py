@@ -1,0 +1,42 @@
+"""docker-compose.yml cannot run here (no Docker engine): check that it agrees with the scripts."""
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import ROOT
+from vdip import stack
+from vdip.settings import Settings
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+def test_same_kafka_version_and_single_node_settings(tmp_path: Path) -> None:
+    services = compose()["services"]
+    assert services["kafka"]["image"] == f"apache/kafka:{Settings().kafka_version}"
+    env = services["kafka"]["environment"]
+    props = dict(
+        line.split("=", 1)
+        for line in stack.server_properties(Settings(), tmp_path).splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    for key, value in props.items():
+        if key in {"log.dirs", "listeners", "advertised.listeners", "controller.quorum.voters"}:
+            continue  # addresses and paths differ inside Docker's network
+        name = "KAFKA_" + key.upper().replace(".", "_")
+        assert str(env[name]) == value, name
+
+
+def test_every_process_of_the_cli_runs_in_compose() -> None:
+    services = compose()["services"]
+    commands = {tuple(s["command"]) for s in services.values() if "command" in s}
+    assert commands == {("gateway",), ("worker",), ("sink",)}
+    for name in ("gateway", "worker", "sink", "setup"):
+        env = services[name]["environment"]
+        assert env["VDIP_KAFKA_BOOTSTRAP"] == "kafka:9092"
+        assert env["VDIP_DATABASE_URL"].startswith("postgresql://vdip:vdip@postgres:5432/")
+    assert "topics apply" in " ".join(services["setup"]["entrypoint"])
