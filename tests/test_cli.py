@@ -45,7 +45,9 @@ def cli_env(settings: Settings, tmp_path: Path) -> dict[str, str]:
 async def test_up_starts_everything_and_prints_a_working_demo_key(
     services: Services, cli_env: dict[str, str]
 ) -> None:
-    settings = Settings(**{k[5:].lower(): v for k, v in cli_env.items() if k.startswith("VDIP_")})
+    settings = Settings.model_validate(
+        {k[5:].lower(): v for k, v in cli_env.items() if k.startswith("VDIP_")}
+    )
     try:
         result = vdip("up", env=cli_env)
         assert result.returncode == 0, result.stdout + result.stderr
