@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from gateway.errors import install_error_handlers
 from gateway.producer import EventProducer
 from gateway.routes import events, health, ingest
-from vdip.db import create_pool
+from vdip.db import create_pool, migrate_url
 from vdip.settings import Settings, get_settings
 
 
@@ -17,6 +17,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await migrate_url(settings.database_url)  # idempotent; concurrent starts wait on a lock
         app.state.pool = await create_pool(settings.database_url, min_size=0)
         app.state.producer = EventProducer(settings)
         await app.state.producer.start()

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from schemas import RoutedEvent
 from sinks.batching import Records, new_consumer, run_batches
-from vdip.db import create_pool
+from vdip.db import create_pool, migrate_url
 from vdip.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class EventStore:
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    await migrate_url(settings.database_url)  # idempotent; concurrent starts wait on a lock
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -241,6 +242,9 @@ async def kafka_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # while waiting, "connection refused" is the expected answer
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
         await asyncio.wait_for(admin.list_topics(), timeout_s)
@@ -250,6 +254,7 @@ async def kafka_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
     finally:
         with contextlib.suppress(Exception):
             await admin.close()
+        quiet.setLevel(level)
 
 
 def wait_for_kafka(settings: Settings, *, log_file: Path | None = None) -> None:
