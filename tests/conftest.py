@@ -52,14 +52,9 @@ def _docker_engine() -> bool:
 
 def _local_stack_answers(settings: Settings) -> bool:
     async def check() -> bool:
-        if not await stack.kafka_answers(settings.kafka_bootstrap, 3):
-            return False
-        try:
-            conn = await asyncpg.connect(settings.database_url, timeout=3)
-        except Exception:
-            return False
-        await conn.close()
-        return True
+        return await stack.kafka_answers(settings.kafka_bootstrap, 3) and await stack.postgres_answers(
+            settings.database_url
+        )
 
     return asyncio.run(check())
 

@@ -74,24 +74,21 @@ async def test_invalid_bodies_get_422_naming_the_field(
     assert field in [e["field"] for e in answer["errors"]], answer
 
 
-async def test_non_json_body_is_a_422(client: httpx.AsyncClient, app: AppKey) -> None:
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [(b"{oops", "JSON decode error"), (b'{"event_type": "t", "payload": {"x": NaN}}', "NaN")],
+)
+async def test_bodies_that_are_not_json_get_422(
+    client: httpx.AsyncClient, app: AppKey, raw: bytes, says: str
+) -> None:
     response = await client.post(
         f"/api/ingest/{app.app_id}",
-        content=b"{oops",
+        content=raw,
         headers={**app.headers, "Content-Type": "application/json"},
     )
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"].startswith("body")
-
-
-async def test_nan_in_payload_is_refused(client: httpx.AsyncClient, app: AppKey) -> None:
-    response = await client.post(
-        f"/api/ingest/{app.app_id}",
-        content=b'{"event_type": "t", "payload": {"x": NaN}}',
-        headers={**app.headers, "Content-Type": "application/json"},
-    )
-    assert response.status_code == 422
-    assert "NaN" in response.text
+    assert says in response.text
 
 
 async def test_keys_are_checked(client: httpx.AsyncClient, app: AppKey, pool: asyncpg.Pool) -> None:

@@ -33,24 +33,10 @@ def cmd_stack(settings: Settings, args: argparse.Namespace) -> int:
     else:
         kafka = asyncio.run(stack.kafka_answers(settings.kafka_bootstrap, 3))
         print(f"kafka {settings.kafka_bootstrap}: {'up' if kafka else 'down'}")
-        postgres = _postgres_answers(settings)
+        postgres = asyncio.run(stack.postgres_answers(settings.database_url))
         print(f"postgres: {'up' if postgres else 'down'}")
         return 0 if kafka and postgres else 1
     return 0
-
-
-def _postgres_answers(settings: Settings) -> bool:
-    import asyncpg
-
-    async def check() -> bool:
-        try:
-            conn = await asyncpg.connect(settings.database_url, timeout=3)
-        except Exception:
-            return False
-        await conn.close()
-        return True
-
-    return asyncio.run(check())
 
 
 def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:

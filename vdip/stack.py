@@ -446,6 +446,18 @@ def ensure_database(target: DbTarget) -> None:
         _psql(target.port, f"CREATE DATABASE {_quote_ident(target.database)} OWNER {role}")
 
 
+async def postgres_answers(database_url: str, timeout_s: float = 3.0) -> bool:
+    """True when the project's role can log in to its database."""
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(database_url, timeout=timeout_s)
+    except Exception:
+        return False
+    await conn.close()
+    return True
+
+
 async def _check_login(database_url: str) -> None:
     import asyncpg
 
