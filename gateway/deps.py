@@ -1,14 +1,25 @@
-"""Dependencies of the routes, as ``Annotated`` aliases."""
+"""Dependencies of the routes, as ``Annotated`` aliases: settings, pool, producer, who is calling.
 
+Credentials come as ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``; the key is either an
+application's API key or the admin token (``VDIP_ADMIN_TOKEN``). Ingest takes only the
+application's own key; management takes the admin token; reads take either (an application's
+key opens only that application's data).
+"""
+
+import hmac
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated
 
 import asyncpg
 from fastapi import Depends, Header, Path, Request
 
 from gateway.errors import ApiError
+from gateway.limits import RateLimiter
 from gateway.producer import EventProducer
 from schemas import ErrorDetail
-from vdip.applications import Application, get_application, key_matches
+from vdip.applications import Application, get_application
 from vdip.settings import Settings
 
 
@@ -27,9 +38,15 @@ def _producer(request: Request) -> EventProducer:
     return producer
 
 
+def _rate_limiter(request: Request) -> RateLimiter:
+    limiter: RateLimiter = request.app.state.rate_limiter
+    return limiter
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
 ProducerDep = Annotated[EventProducer, Depends(_producer)]
+RateLimiterDep = Annotated[RateLimiter, Depends(_rate_limiter)]
 
 AppIdPath = Annotated[
     str,
@@ -41,9 +58,46 @@ AppIdPath = Annotated[
 ]
 
 
+class ApplicationCache:
+    """Applications by id, kept ``ttl_s`` seconds: ingest does not query PostgreSQL per request.
+
+    A key rotated or an application disabled through this gateway applies at once; through another
+    process (the CLI, another gateway), within ``ttl_s``.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, ttl_s: float) -> None:
+        self._pool = pool
+        self._ttl_s = ttl_s
+        self._entries: dict[str, tuple[float, Application | None]] = {}
+
+    async def get(self, app_id: str) -> Application | None:
+        entry = self._entries.get(app_id)
+        now = time.monotonic()
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        application = await get_application(self._pool, app_id)
+        if len(self._entries) > 100_000:  # bounded: unknown ids are cached too
+            self._entries.clear()
+        self._entries[app_id] = (now + self._ttl_s, application)
+        return application
+
+    def forget(self, app_id: str) -> None:
+        self._entries.pop(app_id, None)
+
+
+def _applications(request: Request) -> ApplicationCache:
+    cache: ApplicationCache = request.app.state.applications
+    return cache
+
+
+ApplicationsDep = Annotated[ApplicationCache, Depends(_applications)]
+
+
 def _presented_key(
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    x_api_key: Annotated[str | None, Header(description="The application's API key.")] = None,
+    x_api_key: Annotated[
+        str | None, Header(description="An application's API key, or the admin token.")
+    ] = None,
 ) -> str | None:
     """The key sent as ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``."""
     if x_api_key:
@@ -58,33 +112,78 @@ def _presented_key(
 PresentedKey = Annotated[str | None, Depends(_presented_key)]
 
 
-async def authorize(pool: asyncpg.Pool, app_id: str, key: str | None) -> Application:
-    """The application ``app_id`` if ``key`` is its key: else 404, 401 or 403."""
-    application = await get_application(pool, app_id)
+def _unauthorized(what: str) -> ApiError:
+    return ApiError(
+        401,
+        f"A valid {what} is required",
+        [ErrorDetail(field="header.X-API-Key", reason="missing or wrong key")],
+        {"WWW-Authenticate": "Bearer"},
+    )
+
+
+def _unknown_app(app_id: str) -> ApiError:
+    return ApiError(
+        404,
+        f"Application '{app_id}' does not exist",
+        [ErrorDetail(field="path.app_id", reason="unknown application")],
+    )
+
+
+def is_admin(settings: Settings, key: str | None) -> bool:
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    return bool(token and key and hmac.compare_digest(key.encode(), token.encode()))
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the admin, or the holder of one application's key."""
+
+    admin: bool
+    application: Application | None = None
+
+    def may_read(self, app_id: str) -> bool:
+        return self.admin or (self.application is not None and self.application.app_id == app_id)
+
+
+async def authorize_app(
+    applications: ApplicationCache, settings: Settings, app_id: str, key: str | None, *, ingest: bool
+) -> Caller:
+    """The caller of an application's endpoint: 404 unknown app, 401 wrong key, 403 disabled (ingest)."""
+    application = await applications.get(app_id)
     if application is None:
-        raise ApiError(
-            404,
-            f"Application '{app_id}' does not exist",
-            [ErrorDetail(field="path.app_id", reason="unknown application")],
-        )
-    if key is None or not key_matches(key, application.api_key_hash):
-        raise ApiError(
-            401,
-            "A valid API key for this application is required",
-            [ErrorDetail(field="header.X-API-Key", reason="missing or wrong key")],
-            {"WWW-Authenticate": "Bearer"},
-        )
-    if not application.is_active:
+        raise _unknown_app(app_id)
+    if not ingest and is_admin(settings, key):
+        return Caller(admin=True, application=application)
+    if key is None or not application.accepts(key, datetime.now(UTC)):
+        raise _unauthorized("API key for this application" + ("" if ingest else " (or the admin token)"))
+    if ingest and not application.is_active:
         raise ApiError(
             403,
             f"Application '{app_id}' is disabled",
             [ErrorDetail(field="path.app_id", reason="application disabled")],
         )
-    return application
+    return Caller(admin=False, application=application)
 
 
-async def _authorized_app(app_id: AppIdPath, pool: PoolDep, key: PresentedKey) -> Application:
-    return await authorize(pool, app_id, key)
+async def _ingest_app(
+    app_id: AppIdPath, applications: ApplicationsDep, settings: SettingsDep, key: PresentedKey
+) -> Application:
+    caller = await authorize_app(applications, settings, app_id, key, ingest=True)
+    assert caller.application is not None
+    return caller.application
 
 
-AuthorizedApp = Annotated[Application, Depends(_authorized_app)]
+async def _app_reader(
+    app_id: AppIdPath, applications: ApplicationsDep, settings: SettingsDep, key: PresentedKey
+) -> Caller:
+    return await authorize_app(applications, settings, app_id, key, ingest=False)
+
+
+def _admin(settings: SettingsDep, key: PresentedKey) -> None:
+    if not is_admin(settings, key):
+        raise _unauthorized("admin token")
+
+
+IngestApp = Annotated[Application, Depends(_ingest_app)]
+AppReader = Annotated[Caller, Depends(_app_reader)]
+RequireAdmin = Depends(_admin)

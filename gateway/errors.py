@@ -14,8 +14,11 @@ from schemas import ErrorDetail, ErrorResponse
 from vdip.errors import BrokerUnavailable
 
 
-class ApiError(Exception):
-    """An error answer: raised by routes and dependencies, rendered by ``api_error_handler``."""
+class ApiError(StarletteHTTPException):
+    """An error answer: raised by routes, dependencies and middleware, rendered by ``api_error_handler``.
+
+    It is an ``HTTPException`` so that FastAPI lets it through while it reads a request's body.
+    """
 
     def __init__(
         self,
@@ -24,11 +27,9 @@ class ApiError(Exception):
         errors: Sequence[ErrorDetail] = (),
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
+        super().__init__(status_code, message, dict(headers or {}))
         self.message = message
         self.errors = list(errors)
-        self.headers = dict(headers or {})
 
 
 def _render(status_code: int, body: ErrorResponse, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -37,6 +38,10 @@ def _render(status_code: int, body: ErrorResponse, headers: Mapping[str, str] | 
 
 async def api_error_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
+    return render_error(exc)
+
+
+def render_error(exc: ApiError) -> JSONResponse:
     return _render(exc.status_code, ErrorResponse(message=exc.message, errors=exc.errors), exc.headers)
 
 

@@ -5,9 +5,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from gateway.deps import ApplicationCache
 from gateway.errors import install_error_handlers
+from gateway.limits import RateLimiter
+from gateway.middleware import BodySizeLimitMiddleware, CorrelationIdMiddleware
 from gateway.producer import EventProducer
-from gateway.routes import events, health, ingest
+from gateway.routes import applications, events, health, ingest
 from vdip.db import create_pool, migrate_url
 from vdip.settings import Settings, get_settings
 
@@ -19,6 +22,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await migrate_url(settings.database_url)  # idempotent; concurrent starts wait on a lock
         app.state.pool = await create_pool(settings.database_url, min_size=0)
+        app.state.applications = ApplicationCache(app.state.pool, settings.app_cache_ttl_s)
         app.state.producer = EventProducer(settings)
         await app.state.producer.start()
         try:
@@ -34,8 +38,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.rate_limiter = RateLimiter(settings.rate_limit)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CorrelationIdMiddleware)  # outermost: the 413 above carries the id too
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(ingest.router)
     app.include_router(events.router)
+    app.include_router(applications.router)
     return app

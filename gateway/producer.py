@@ -8,6 +8,7 @@ and retrying with the same ``event_id`` keeps it one event (the store is idempot
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 
@@ -23,6 +24,7 @@ class EventProducer:
         self._settings = settings
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
+        self._inflight = 0
 
     def _new_producer(self) -> AIOKafkaProducer:
         timeout_ms = int(self._settings.produce_timeout_s * 1000)
@@ -58,21 +60,44 @@ class EventProducer:
         return self._producer
 
     async def send(self, envelope: EventEnvelope) -> None:
+        """Produce one event; raises ``BrokerUnavailable`` unless Kafka acknowledged it in time."""
+        (error,) = await self.send_many([envelope])
+        if error is not None:
+            raise error
+
+    async def send_many(self, envelopes: Sequence[EventEnvelope]) -> list[BrokerUnavailable | None]:
+        """Produce events together; for each, None once acknowledged, or why it was not.
+
+        Raises ``BrokerUnavailable`` for all of them when the producer cannot even start, or when
+        more than ``max_inflight_events`` would be awaiting acknowledgement (memory stays bounded).
+        """
+        if self._inflight + len(envelopes) > self._settings.max_inflight_events:
+            raise BrokerUnavailable(f"more than {self._settings.max_inflight_events} events await Kafka")
         producer = await self._ensure_started()
         topic = self._settings.topic("events")
+        timeout = self._settings.produce_timeout_s
+        self._inflight += len(envelopes)
         try:
-            await asyncio.wait_for(
-                producer.send_and_wait(
-                    topic, key=envelope.app_id.encode(), value=envelope.model_dump_json().encode()
-                ),
-                self._settings.produce_timeout_s,
-            )
-        except TimeoutError as exc:
-            raise BrokerUnavailable(
-                f"Kafka did not acknowledge within {self._settings.produce_timeout_s} s"
-            ) from exc
-        except Exception as exc:
-            raise BrokerUnavailable(f"Kafka refused the record: {exc!r}") from exc
+            return await asyncio.wait_for(self._produce(producer, topic, envelopes), timeout)
+        except TimeoutError:
+            error = BrokerUnavailable(f"Kafka did not acknowledge within {timeout} s")
+            return [error] * len(envelopes)
+        finally:
+            self._inflight -= len(envelopes)
+
+    @staticmethod
+    async def _produce(
+        producer: AIOKafkaProducer, topic: str, envelopes: Sequence[EventEnvelope]
+    ) -> list[BrokerUnavailable | None]:
+        futures = [
+            await producer.send(topic, key=e.app_id.encode(), value=e.model_dump_json().encode())
+            for e in envelopes
+        ]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        return [
+            BrokerUnavailable(f"Kafka refused the record: {r!r}") if isinstance(r, BaseException) else None
+            for r in results
+        ]
 
     async def ready(self) -> tuple[bool, str]:
         """Whether the broker answers a metadata request now."""

@@ -1,16 +1,78 @@
-"""OpenAPI descriptions of the error answers the routes share."""
+"""OpenAPI descriptions of the error answers the routes share, with examples."""
 
 from typing import Any
 
 from schemas import ErrorResponse
 
+_DESCRIBED: dict[int, tuple[str, dict[str, Any]]] = {
+    400: ("The body could not be parsed", {"message": "There was an error parsing the body"}),
+    401: (
+        "Missing or wrong API key (or admin token)",
+        {
+            "message": "A valid API key for this application is required",
+            "errors": [{"field": "header.X-API-Key", "reason": "missing or wrong key"}],
+        },
+    ),
+    403: (
+        "The application is disabled",
+        {
+            "message": "Application 'demo' is disabled",
+            "errors": [{"field": "path.app_id", "reason": "application disabled"}],
+        },
+    ),
+    404: (
+        "Unknown application or event",
+        {
+            "message": "Application 'demo' does not exist",
+            "errors": [{"field": "path.app_id", "reason": "unknown application"}],
+        },
+    ),
+    409: (
+        "The id is taken",
+        {
+            "message": "Application 'demo' exists already",
+            "errors": [{"field": "body.app_id", "reason": "taken"}],
+        },
+    ),
+    413: (
+        "The body is larger than max_body_bytes",
+        {
+            "message": "The request body is larger than 1048576 bytes",
+            "errors": [{"field": "body", "reason": "larger than 1048576 bytes"}],
+        },
+    ),
+    422: (
+        "Invalid request: each error names the field and the reason",
+        {
+            "message": "The request is invalid",
+            "errors": [{"field": "body.event_type", "reason": "Field required"}],
+        },
+    ),
+    429: (
+        "The application is over its rate limit; retry after Retry-After seconds",
+        {
+            "message": "Application 'demo' is over its rate limit",
+            "errors": [{"field": "path.app_id", "reason": "rate limit exceeded"}],
+        },
+    ),
+    503: (
+        "Kafka is unavailable; nothing was accepted; retry after Retry-After seconds",
+        {
+            "message": "The event was not accepted: Kafka is unavailable; retry later",
+            "errors": [{"field": "kafka", "reason": "Kafka did not acknowledge within 5.0 s"}],
+        },
+    ),
+}
+
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    described = {
-        401: "Missing or wrong API key",
-        403: "The application is disabled",
-        404: "Unknown application or event",
-        422: "Invalid request: each error names the field and the reason",
-        503: "Kafka or PostgreSQL is unavailable; retry after the Retry-After header's seconds",
+    return {
+        code: {
+            "model": ErrorResponse,
+            "description": _DESCRIBED[code][0],
+            "content": {
+                "application/json": {"example": {"success": False, "errors": [], **_DESCRIBED[code][1]}}
+            },
+        }
+        for code in codes
     }
-    return {code: {"model": ErrorResponse, "description": described[code]} for code in codes}

@@ -100,18 +100,50 @@ class EventEnvelope(BaseModel):
     payload: JsonObject = Field(description="The event's data: a JSON object.")
     metadata: EventMetadata = Field(default_factory=EventMetadata)
     received_at: UtcDatetime = Field(description="When the platform received it (UTC).")
+    occurred_at: UtcDatetime | None = Field(
+        default=None, description="When it happened, by the client's clock (UTC), if given."
+    )
+    occurred_at_clamped: bool = Field(
+        default=False,
+        description=(
+            "True when the client's occurred_at was more than a minute after, or 30 days before,"
+            " received_at and was clamped to that range."
+        ),
+    )
 
 
 class IngestRequest(BaseModel):
-    """The body of ``POST /api/ingest/{app_id}``."""
+    """One event as a client sends it: the body of ``POST /api/ingest/{app_id}``, a batch's item."""
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"event_type": "order_created", "payload": {"total": 42}}]},
+        json_schema_extra={
+            "examples": [
+                {"event_type": "order_created", "payload": {"total": 42}},
+                {
+                    "event_id": "0193a4f2-7c1e-7d3a-9f00-5b2a1c3d4e5f",
+                    "event_type": "order_created",
+                    "payload": {"total": 42, "items": [{"sku": "A-1"}]},
+                    "occurred_at": "2026-11-29T10:15:00Z",
+                },
+            ]
+        },
     )
 
+    event_id: UUID | None = Field(
+        default=None,
+        description=(
+            "Your own id for the event (any UUID). Sending the same id again, a second or a month"
+            " later, stores and counts the event once."
+        ),
+    )
     event_type: EventType
     payload: JsonObject = Field(default_factory=dict, description="A JSON object.")
+    occurred_at: UtcDatetime | None = Field(
+        default=None,
+        description="When it happened, by your clock, with a time zone. Kept as given unless more"
+        " than a minute in the future or 30 days in the past (then clamped and flagged).",
+    )
 
 
 class RoutingSummary(BaseModel):

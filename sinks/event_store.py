@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 INSERT = """
 INSERT INTO data_events (event_id, app_id, event_type, payload, metadata, received_at,
-                         schema_version, status, routing)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                         occurred_at, occurred_at_clamped, schema_version, status, routing)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (event_id) DO NOTHING
 """
 
@@ -39,6 +39,8 @@ def to_row(routed: RoutedEvent) -> tuple[Any, ...]:
         event.payload,
         event.metadata.model_dump(mode="json"),
         event.received_at,
+        event.occurred_at,
+        event.occurred_at_clamped,
         event.schema_version,
         routed.status.value,
         routed.routing.model_dump(mode="json"),

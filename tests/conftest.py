@@ -116,6 +116,8 @@ async def settings(
         sink_group_id=f"test-{run_id}.event-store",
         gateway_port=_free_port(),
         produce_timeout_s=3.0,
+        admin_token=f"admin-{run_id}",
+        rate_limit="100000/second",
     )
     await migrate_url(test_settings.database_url)
     await apply_topics(
@@ -198,6 +200,8 @@ class Process:
             "VDIP_SINK_GROUP_ID": s.sink_group_id,
             "VDIP_GATEWAY_PORT": str(s.gateway_port),
             "VDIP_PRODUCE_TIMEOUT_S": str(s.produce_timeout_s),
+            "VDIP_ADMIN_TOKEN": s.admin_token.get_secret_value() if s.admin_token else "",
+            "VDIP_RATE_LIMIT": s.rate_limit,
             **self.extra_env,
         }
 

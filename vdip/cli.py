@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import logging
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -66,11 +67,20 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.main import create_app
+    from gateway.middleware import CorrelationIdFilter
 
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [%(correlation_id)s]: %(message)s",
+        stream=sys.stderr,
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(CorrelationIdFilter())
     uvicorn.run(
         create_app(settings),
         host=settings.gateway_host,
         port=settings.gateway_port,
+        log_config=None,
         log_level=args.log_level.lower(),
         timeout_graceful_shutdown=30,
     )
@@ -114,10 +124,11 @@ async def _app_action(settings: Settings, args: argparse.Namespace) -> str | Non
                 )
                 return None
             return created[1]
-        key = await rotate_key(pool, args.app_id)
-        if key is None:
+        rotated = await rotate_key(pool, args.app_id)  # the old key stops working at once
+        if rotated is None:
             print(f"application '{args.app_id}' does not exist", file=sys.stderr)
-        return key
+            return None
+        return rotated[1]
     finally:
         await pool.close()
 
@@ -126,16 +137,29 @@ def _run_dir(settings: Settings) -> Path:
     return settings.stack_dir.resolve() / "run"
 
 
+def admin_token(settings: Settings) -> str:
+    """The configured admin token, or the local stack's own (made once, kept in the stack dir)."""
+    if settings.admin_token is not None:
+        return settings.admin_token.get_secret_value()
+    path = settings.stack_dir.resolve() / "admin-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def start_processes(settings: Settings) -> None:
     """Start gateway, worker and sink in the background (each a no-op when it runs already)."""
     run_dir = _run_dir(settings)
+    env = {**os.environ, "VDIP_ADMIN_TOKEN": admin_token(settings)}
     for name in PROCESSES:
         pid_file = run_dir / f"{name}.pid"
         if stack.read_pid(pid_file) is not None:
             stack.log(f"{name} already running")
             continue
         argv = [sys.executable, "-m", "vdip.cli", name]
-        stack.spawn(argv, pid_file=pid_file, log_file=run_dir / f"{name}.log", env=dict(os.environ))
+        stack.spawn(argv, pid_file=pid_file, log_file=run_dir / f"{name}.log", env=env)
         stack.log(f"started {name} (log: {run_dir / f'{name}.log'})")
 
 
@@ -182,6 +206,7 @@ Versatile Data Ingestion Platform is running ({time.monotonic() - started:.1f} s
   Readiness:    {base}/health/ready
   Demo app:     demo
   Demo API key: {key}
+  Admin token:  {admin_token(settings)}  (management API: Authorization: Bearer <token>)
   Logs:         {_run_dir(settings)}/{{gateway,worker,sink}}.log
 
 Send an event:
@@ -204,9 +229,9 @@ async def _demo_key(settings: Settings) -> str:
         created = await create_application(pool, "demo", "Demo application")
         if created is not None:
             return created[1]
-        key = await rotate_key(pool, "demo")
-        assert key is not None
-        return key
+        rotated = await rotate_key(pool, "demo")
+        assert rotated is not None
+        return rotated[1]
     finally:
         await pool.close()
 

@@ -6,7 +6,7 @@ Every default works with the local stack that ``vdip stack up`` starts.
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -29,6 +29,32 @@ class Settings(BaseSettings):
     # Gateway
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token of the management API; unset: admin calls get 401."
+    )
+    key_rotation_grace_s: int = Field(
+        default=86_400, ge=0, description="How long a rotated-out API key keeps working."
+    )
+    app_cache_ttl_s: float = Field(
+        default=5.0, ge=0, description="How long the gateway caches an application (key, active)."
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description='CIDRs whose X-Forwarded-For is believed, e.g. ["10.0.0.0/8"] (JSON list).',
+    )
+    # Limits: each violation is a clear 4xx naming the field.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="413 above this.")
+    max_event_bytes: int = Field(default=65_536, ge=64, description="Serialized payload size cap.")
+    max_json_depth: int = Field(default=16, ge=1, description="Nesting depth of a payload.")
+    max_json_keys: int = Field(default=1_000, ge=1, description="Object keys in one payload, all levels.")
+    max_batch_events: int = Field(default=500, ge=1)
+    event_type_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9_.:\- ]{0,99}$"
+    rate_limit: str = Field(
+        default="5000/second", description="Per application, in events (`limits` notation)."
+    )
+    max_inflight_events: int = Field(
+        default=20_000, ge=1, description="Events awaiting Kafka's ack at once; beyond: 503."
+    )
 
     # Stream worker
     worker_id: str = "vdip-worker"

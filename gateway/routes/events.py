@@ -10,15 +10,15 @@ import orjson
 from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel
 
-from gateway.deps import AuthorizedApp, PoolDep, PresentedKey, authorize
+from gateway.deps import ApplicationsDep, AppReader, PoolDep, PresentedKey, SettingsDep, authorize_app
 from gateway.errors import ApiError
 from gateway.responses import errors
 from schemas import ErrorDetail, EventStatus, SuccessResponse
 
 router = APIRouter(tags=["events"])
 
-_COLUMNS = """event_id, app_id, event_type, payload, metadata, received_at, schema_version,
-              status, routing, stored_at"""
+_COLUMNS = """event_id, app_id, event_type, payload, metadata, received_at, occurred_at,
+              occurred_at_clamped, schema_version, status, routing, stored_at"""
 
 
 class StoredEvent(BaseModel):
@@ -28,6 +28,8 @@ class StoredEvent(BaseModel):
     payload: dict[str, Any]
     metadata: dict[str, Any]
     received_at: datetime
+    occurred_at: datetime | None
+    occurred_at_clamped: bool
     schema_version: int
     status: EventStatus
     routing: dict[str, Any] | None
@@ -58,10 +60,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 @router.get(
     "/api/events/app/{app_id}",
     summary="List an application's events, newest first",
-    responses=errors(401, 403, 404, 422),
+    responses=errors(401, 404, 422),
 )
 async def list_events(
-    app: AuthorizedApp,
+    caller: AppReader,
     pool: PoolDep,
     event_type: str | None = None,
     status: EventStatus | None = None,
@@ -81,7 +83,7 @@ async def list_events(
               AND ($6::timestamptz IS NULL OR (received_at, event_id) < ($6, $7::uuid))
             ORDER BY received_at DESC, event_id DESC
             LIMIT $8""",
-        app.app_id,
+        caller.application.app_id if caller.application else None,
         event_type,
         status.value if status else None,
         start_date,
@@ -100,9 +102,15 @@ async def list_events(
 @router.get(
     "/api/events/{event_id}",
     summary="One stored event, with its status and routing summary",
-    responses=errors(401, 403, 404, 422),
+    responses=errors(401, 404, 422),
 )
-async def get_event(event_id: uuid.UUID, pool: PoolDep, key: PresentedKey) -> SuccessResponse[StoredEvent]:
+async def get_event(
+    event_id: uuid.UUID,
+    pool: PoolDep,
+    key: PresentedKey,
+    applications: ApplicationsDep,
+    settings: SettingsDep,
+) -> SuccessResponse[StoredEvent]:
     row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM data_events WHERE event_id = $1", event_id)
     if row is None:
         raise ApiError(
@@ -110,5 +118,5 @@ async def get_event(event_id: uuid.UUID, pool: PoolDep, key: PresentedKey) -> Su
             f"Event '{event_id}' was not found (it may not be stored yet)",
             [ErrorDetail(field="path.event_id", reason="unknown event")],
         )
-    await authorize(pool, row["app_id"], key)
+    await authorize_app(applications, settings, row["app_id"], key, ingest=False)
     return SuccessResponse(message="Event found", data=StoredEvent(**dict(row)))

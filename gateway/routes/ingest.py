@@ -1,18 +1,44 @@
-"""HTTP ingest: validate, enrich, produce to ``events``, answer 202 once Kafka acknowledged."""
+"""HTTP ingest: validate, enrich, produce to ``events``, answer only once Kafka acknowledged.
 
+Idempotency: an event's id is the client's ``event_id`` if it sent one; else, with an
+``Idempotency-Key`` header, a UUIDv5 of (app_id, key[, index in the batch]); else a new UUIDv7.
+The event store keeps one row per event_id (forever, as long as the event is stored) and every
+later effect is keyed by it, so a retry of any age is stored, routed and counted once.
+"""
+
+import ipaddress
+import logging
 import uuid
-from datetime import UTC, datetime
-from typing import Annotated, Literal
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Request
-from pydantic import BaseModel
+from fastapi import APIRouter, Body, Header, Request, Response
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from uuid6 import uuid7
 
-from gateway.deps import AuthorizedApp, ProducerDep
+from gateway.deps import IngestApp, ProducerDep, RateLimiterDep, SettingsDep
+from gateway.errors import ApiError
+from gateway.limits import Limits, check_event
+from gateway.middleware import correlation_id
 from gateway.responses import errors
-from schemas import EventEnvelope, EventMetadata, EventSource, IngestRequest, SuccessResponse
+from schemas import ErrorDetail, EventEnvelope, EventMetadata, EventSource, IngestRequest, SuccessResponse
+from vdip.settings import Settings
 
 router = APIRouter(tags=["ingest"])
+log = logging.getLogger(__name__)
+
+IDEMPOTENCY_NAMESPACE = uuid.UUID("5b8f3d0e-6c1a-4f57-9d3e-2a7c4e9b1f60")
+FUTURE_TOLERANCE = timedelta(minutes=1)
+PAST_TOLERANCE = timedelta(days=30)
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        max_length=200,
+        description="Makes retries safe: the same key (per application) always gives the same event_id.",
+    ),
+]
 
 
 class IngestAccepted(BaseModel):
@@ -20,38 +46,271 @@ class IngestAccepted(BaseModel):
     status: Literal["accepted"] = "accepted"
 
 
-def _envelope(
-    app_id: str, body: IngestRequest, request: Request, correlation_id: str | None
+class ItemResult(BaseModel):
+    index: int
+    status: Literal["accepted", "rejected"]
+    event_id: uuid.UUID | None = None
+    errors: list[ErrorDetail] = Field(default_factory=list)
+
+
+class BatchResult(BaseModel):
+    accepted: int
+    rejected: int
+    results: list[ItemResult]
+
+
+class BatchRequest(BaseModel):
+    events: list[Any] = Field(description="Up to max_batch_events events, each validated on its own.")
+
+
+# ---------------------------------------------------------------------------------- pure logic
+
+
+def event_id_for(
+    app_id: str, given: uuid.UUID | None, idempotency_key: str | None, index: int | None
+) -> uuid.UUID:
+    if given is not None:
+        return given
+    if idempotency_key is not None:
+        name = f"{app_id}\n{idempotency_key}" + ("" if index is None else f"\n{index}")
+        return uuid.uuid5(IDEMPOTENCY_NAMESPACE, name)
+    return uuid7()
+
+
+def clamp_occurred_at(occurred: datetime | None, received: datetime) -> tuple[datetime | None, bool]:
+    """The client's time, clamped to [received - 30 days, received + 1 minute]; and whether it was."""
+    if occurred is None:
+        return None, False
+    if occurred > received + FUTURE_TOLERANCE:
+        return received + FUTURE_TOLERANCE, True
+    if occurred < received - PAST_TOLERANCE:
+        return received - PAST_TOLERANCE, True
+    return occurred, False
+
+
+def client_ip(peer: str | None, forwarded_for: str | None, trusted: Sequence[str]) -> str | None:
+    """The client's address: the peer's, or, when the peer is a trusted proxy, the nearest address
+    in X-Forwarded-For that is not a trusted proxy (read from the right)."""
+    networks = [ipaddress.ip_network(cidr, strict=False) for cidr in trusted]
+
+    def is_trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in networks)
+
+    if peer is None or not forwarded_for or not is_trusted(peer):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return peer  # a malformed chain is not believed
+        if not is_trusted(hop):
+            return hop
+    return hops[0] if hops else peer
+
+
+def build_envelope(
+    app_id: str,
+    item: IngestRequest,
+    metadata: EventMetadata,
+    received_at: datetime,
+    idempotency_key: str | None,
+    index: int | None,
 ) -> EventEnvelope:
+    occurred_at, clamped = clamp_occurred_at(item.occurred_at, received_at)
     return EventEnvelope(
-        event_id=uuid7(),
+        event_id=event_id_for(app_id, item.event_id, idempotency_key, index),
         app_id=app_id,
-        event_type=body.event_type,
-        payload=body.payload,
-        metadata=EventMetadata(
-            ip_address=request.client.host if request.client else None,
-            user_agent=(request.headers.get("user-agent") or "")[:1024] or None,
-            correlation_id=(correlation_id or uuid.uuid4().hex)[:200],
-            source=EventSource.HTTP,
-        ),
-        received_at=datetime.now(UTC),
+        event_type=item.event_type,
+        payload=item.payload,
+        metadata=metadata,
+        received_at=received_at,
+        occurred_at=occurred_at,
+        occurred_at_clamped=clamped,
     )
+
+
+# ----------------------------------------------------------------------------------------- I/O
+
+
+def _metadata(request: Request, settings: Settings) -> EventMetadata:
+    peer = request.client.host if request.client else None
+    return EventMetadata(
+        ip_address=client_ip(peer, request.headers.get("x-forwarded-for"), settings.trusted_proxies),
+        user_agent=(request.headers.get("user-agent") or "")[:1024] or None,
+        correlation_id=correlation_id.get(),
+        source=EventSource.HTTP,
+    )
+
+
+def _check_rate(limiter: RateLimiterDep, app_id: str, cost: int) -> None:
+    retry_after = limiter.acquire(app_id, cost)
+    if retry_after is not None:
+        raise ApiError(
+            429,
+            f"Application '{app_id}' is over its rate limit",
+            [ErrorDetail(field="path.app_id", reason="rate limit exceeded")],
+            {"Retry-After": str(int(retry_after))},
+        )
 
 
 @router.post(
     "/api/ingest/{app_id}",
     status_code=202,
     summary="Ingest one event",
-    responses=errors(401, 403, 404, 422, 503),
+    responses=errors(400, 401, 403, 404, 413, 422, 429, 503),
 )
 async def ingest(
-    app: AuthorizedApp,
+    app: IngestApp,
     body: IngestRequest,
     request: Request,
     producer: ProducerDep,
-    x_correlation_id: Annotated[str | None, Header()] = None,
+    settings: SettingsDep,
+    limiter: RateLimiterDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> SuccessResponse[IngestAccepted]:
     """Answers 202 only after Kafka acknowledged the event (``acks=all``, idempotent producer)."""
-    envelope = _envelope(app.app_id, body, request, x_correlation_id)
+    problems = check_event(body.event_type, body.payload, Limits.from_settings(settings))
+    if problems:
+        raise ApiError(422, "The event breaks a limit", problems)
+    _check_rate(limiter, app.app_id, 1)
+    envelope = build_envelope(
+        app.app_id, body, _metadata(request, settings), datetime.now(UTC), idempotency_key, None
+    )
     await producer.send(envelope)
+    log.info("accepted event %s for %s", envelope.event_id, app.app_id)
     return SuccessResponse(message="Event accepted", data=IngestAccepted(event_id=envelope.event_id))
+
+
+@router.post(
+    "/api/messages/{app_id}",
+    status_code=202,
+    summary="Ingest a message (legacy): the body is the payload of an event of type 'message'",
+    responses=errors(400, 401, 403, 404, 413, 422, 429, 503),
+)
+async def ingest_message(
+    app: IngestApp,
+    body: Annotated[dict[str, Any], Body(examples=[{"text": "hello"}])],
+    request: Request,
+    producer: ProducerDep,
+    settings: SettingsDep,
+    limiter: RateLimiterDep,
+    idempotency_key: IdempotencyKey = None,
+) -> SuccessResponse[IngestAccepted]:
+    try:
+        item = IngestRequest(event_type="message", payload=body)
+    except ValidationError as exc:
+        raise ApiError(422, "The message is invalid", _errors_of(exc, "body")) from exc
+    return await ingest(app, item, request, producer, settings, limiter, idempotency_key)
+
+
+_items = TypeAdapter(IngestRequest)
+
+
+def _errors_of(exc: ValidationError, where: str) -> list[ErrorDetail]:
+    return [
+        ErrorDetail(field=".".join([where, *(str(p) for p in e["loc"])]), reason=e["msg"])
+        for e in exc.errors(include_url=False)
+    ]
+
+
+@router.post(
+    "/api/ingest/{app_id}/batch",
+    status_code=202,
+    summary="Ingest up to max_batch_events events; each is accepted or rejected on its own",
+    responses={
+        207: {"model": SuccessResponse[BatchResult], "description": "Some events were rejected"},
+        **errors(400, 401, 403, 404, 413, 422, 429, 503),
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["events"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "events": {
+                                "type": "array",
+                                "maxItems": 500,
+                                "items": {"$ref": "#/components/schemas/IngestRequest"},
+                            }
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def ingest_batch(
+    app: IngestApp,
+    body: BatchRequest,
+    request: Request,
+    response: Response,
+    producer: ProducerDep,
+    settings: SettingsDep,
+    limiter: RateLimiterDep,
+    idempotency_key: IdempotencyKey = None,
+) -> SuccessResponse[BatchResult]:
+    """202 when every event was accepted, 207 when some were rejected (each result says why),
+    422 when none was valid, 503 when Kafka acknowledged none. Valid events are produced even
+    when others are rejected; results are in the order of the request."""
+    if len(body.events) > settings.max_batch_events:
+        raise ApiError(
+            422,
+            f"A batch holds at most {settings.max_batch_events} events",
+            [ErrorDetail(field="body.events", reason=f"{len(body.events)} events")],
+        )
+    if not body.events:
+        raise ApiError(422, "The batch is empty", [ErrorDetail(field="body.events", reason="no events")])
+    limits = Limits.from_settings(settings)
+    results: list[ItemResult] = []
+    valid: list[tuple[int, IngestRequest]] = []
+    for index, raw in enumerate(body.events):
+        where = f"body.events.{index}"
+        try:
+            item = _items.validate_python(raw)
+        except ValidationError as exc:
+            results.append(ItemResult(index=index, status="rejected", errors=_errors_of(exc, where)))
+            continue
+        problems = check_event(item.event_type, item.payload, limits, where)
+        if problems:
+            results.append(ItemResult(index=index, status="rejected", errors=problems))
+        else:
+            valid.append((index, item))
+    if not valid:
+        raise ApiError(422, "No event of the batch is valid", [e for r in results for e in r.errors])
+    _check_rate(limiter, app.app_id, len(valid))
+    metadata, received_at = _metadata(request, settings), datetime.now(UTC)
+    envelopes = [
+        build_envelope(app.app_id, item, metadata, received_at, idempotency_key, i) for i, item in valid
+    ]
+    outcomes = await producer.send_many(envelopes)
+    if all(outcome is not None for outcome in outcomes):
+        first = outcomes[0]
+        assert first is not None
+        raise first
+    for (index, _), envelope, outcome in zip(valid, envelopes, outcomes, strict=True):
+        if outcome is None:
+            results.append(ItemResult(index=index, status="accepted", event_id=envelope.event_id))
+        else:
+            results.append(
+                ItemResult(
+                    index=index, status="rejected", errors=[ErrorDetail(field="kafka", reason=str(outcome))]
+                )
+            )
+    results.sort(key=lambda r: r.index)
+    accepted = sum(r.status == "accepted" for r in results)
+    response.status_code = 202 if accepted == len(results) else 207
+    log.info("accepted %d of %d events for %s", accepted, len(results), app.app_id)
+    return SuccessResponse(
+        success=accepted == len(results),
+        message=f"{accepted} of {len(results)} events accepted",
+        data=BatchResult(accepted=accepted, rejected=len(results) - accepted, results=results),
+    )

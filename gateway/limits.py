@@ -1,0 +1,110 @@
+"""The gateway's hard limits: pure checks of one event, and the per-application rate limiter.
+
+Every check returns the errors it found (field and reason) instead of raising, so that a batch can
+report each item's own problems. Nothing rejected here reaches Kafka.
+"""
+
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from limits import parse, storage, strategies
+
+from schemas import ErrorDetail
+from vdip.settings import Settings
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_event_bytes: int
+    max_json_depth: int
+    max_json_keys: int
+    event_type_pattern: re.Pattern[str]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Limits":
+        return cls(
+            max_event_bytes=settings.max_event_bytes,
+            max_json_depth=settings.max_json_depth,
+            max_json_keys=settings.max_json_keys,
+            event_type_pattern=re.compile(settings.event_type_pattern),
+        )
+
+
+def json_shape(value: Any) -> tuple[int, int]:
+    """(nesting depth, number of object keys at all levels) of a JSON value, without recursion.
+
+    A scalar has depth 0; ``{}`` and ``[]`` have depth 1; each level of containers adds one.
+    """
+    depth = keys = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            keys += len(item)
+            depth = max(depth, level + 1)
+            stack.extend((child, level + 1) for child in item.values())
+        elif isinstance(item, list):
+            depth = max(depth, level + 1)
+            stack.extend((child, level + 1) for child in item)
+    return depth, keys
+
+
+def check_event(
+    event_type: str, payload: dict[str, Any], limits: Limits, where: str = "body"
+) -> list[ErrorDetail]:
+    """The limits one event breaks; ``where`` prefixes the field names (e.g. ``body.events.3``)."""
+    errors = []
+    if not limits.event_type_pattern.fullmatch(event_type):
+        errors.append(
+            ErrorDetail(
+                field=f"{where}.event_type",
+                reason=f"must match {limits.event_type_pattern.pattern}",
+            )
+        )
+    size = len(orjson.dumps(payload))
+    if size > limits.max_event_bytes:
+        errors.append(
+            ErrorDetail(
+                field=f"{where}.payload",
+                reason=f"is {size} bytes serialized; the limit is {limits.max_event_bytes}",
+            )
+        )
+    depth, keys = json_shape(payload)
+    if depth > limits.max_json_depth:
+        errors.append(
+            ErrorDetail(
+                field=f"{where}.payload",
+                reason=f"nests {depth} levels deep; the limit is {limits.max_json_depth}",
+            )
+        )
+    if keys > limits.max_json_keys:
+        errors.append(
+            ErrorDetail(
+                field=f"{where}.payload",
+                reason=f"has {keys} keys; the limit is {limits.max_json_keys}",
+            )
+        )
+    return errors
+
+
+class RateLimiter:
+    """Events per application over a sliding window, in this process's memory.
+
+    Each gateway process counts on its own: with N gateways an application may send N times the
+    rate. ``acquire`` takes ``cost`` events at once (a batch counts each of its events).
+    """
+
+    def __init__(self, rate: str) -> None:
+        self._item = parse(rate)
+        self._limiter = strategies.SlidingWindowCounterRateLimiter(storage.MemoryStorage())
+
+    def acquire(self, app_id: str, cost: int = 1) -> float | None:
+        """None when allowed; otherwise how many seconds to wait before retrying."""
+        if self._limiter.hit(self._item, app_id, cost=cost):
+            return None
+        stats = self._limiter.get_window_stats(self._item, app_id)
+        return max(1.0, math.ceil(stats.reset_time - time.time()))

@@ -1,0 +1,88 @@
+"""ASGI middleware: the request body size limit, and the correlation id of each request.
+
+The correlation id (``X-Correlation-ID``, or a new one) lives in a context variable for the
+request's task only, is echoed in the response, and ``CorrelationIdFilter`` adds it to every log
+record written while the request is handled.
+"""
+
+import logging
+import re
+import uuid
+from contextvars import ContextVar
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import ApiError, render_error
+from schemas import ErrorDetail
+
+correlation_id: ContextVar[str] = ContextVar("correlation_id", default="-")
+
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
+
+
+class CorrelationIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.correlation_id = correlation_id.get()
+        return True
+
+
+class CorrelationIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get("x-correlation-id", "")
+        value = given if _VALID_ID.match(given) else uuid.uuid4().hex
+        token = correlation_id.set(value)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["X-Correlation-ID"] = value
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            correlation_id.reset(token)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"The request body is larger than {limit} bytes",
+        [ErrorDetail(field="body", reason=f"larger than {limit} bytes")],
+    )
+
+
+class BodySizeLimitMiddleware:
+    """413 as soon as the body is known to be too large: from Content-Length, before reading it,
+    or while it streams in (chunked bodies), without reading the rest."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await render_error(_too_large(self.max_bytes))(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _too_large(self.max_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)

@@ -1,0 +1,157 @@
+"""Management of applications and their API keys (admin token; an application may read itself
+and rotate its own key)."""
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from gateway.deps import AppIdPath, ApplicationsDep, AppReader, PoolDep, RequireAdmin, SettingsDep
+from gateway.errors import ApiError
+from gateway.responses import errors
+from schemas import ErrorDetail, SuccessResponse
+from schemas.events import AppId
+from vdip import applications as apps
+
+router = APIRouter(tags=["applications"])
+
+
+class NewApplication(BaseModel):
+    app_id: AppId | None = Field(default=None, description="Chosen id; a new one is made when absent.")
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    description: Annotated[str | None, Field(max_length=2000)] = None
+
+
+class ApplicationView(BaseModel):
+    app_id: str
+    name: str
+    description: str | None
+    is_active: bool
+    previous_key_valid_until: datetime | None = Field(
+        description="Until when the key replaced by the last rotation keeps working."
+    )
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, app: apps.Application) -> "ApplicationView":
+        return cls(
+            app_id=app.app_id,
+            name=app.name,
+            description=app.description,
+            is_active=app.is_active,
+            previous_key_valid_until=app.previous_key_expires_at if app.previous_key_hash else None,
+            created_at=app.created_at,
+            updated_at=app.updated_at,
+        )
+
+
+class ApplicationWithKey(ApplicationView):
+    api_key: str = Field(description="Shown only now: only its hash is stored.")
+
+
+def _not_found(app_id: str) -> ApiError:
+    return ApiError(
+        404,
+        f"Application '{app_id}' does not exist",
+        [ErrorDetail(field="path.app_id", reason="unknown application")],
+    )
+
+
+@router.post(
+    "/api/applications",
+    status_code=201,
+    dependencies=[RequireAdmin],
+    summary="Create an application and its API key (shown once)",
+    responses=errors(401, 409, 422),
+)
+async def create(
+    body: NewApplication, pool: PoolDep, cache: ApplicationsDep
+) -> SuccessResponse[ApplicationWithKey]:
+    app_id = body.app_id or f"app-{uuid.uuid4().hex[:12]}"
+    created = await apps.create_application(pool, app_id, body.name, body.description)
+    if created is None:
+        raise ApiError(
+            409, f"Application '{app_id}' exists already", [ErrorDetail(field="body.app_id", reason="taken")]
+        )
+    cache.forget(app_id)
+    app, key = created
+    return SuccessResponse(
+        message="Application created; store its API key now, it is not shown again",
+        data=ApplicationWithKey(**ApplicationView.of(app).model_dump(), api_key=key),
+    )
+
+
+@router.get(
+    "/api/applications", dependencies=[RequireAdmin], summary="All applications", responses=errors(401)
+)
+async def list_all(pool: PoolDep) -> SuccessResponse[list[ApplicationView]]:
+    found = await apps.list_applications(pool)
+    return SuccessResponse(
+        message=f"{len(found)} application(s)", data=[ApplicationView.of(a) for a in found]
+    )
+
+
+@router.get("/api/applications/{app_id}", summary="One application", responses=errors(401, 404, 422))
+async def get_one(caller: AppReader) -> SuccessResponse[ApplicationView]:
+    assert caller.application is not None
+    return SuccessResponse(message="Application found", data=ApplicationView.of(caller.application))
+
+
+async def _set_active(
+    pool: PoolDep, cache: ApplicationsDep, app_id: str, active: bool
+) -> SuccessResponse[ApplicationView]:
+    app = await apps.set_active(pool, app_id, active)
+    if app is None:
+        raise _not_found(app_id)
+    cache.forget(app_id)
+    return SuccessResponse(
+        message=f"Application {'enabled' if active else 'disabled'}", data=ApplicationView.of(app)
+    )
+
+
+@router.post(
+    "/api/applications/{app_id}/disable",
+    dependencies=[RequireAdmin],
+    summary="Disable an application: its ingest answers 403 (reads keep working)",
+    responses=errors(401, 404, 422),
+)
+async def disable(
+    app_id: AppIdPath, pool: PoolDep, cache: ApplicationsDep
+) -> SuccessResponse[ApplicationView]:
+    return await _set_active(pool, cache, app_id, False)
+
+
+@router.post(
+    "/api/applications/{app_id}/enable",
+    dependencies=[RequireAdmin],
+    summary="Enable an application again",
+    responses=errors(401, 404, 422),
+)
+async def enable(
+    app_id: AppIdPath, pool: PoolDep, cache: ApplicationsDep
+) -> SuccessResponse[ApplicationView]:
+    return await _set_active(pool, cache, app_id, True)
+
+
+@router.post(
+    "/api/applications/{app_id}/rotate-key",
+    summary="Replace the API key; the old one keeps working for key_rotation_grace_s (a day)",
+    responses=errors(401, 404, 422),
+)
+async def rotate(
+    caller: AppReader, pool: PoolDep, cache: ApplicationsDep, settings: SettingsDep
+) -> SuccessResponse[ApplicationWithKey]:
+    assert caller.application is not None
+    app_id = caller.application.app_id
+    rotated = await apps.rotate_key(pool, app_id, timedelta(seconds=settings.key_rotation_grace_s))
+    if rotated is None:
+        raise _not_found(app_id)
+    cache.forget(app_id)
+    app, key = rotated
+    return SuccessResponse(
+        message="Key rotated; store the new key now, it is not shown again",
+        data=ApplicationWithKey(**ApplicationView.of(app).model_dump(), api_key=key),
+    )
