@@ -167,6 +167,13 @@ class AppKey:
 
 
 @pytest.fixture
+def admin(settings: Settings) -> dict[str, str]:
+    """Headers that carry the admin token."""
+    assert settings.admin_token is not None
+    return {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
+
+
+@pytest.fixture
 async def app(pool: asyncpg.Pool) -> AppKey:
     """A new application with its key, for one test."""
     app_id = f"app-{uuid.uuid4().hex[:12]}"
@@ -181,10 +188,17 @@ async def app(pool: asyncpg.Pool) -> AppKey:
 class Process:
     """One of the pipeline's processes (``vdip gateway|worker|sink``), run as in production."""
 
-    def __init__(self, name: str, settings: Settings, log_dir: Path, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        log_dir: Path,
+        extra_env: dict[str, str] | None = None,
+        label: str | None = None,
+    ):
         self.name = name
         self.settings = settings
-        self.log_path = log_dir / f"{name}.log"
+        self.log_path = log_dir / f"{label or name}.log"
         self.extra_env = extra_env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -261,28 +275,41 @@ async def wait_until(predicate, timeout: float, interval: float = 0.2, message: 
         await asyncio.sleep(interval)
 
 
+async def start_gateway(process: Process) -> str:
+    """Start a gateway process and wait until it is ready; returns its base URL."""
+    process.start()
+    base_url = f"http://127.0.0.1:{process.env()['VDIP_GATEWAY_PORT']}"
+
+    async def ready() -> bool:
+        assert process.alive(), process.log_tail()
+        try:
+            async with httpx.AsyncClient() as client:
+                return (await client.get(f"{base_url}/health/ready")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    await wait_until(ready, 60, message=f"gateway {process.name} ready")
+    return base_url
+
+
 @pytest.fixture(scope="session")
-async def pipeline(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pipeline]:
-    log_dir = Path(os.environ.get("VDIP_TEST_LOG_DIR", tmp_path_factory.mktemp("logs")))
-    log_dir.mkdir(parents=True, exist_ok=True)
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    found = Path(os.environ.get("VDIP_TEST_LOG_DIR", tmp_path_factory.mktemp("logs")))
+    found.mkdir(parents=True, exist_ok=True)
+    return found
+
+
+@pytest.fixture(scope="session")
+async def pipeline(settings: Settings, log_dir: Path) -> AsyncIterator[Pipeline]:
     found = Pipeline(
         settings,
         gateway=Process("gateway", settings, log_dir),
         worker=Process("worker", settings, log_dir),
         sink=Process("sink", settings, log_dir, {"VDIP_SINK_BATCH_SIZE": "100"}),
     )
-    for process in (found.gateway, found.worker, found.sink):
-        process.start()
-
-    async def gateway_ready() -> bool:
-        assert found.gateway.alive(), found.gateway.log_tail()
-        try:
-            async with httpx.AsyncClient() as client:
-                return (await client.get(f"{found.base_url}/health/ready")).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    await wait_until(gateway_ready, 60, message="gateway ready")
+    found.worker.start()
+    found.sink.start()
+    await start_gateway(found.gateway)
     await _wait_until_flowing(found)
     yield found
     for process in (found.gateway, found.worker, found.sink):

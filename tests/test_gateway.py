@@ -91,23 +91,29 @@ async def test_bodies_that_are_not_json_get_422(
     assert says in response.text
 
 
-async def test_keys_are_checked(client: httpx.AsyncClient, app: AppKey, pool: asyncpg.Pool) -> None:
+async def test_keys_are_checked(client: httpx.AsyncClient, app: AppKey, admin: dict[str, str]) -> None:
     body = {"event_type": "t", "payload": {}}
     url = f"/api/ingest/{app.app_id}"
-    assert (await client.post(url, json=body)).status_code == 401
+    missing = await client.post(url, json=body)
+    assert missing.status_code == 401 and missing.headers["WWW-Authenticate"] == "Bearer"
     assert (await client.post(url, json=body, headers={"X-API-Key": "vdip_wrong"})).status_code == 401
+    assert (await client.post(url, json=body, headers=admin)).status_code == 401  # admin does not ingest
     bearer = await client.post(url, json=body, headers={"Authorization": f"Bearer {app.key}"})
     assert bearer.status_code == 202
     unknown = await client.post("/api/ingest/no-such-app", json=body, headers=app.headers)
     assert unknown.status_code == 404
     assert unknown.json()["errors"][0]["field"] == "path.app_id"
-    await pool.execute("UPDATE applications SET is_active = false WHERE app_id = $1", app.app_id)
+    assert (await client.post(f"/api/applications/{app.app_id}/disable", headers=admin)).status_code == 200
     disabled = await client.post(url, json=body, headers=app.headers)
     assert disabled.status_code == 403
+    assert disabled.json()["errors"][0]["reason"] == "application disabled"
+    assert (await client.get(f"/api/events/app/{app.app_id}", headers=app.headers)).status_code == 200
+    assert (await client.post(f"/api/applications/{app.app_id}/enable", headers=admin)).status_code == 200
+    assert (await client.post(url, json=body, headers=app.headers)).status_code == 202
     # Another application's key does not open this one's events.
-    assert (
-        await client.get(f"/api/events/app/{app.app_id}", headers={"X-API-Key": "vdip_x"})
-    ).status_code == 401
+    other = await client.post("/api/applications", json={"name": "other"}, headers=admin)
+    other_key = {"X-API-Key": other.json()["data"]["api_key"]}
+    assert (await client.get(f"/api/events/app/{app.app_id}", headers=other_key)).status_code == 401
 
 
 async def test_bad_app_id_in_path_is_a_422(client: httpx.AsyncClient, app: AppKey) -> None:

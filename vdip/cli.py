@@ -83,6 +83,7 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
         log_config=None,
         log_level=args.log_level.lower(),
         timeout_graceful_shutdown=30,
+        proxy_headers=False,  # X-Forwarded-For is read by the gateway, from VDIP_TRUSTED_PROXIES only
     )
     return 0
 

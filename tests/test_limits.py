@@ -1,0 +1,215 @@
+"""Hard limits, rate limiting, enrichment and correlation ids, against a gateway with tight settings."""
+
+import asyncio
+import signal
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import AppKey, Pipeline, Process, _free_port, start_gateway, wait_until
+
+STRICT = {
+    "VDIP_RATE_LIMIT": "20/minute",
+    "VDIP_MAX_BODY_BYTES": "4096",
+    "VDIP_MAX_EVENT_BYTES": "512",
+    "VDIP_MAX_JSON_DEPTH": "4",
+    "VDIP_MAX_JSON_KEYS": "10",
+    "VDIP_MAX_BATCH_EVENTS": "5",
+    "VDIP_MAX_INFLIGHT_EVENTS": "3",
+    "VDIP_TRUSTED_PROXIES": '["127.0.0.1/32"]',
+}
+
+
+@pytest.fixture(scope="module")
+async def strict(pipeline: Pipeline) -> AsyncIterator[Process]:
+    gateway = Process(
+        "gateway",
+        pipeline.settings,
+        pipeline.gateway.log_path.parent,
+        {**STRICT, "VDIP_GATEWAY_PORT": str(_free_port())},
+        label="gateway-strict",
+    )
+    await start_gateway(gateway)
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+async def sclient(strict: Process) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{strict.env()['VDIP_GATEWAY_PORT']}") as client:
+        yield client
+
+
+async def test_body_over_the_limit_is_413_before_it_is_read(sclient: httpx.AsyncClient, app: AppKey) -> None:
+    big = {"event_type": "t", "payload": {"x": "y" * 5000}}
+    declared = await sclient.post(f"/api/ingest/{app.app_id}", json=big, headers=app.headers)
+    assert declared.status_code == 413
+    assert declared.json()["errors"] == [{"field": "body", "reason": "larger than 4096 bytes"}]
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it streams
+        yield b'{"event_type": "t", "payload": {"x": "'
+        for _ in range(100):
+            yield b"y" * 100
+        yield b'"}}'
+
+    streamed = await sclient.post(
+        f"/api/ingest/{app.app_id}",
+        content=chunks(),
+        headers={**app.headers, "Content-Type": "application/json"},
+    )
+    assert streamed.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ({"x": "y" * 600}, "is 608 bytes serialized; the limit is 512"),
+        ({"a": {"b": {"c": {"d": {"e": 1}}}}}, "nests 5 levels deep; the limit is 4"),
+        ({str(i): i for i in range(11)}, "has 11 keys; the limit is 10"),
+    ],
+)
+async def test_event_limits_are_422_naming_the_payload(
+    sclient: httpx.AsyncClient, app: AppKey, payload: dict[str, object], reason: str
+) -> None:
+    response = await sclient.post(
+        f"/api/ingest/{app.app_id}", json={"event_type": "t", "payload": payload}, headers=app.headers
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"] == [{"field": "body.payload", "reason": reason}]
+
+
+async def test_batch_limit(sclient: httpx.AsyncClient, app: AppKey) -> None:
+    response = await sclient.post(
+        f"/api/ingest/{app.app_id}/batch", json={"events": [{"event_type": "t"}] * 6}, headers=app.headers
+    )
+    assert response.status_code == 422 and "at most 5" in response.json()["message"]
+
+
+async def test_in_flight_bound_answers_503(sclient: httpx.AsyncClient, app: AppKey) -> None:
+    response = await sclient.post(
+        f"/api/ingest/{app.app_id}/batch", json={"events": [{"event_type": "t"}] * 4}, headers=app.headers
+    )
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert "await Kafka" in response.json()["errors"][0]["reason"]
+
+
+async def test_rate_limit_is_per_application(sclient: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
+    from vdip.applications import create_application
+
+    keys = []
+    for _ in range(2):
+        created = await create_application(pool, f"rate-{uuid.uuid4().hex[:8]}", "rate")
+        assert created is not None
+        keys.append((created[0].app_id, {"X-API-Key": created[1]}))
+    (noisy, noisy_key), (quiet, quiet_key) = keys
+    statuses = [
+        (await sclient.post(f"/api/ingest/{noisy}", json={"event_type": "t"}, headers=noisy_key)).status_code
+        for _ in range(25)
+    ]
+    assert statuses.count(202) == 20 and statuses[20:] == [429] * 5
+    limited = await sclient.post(f"/api/ingest/{noisy}", json={"event_type": "t"}, headers=noisy_key)
+    assert limited.status_code == 429 and 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert limited.json()["errors"][0]["reason"] == "rate limit exceeded"
+    assert (
+        await sclient.post(f"/api/ingest/{quiet}", json={"event_type": "t"}, headers=quiet_key)
+    ).status_code == 202
+
+
+async def test_forwarded_for_and_correlation_id(
+    sclient: httpx.AsyncClient, strict: Process, app: AppKey, pool: asyncpg.Pool
+) -> None:
+    correlation = f"corr-{uuid.uuid4().hex}"
+    response = await sclient.post(
+        f"/api/ingest/{app.app_id}",
+        json={"event_type": "t"},
+        headers={**app.headers, "X-Forwarded-For": "6.6.6.6, 198.51.100.7", "X-Correlation-ID": correlation},
+    )
+    assert response.status_code == 202
+    assert response.headers["X-Correlation-ID"] == correlation
+    event_id = uuid.UUID(response.json()["data"]["event_id"])
+
+    async def stored() -> bool:
+        return bool(await pool.fetchval("SELECT 1 FROM data_events WHERE event_id = $1", event_id))
+
+    await wait_until(stored, 30, message="stored")
+    metadata = await pool.fetchval("SELECT metadata FROM data_events WHERE event_id = $1", event_id)
+    assert metadata["ip_address"] == "198.51.100.7"  # 127.0.0.1 is a trusted proxy here
+    assert metadata["correlation_id"] == correlation
+    log_lines = [line for line in strict.log_path.read_text().splitlines() if correlation in line]
+    assert any(str(event_id) in line for line in log_lines), log_lines
+    generated = await sclient.get("/health")
+    assert len(generated.headers["X-Correlation-ID"]) == 32  # made up when none was sent
+    rejected = await sclient.post(
+        f"/api/ingest/{app.app_id}", json={}, headers={"X-Correlation-ID": correlation}
+    )
+    assert rejected.headers["X-Correlation-ID"] == correlation
+
+
+async def test_untrusted_peer_cannot_spoof_its_address(
+    client: httpx.AsyncClient, app: AppKey, pool: asyncpg.Pool
+) -> None:
+    response = await client.post(
+        f"/api/ingest/{app.app_id}",
+        json={"event_type": "t"},
+        headers={**app.headers, "X-Forwarded-For": "6.6.6.6"},
+    )
+    event_id = uuid.UUID(response.json()["data"]["event_id"])
+
+    async def stored() -> bool:
+        return bool(await pool.fetchval("SELECT 1 FROM data_events WHERE event_id = $1", event_id))
+
+    await wait_until(stored, 30, message="stored")
+    metadata = await pool.fetchval("SELECT metadata FROM data_events WHERE event_id = $1", event_id)
+    assert metadata["ip_address"] == "127.0.0.1"
+
+
+async def test_graceful_shutdown_drains_in_flight_produces(
+    pipeline: Pipeline, app: AppKey, pool: asyncpg.Pool
+) -> None:
+    gateway = Process(
+        "gateway",
+        pipeline.settings,
+        pipeline.gateway.log_path.parent,
+        {"VDIP_GATEWAY_PORT": str(_free_port())},
+        label="gateway-shutdown",
+    )
+    base = await start_gateway(gateway)
+    body = orjson.dumps({"events": [{"event_type": "drain", "payload": {"n": n}} for n in range(100)]})
+    accepted: list[uuid.UUID] = []
+
+    async def send(client: httpx.AsyncClient) -> None:
+        try:
+            response = await client.post(
+                f"/api/ingest/{app.app_id}/batch",
+                content=body,
+                headers={**app.headers, "Content-Type": "application/json"},
+            )
+        except httpx.HTTPError:
+            return  # refused once shutdown began: nothing was promised
+        if response.status_code in (202, 207):
+            accepted.extend(
+                uuid.UUID(r["event_id"]) for r in response.json()["data"]["results"] if r.get("event_id")
+            )
+
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        tasks = [asyncio.create_task(send(client)) for _ in range(30)]
+        await asyncio.sleep(0.15)
+        assert gateway.proc is not None
+        gateway.proc.terminate()  # SIGTERM while requests are in flight
+        await asyncio.gather(*tasks)
+    assert gateway.proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once done
+    assert "Application shutdown complete" in gateway.log_path.read_text()
+    assert accepted, "no request was accepted before the shutdown"
+
+    async def all_stored() -> bool:
+        found: int = await pool.fetchval(
+            "SELECT count(*) FROM data_events WHERE event_id = ANY($1::uuid[])", accepted
+        )
+        return found == len(accepted)
+
+    await wait_until(all_stored, 60, message=f"all {len(accepted)} accepted events stored")
