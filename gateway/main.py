@@ -2,6 +2,7 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -46,4 +47,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ingest.router)
     app.include_router(events.router)
     app.include_router(applications.router)
+    _document_limits(app, settings)
     return app
+
+
+def _document_limits(app: FastAPI, settings: Settings) -> None:
+    """Put the limits that are settings into the OpenAPI document, so that it tells the truth."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            item = schema["components"]["schemas"]["IngestRequest"]["properties"]
+            item["event_type"]["pattern"] = settings.event_type_pattern
+            batch = schema["paths"]["/api/ingest/{app_id}/batch"]["post"]["requestBody"]["content"]
+            batch["application/json"]["schema"]["properties"]["events"]["maxItems"] = (
+                settings.max_batch_events
+            )
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]

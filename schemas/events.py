@@ -6,6 +6,7 @@ Producers that write to Kafka directly write the same envelope as JSON (its JSON
 """
 
 import math
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -30,9 +31,13 @@ AppId = Annotated[
 ]
 EventType = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
-    Field(description="What happened, 1 to 100 characters.", examples=["order_created"]),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"),
+    Field(
+        description="What happened: 1 to 100 characters, no control characters.", examples=["order_created"]
+    ),
 ]
+# PostgreSQL cannot store NUL in text or jsonb: such a string would stop the event store.
+NoNulText = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -40,21 +45,35 @@ def _to_utc(value: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-def _finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return all(_finite(v) for v in value)
-    return True
+def _json_problem(value: Any) -> str | None:
+    """Why ``value`` cannot travel safely as JSON (NaN, Infinity, lone surrogates, integers that do
+    not fit in 64 bits, which most JSON consumers cannot read; NUL, which PostgreSQL cannot store),
+    or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return "NaN and Infinity are not JSON numbers"
+        if isinstance(item, int) and not _INT_MIN <= item <= _INT_MAX:
+            return f"integers must be between {_INT_MIN} and {_INT_MAX}"
+        if isinstance(item, str) and _UNSTORABLE.search(item):
+            return "strings must not contain NUL (\\u0000) or lone surrogates (\\ud800-\\udfff)"
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def _json_object(value: dict[str, Any]) -> dict[str, Any]:
-    if not _finite(value):
-        raise ValueError("NaN and Infinity are not JSON numbers")
+    problem = _json_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -76,8 +95,8 @@ class EventMetadata(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ip_address: IPvAnyAddress | None = Field(default=None, description="The sender's address.")
-    user_agent: str | None = Field(default=None, max_length=1024)
-    correlation_id: str | None = Field(default=None, max_length=200)
+    user_agent: NoNulText | None = Field(default=None, max_length=1024)
+    correlation_id: NoNulText | None = Field(default=None, max_length=200)
     source: EventSource = Field(
         default=EventSource.KAFKA, description="How the event entered: over HTTP or into Kafka."
     )

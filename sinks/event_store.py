@@ -9,10 +9,10 @@ could produce) goes to ``events.dlq`` with the reason, so that it is never silen
 import asyncio
 import logging
 import signal
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from pydantic import ValidationError
 
 from schemas import RoutedEvent
@@ -21,6 +21,10 @@ from vdip.db import create_pool, migrate_url
 from vdip.settings import Settings
 
 log = logging.getLogger(__name__)
+
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+# Errors that belong to a row's values, not to the database being unreachable.
+REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 INSERT = """
 INSERT INTO data_events (event_id, app_id, event_type, payload, metadata, received_at,
@@ -56,32 +60,38 @@ class EventStore:
         self.dlq_topic = dlq_topic
 
     async def write(self, records: Records) -> None:
-        rows = []
+        parsed: list[tuple[Record, tuple[Any, ...]]] = []
         for record in records:
             try:
-                rows.append(to_row(RoutedEvent.model_validate_json(record.value)))
+                parsed.append((record, to_row(RoutedEvent.model_validate_json(record.value))))
             except ValidationError as exc:
-                await self._dead_letter(
-                    record.topic, record.partition, record.offset, record.key, record.value, str(exc)
-                )
-        if rows:
+                await self._dead_letter(record, str(exc))
+        if not parsed:
+            return
+        try:
             async with self.pool.acquire() as conn, conn.transaction():
-                await conn.executemany(INSERT, rows)
+                await conn.executemany(INSERT, [row for _, row in parsed])
+        except REFUSED:
+            # A value PostgreSQL refuses (never a connection problem, which is retried instead):
+            # write row by row and dead-letter only the rows that fail alone, as Kafka Connect does.
+            for record, row in parsed:
+                try:
+                    await self.pool.execute(INSERT, *row)
+                except REFUSED as exc:
+                    await self._dead_letter(record, f"{type(exc).__name__}: {exc}")
 
-    async def _dead_letter(
-        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, reason: str
-    ) -> None:
-        log.error("dead-lettering %s[%d]@%d: %s", topic, partition, offset, reason)
+    async def _dead_letter(self, record: Record, reason: str) -> None:
+        log.error("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
         await self.producer.send_and_wait(
             self.dlq_topic,
-            key=key,
-            value=value,
+            key=record.key,
+            value=record.value,
             headers=[
                 ("error", reason[:1000].encode()),
                 ("error.stage", b"event-store"),
-                ("source.topic", topic.encode()),
-                ("source.partition", str(partition).encode()),
-                ("source.offset", str(offset).encode()),
+                ("source.topic", record.topic.encode()),
+                ("source.partition", str(record.partition).encode()),
+                ("source.offset", str(record.offset).encode()),
             ],
         )
 

@@ -146,7 +146,7 @@ async def test_same_batch_three_times_one_cut_off_is_stored_once(
         f"X-API-Key: {app.key}\r\nIdempotency-Key: {keyed['Idempotency-Key']}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode()
-    reader, writer = await asyncio.open_connection("127.0.0.1", pipeline.settings.gateway_port)
+    _, writer = await asyncio.open_connection("127.0.0.1", pipeline.settings.gateway_port)
     writer.write(head + body)
     await writer.drain()
     writer.close()
@@ -184,7 +184,8 @@ async def test_occurred_at_is_kept_or_clamped_and_flagged(
     rows = {
         r["event_id"]: r
         for r in await pool.fetch(
-            "SELECT event_id, occurred_at, occurred_at_clamped, received_at FROM data_events WHERE app_id = $1",
+            """SELECT event_id, occurred_at, occurred_at_clamped, received_at
+               FROM data_events WHERE app_id = $1""",
             app.app_id,
         )
     }

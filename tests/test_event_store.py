@@ -1,14 +1,22 @@
 """The event store's batch write against the real PostgreSQL (and Kafka for dead letters)."""
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from schemas import EventEnvelope, EventStatus, RoutedEvent, RoutingSummary
-from sinks.event_store import EventStore
+from sinks.event_store import INSERT, EventStore, to_row
 from tests.conftest import consume_all
+from tests.test_schemas import json_values, texts
+from vdip.db import _init_connection
 from vdip.settings import Settings
 
 
@@ -83,3 +91,69 @@ async def test_unparseable_record_is_dead_lettered_and_the_rest_stored(
     assert headers["error.stage"] == b"event-store"
     assert headers["source.offset"] == b"7"
     assert b"validation error" in headers["error"]
+
+
+async def test_rows_the_database_refuses_are_dead_lettered_alone(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    app_id = f"store-{uuid.uuid4().hex[:8]}"
+    batch = [routed(app_id) for _ in range(5)]
+    poison = batch[2]
+    # A constraint that refuses one row stands for any value PostgreSQL refuses for good.
+    await pool.execute(
+        f"ALTER TABLE data_events ADD CONSTRAINT refuse_one CHECK (event_id <> '{poison.event.event_id}')"
+    )
+    try:
+        store = EventStore(pool, producer, settings.topic("events.dlq"))
+        await store.write([as_record(r.model_dump_json().encode(), 100 + i) for i, r in enumerate(batch)])
+    finally:
+        await pool.execute("ALTER TABLE data_events DROP CONSTRAINT refuse_one")
+    stored = {
+        r["event_id"] for r in await pool.fetch("SELECT event_id FROM data_events WHERE app_id = $1", app_id)
+    }
+    assert stored == {r.event.event_id for r in batch} - {poison.event.event_id}
+    marker = str(poison.event.event_id).encode()
+    records = await consume_all(settings, "events.dlq", until=lambda rs: any(marker in r.value for r in rs))
+    dead = [r for r in records if marker in r.value]
+    assert len(dead) == 1
+    headers = dict(dead[0].headers)
+    assert headers["source.offset"] == b"102"
+    assert b"CheckViolationError" in headers["error"]
+
+
+@given(payloads=st.lists(st.dictionaries(texts, json_values, max_size=5), min_size=1, max_size=10))
+@hypothesis_settings(max_examples=25, deadline=None)
+def test_any_valid_payload_comes_back_from_postgres_unchanged(
+    settings: Settings, payloads: list[dict[str, Any]]
+) -> None:
+    """jsonb keeps every string, key and structure, and every number's decimal value (it may write
+    6.0e16 as 60000000000000000: the same JSON number)."""
+
+    async def round_trip() -> list[Any]:
+        conn = await asyncpg.connect(settings.database_url)
+        await _init_connection(conn)
+        try:
+            app_id = f"rt-{uuid.uuid4().hex[:8]}"
+            events = [routed(app_id) for _ in payloads]
+            for event, payload in zip(events, payloads, strict=True):
+                event.event.payload = payload
+            await conn.executemany(
+                INSERT, [to_row(RoutedEvent.model_validate_json(e.model_dump_json())) for e in events]
+            )
+            rows = await conn.fetch("SELECT event_id, payload FROM data_events WHERE app_id = $1", app_id)
+            by_id = {r["event_id"]: r["payload"] for r in rows}
+            return [by_id[e.event.event_id] for e in events]
+        finally:
+            await conn.close()
+
+    assert decimal_numbers(asyncio.run(round_trip())) == decimal_numbers(payloads)
+
+
+def decimal_numbers(value: Any) -> Any:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return Decimal(repr(value)).normalize()
+    if isinstance(value, list):
+        return [decimal_numbers(v) for v in value]
+    return {k: decimal_numbers(v) for k, v in value.items()}

@@ -86,15 +86,21 @@ def test_json_schema_agrees_with_the_model_on_samples() -> None:
             EventEnvelope.model_validate(bad)
 
 
+# What PostgreSQL's jsonb stores unchanged: no NUL in strings, integers within 64 bits.
+texts = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=["Cs"]))
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | texts,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
     max_leaves=20,
 )
 
 
 @given(
-    payload=st.dictionaries(st.text(max_size=10), json_values, max_size=6),
+    payload=st.dictionaries(texts, json_values, max_size=6),
     offset=st.integers(min_value=-12 * 60, max_value=14 * 60),
 )
 def test_any_json_object_payload_round_trips(payload: dict[str, object], offset: int) -> None:
@@ -117,3 +123,19 @@ def test_non_finite_numbers_are_refused_anywhere_in_the_payload(number: float) -
         EventEnvelope.model_validate(envelope(payload={"a": [{"b": number}]}))
     with pytest.raises(ValidationError, match="NaN and Infinity"):
         IngestRequest.model_validate({"event_type": "t", "payload": {"x": number}})
+
+
+@pytest.mark.parametrize("payload", [{"a": "\ud800"}, {"\udfff": 1}, {"a": [{"b": "x\udbffy"}]}])
+def test_lone_surrogates_are_refused(payload: dict[str, object]) -> None:
+    with pytest.raises(ValidationError, match="lone surrogates"):
+        IngestRequest.model_validate({"event_type": "t", "payload": payload})
+    assert IngestRequest.model_validate({"event_type": "t", "payload": {"ok": "é🙂"}}).payload == {
+        "ok": "é🙂"
+    }
+
+
+@pytest.mark.parametrize("number", [2**64, -(2**63) - 1, 10**30])
+def test_integers_beyond_64_bits_are_refused(number: int) -> None:
+    with pytest.raises(ValidationError, match="integers must be between"):
+        IngestRequest.model_validate({"event_type": "t", "payload": {"n": [number]}})
+    IngestRequest.model_validate({"event_type": "t", "payload": {"n": [2**64 - 1, -(2**63)]}})

@@ -20,8 +20,8 @@ router = APIRouter(tags=["applications"])
 
 class NewApplication(BaseModel):
     app_id: AppId | None = Field(default=None, description="Chosen id; a new one is made when absent.")
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    description: Annotated[str | None, Field(max_length=2000)] = None
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    description: Annotated[str | None, Field(max_length=2000, pattern=r"^[^\x00]*$")] = None
 
 
 class ApplicationView(BaseModel):

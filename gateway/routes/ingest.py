@@ -238,6 +238,7 @@ def _errors_of(exc: ValidationError, where: str) -> list[ErrorDetail]:
                         "properties": {
                             "events": {
                                 "type": "array",
+                                "minItems": 1,
                                 "maxItems": 500,
                                 "items": {"$ref": "#/components/schemas/IngestRequest"},
                             }
