@@ -17,7 +17,7 @@ from fastapi import APIRouter, Body, Header, Request, Response
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from uuid6 import uuid7
 
-from gateway.deps import IngestApp, ProducerDep, RateLimiterDep, SettingsDep
+from gateway.deps import IngestDep
 from gateway.errors import ApiError
 from gateway.limits import Limits, check_event
 from gateway.middleware import correlation_id
@@ -147,8 +147,9 @@ def _metadata(request: Request, settings: Settings) -> EventMetadata:
     )
 
 
-def _check_rate(limiter: RateLimiterDep, app_id: str, cost: int) -> None:
-    retry_after = limiter.acquire(app_id, cost)
+def _check_rate(ingest: IngestDep, cost: int) -> None:
+    app_id = ingest.application.app_id
+    retry_after = ingest.limiter.acquire(app_id, cost)
     if retry_after is not None:
         raise ApiError(
             429,
@@ -165,24 +166,19 @@ def _check_rate(limiter: RateLimiterDep, app_id: str, cost: int) -> None:
     responses=errors(400, 401, 403, 404, 413, 422, 429, 503),
 )
 async def ingest(
-    app: IngestApp,
-    body: IngestRequest,
-    request: Request,
-    producer: ProducerDep,
-    settings: SettingsDep,
-    limiter: RateLimiterDep,
-    idempotency_key: IdempotencyKey = None,
+    ingest: IngestDep, body: IngestRequest, request: Request, idempotency_key: IdempotencyKey = None
 ) -> SuccessResponse[IngestAccepted]:
     """Answers 202 only after Kafka acknowledged the event (``acks=all``, idempotent producer)."""
+    app_id, settings = ingest.application.app_id, ingest.settings
     problems = check_event(body.event_type, body.payload, Limits.from_settings(settings))
     if problems:
         raise ApiError(422, "The event breaks a limit", problems)
-    _check_rate(limiter, app.app_id, 1)
+    _check_rate(ingest, 1)
     envelope = build_envelope(
-        app.app_id, body, _metadata(request, settings), datetime.now(UTC), idempotency_key, None
+        app_id, body, _metadata(request, settings), datetime.now(UTC), idempotency_key, None
     )
-    await producer.send(envelope)
-    log.info("accepted event %s for %s", envelope.event_id, app.app_id)
+    await ingest.producer.send(envelope)
+    log.info("accepted event %s for %s", envelope.event_id, app_id)
     return SuccessResponse(message="Event accepted", data=IngestAccepted(event_id=envelope.event_id))
 
 
@@ -193,19 +189,16 @@ async def ingest(
     responses=errors(400, 401, 403, 404, 413, 422, 429, 503),
 )
 async def ingest_message(
-    app: IngestApp,
+    ingest_: IngestDep,
     body: Annotated[dict[str, Any], Body(examples=[{"text": "hello"}])],
     request: Request,
-    producer: ProducerDep,
-    settings: SettingsDep,
-    limiter: RateLimiterDep,
     idempotency_key: IdempotencyKey = None,
 ) -> SuccessResponse[IngestAccepted]:
     try:
         item = IngestRequest(event_type="message", payload=body)
     except ValidationError as exc:
         raise ApiError(422, "The message is invalid", _errors_of(exc, "body")) from exc
-    return await ingest(app, item, request, producer, settings, limiter, idempotency_key)
+    return await ingest(ingest_, item, request, idempotency_key)
 
 
 _items = TypeAdapter(IngestRequest)
@@ -250,18 +243,16 @@ def _errors_of(exc: ValidationError, where: str) -> list[ErrorDetail]:
     },
 )
 async def ingest_batch(
-    app: IngestApp,
+    ingest: IngestDep,
     body: BatchRequest,
     request: Request,
     response: Response,
-    producer: ProducerDep,
-    settings: SettingsDep,
-    limiter: RateLimiterDep,
     idempotency_key: IdempotencyKey = None,
 ) -> SuccessResponse[BatchResult]:
     """202 when every event was accepted, 207 when some were rejected (each result says why),
     422 when none was valid, 503 when Kafka acknowledged none. Valid events are produced even
     when others are rejected; results are in the order of the request."""
+    app_id, settings = ingest.application.app_id, ingest.settings
     if len(body.events) > settings.max_batch_events:
         raise ApiError(
             422,
@@ -287,12 +278,10 @@ async def ingest_batch(
             valid.append((index, item))
     if not valid:
         raise ApiError(422, "No event of the batch is valid", [e for r in results for e in r.errors])
-    _check_rate(limiter, app.app_id, len(valid))
+    _check_rate(ingest, len(valid))
     metadata, received_at = _metadata(request, settings), datetime.now(UTC)
-    envelopes = [
-        build_envelope(app.app_id, item, metadata, received_at, idempotency_key, i) for i, item in valid
-    ]
-    outcomes = await producer.send_many(envelopes)
+    envelopes = [build_envelope(app_id, item, metadata, received_at, idempotency_key, i) for i, item in valid]
+    outcomes = await ingest.producer.send_many(envelopes)
     if all(outcome is not None for outcome in outcomes):
         first = outcomes[0]
         assert first is not None
@@ -309,7 +298,7 @@ async def ingest_batch(
     results.sort(key=lambda r: r.index)
     accepted = sum(r.status == "accepted" for r in results)
     response.status_code = 202 if accepted == len(results) else 207
-    log.info("accepted %d of %d events for %s", accepted, len(results), app.app_id)
+    log.info("accepted %d of %d events for %s", accepted, len(results), app_id)
     return SuccessResponse(
         success=accepted == len(results),
         message=f"{accepted} of {len(results)} events accepted",
