@@ -56,7 +56,11 @@ async def validation_error_handler(_: Request, exc: Exception) -> JSONResponse:
 
 async def http_error_handler(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return _render(exc.status_code, ErrorResponse(message=str(exc.detail)), exc.headers)
+    # FastAPI's own 400 is a body it could not parse (e.g. JSON nested past the parser's limit).
+    errors = (
+        [ErrorDetail(field="body", reason="could not be parsed as JSON")] if exc.status_code == 400 else []
+    )
+    return _render(exc.status_code, ErrorResponse(message=str(exc.detail), errors=errors), exc.headers)
 
 
 async def broker_unavailable_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -176,3 +176,17 @@ async def test_service_info_liveness_readiness_and_openapi(client: httpx.AsyncCl
     ingest_op = spec["paths"]["/api/ingest/{app_id}"]["post"]
     assert {"202", "401", "403", "404", "422", "503"} <= set(ingest_op["responses"])
     assert "/api/events/{event_id}" in spec["paths"] and "/api/events/app/{app_id}" in spec["paths"]
+
+
+async def test_json_nested_beyond_the_parsers_limit_is_a_400(client: httpx.AsyncClient, app: AppKey) -> None:
+    depth = 100_000  # 200 KB: under the body limit, far over Python's recursion limit
+    raw = b'{"event_type": "t", "payload": {"x": ' + b"[" * depth + b"]" * depth + b"}}"
+    response = await client.post(
+        f"/api/ingest/{app.app_id}", content=raw, headers={**app.headers, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        "success": False,
+        "message": "There was an error parsing the body",
+        "errors": [{"field": "body", "reason": "could not be parsed as JSON"}],
+    }
