@@ -1,0 +1,266 @@
+"""Routing conditions: a subset of MongoDB's query language, validated, then evaluated on events.
+
+Operators: ``$eq $ne $gt $gte $lt $lte $in $nin $exists $not`` on fields, ``$and $or`` on
+queries; ``{"field": value}`` means ``$eq``. Semantics follow MongoDB's:
+
+- A dotted path walks into objects and arrays: ``items.sku`` reaches the ``sku`` of every object in
+  the ``items`` array, ``items.0`` its first element.
+- A field whose value is an array matches when the array itself or any element matches; with
+  several operators on one field, each may be met by a different element.
+- A missing field equals ``null``; ``$ne``/``$nin`` match missing fields.
+- Comparisons only hold within a type: numbers with numbers, strings with strings; ``true`` is
+  not ``1``. Comparing incompatible types is false, never an error.
+
+Paths start with ``event_type``, ``app_id``, ``payload`` or ``metadata``; any other path is read
+inside ``payload`` (``total`` means ``payload.total``).
+
+Everything here is pure: ``validate`` checks a condition once, when its rule is saved;
+``compile_condition`` normalises its paths; ``matches`` and ``explain`` evaluate it.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+ROOTS = ("event_type", "app_id", "payload", "metadata")
+FIELD_OPERATORS = {"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists", "$not"}
+QUERY_OPERATORS = {"$and", "$or"}
+ORDERED = {"$gt", "$gte", "$lt", "$lte"}
+
+
+@dataclass(frozen=True)
+class ConditionLimits:
+    max_depth: int = 8
+    max_clauses: int = 64
+    max_bytes: int = 16_384
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Where a condition is wrong (a dotted location inside it) and why."""
+
+    where: str
+    reason: str
+
+
+# ------------------------------------------------------------------------------- validation
+
+
+def validate(condition: Any, limits: ConditionLimits = ConditionLimits()) -> list[Problem]:
+    """Every problem of ``condition``; an empty list means it can be saved."""
+    if not isinstance(condition, dict):
+        return [Problem("", "a condition is a JSON object")]
+    size = len(orjson.dumps(condition))
+    if size > limits.max_bytes:
+        return [Problem("", f"is {size} bytes; the limit is {limits.max_bytes}")]
+    problems: list[Problem] = []
+    clauses = _check_query(condition, "", 1, limits, problems)
+    if clauses > limits.max_clauses:
+        problems.append(Problem("", f"has {clauses} clauses; the limit is {limits.max_clauses}"))
+    return problems
+
+
+def _join(where: str, part: str) -> str:
+    return f"{where}.{part}" if where else part
+
+
+def _check_query(query: dict[str, Any], where: str, depth: int, limits: ConditionLimits, out: list[Problem]) -> int:
+    if depth > limits.max_depth:
+        out.append(Problem(where, f"nests deeper than {limits.max_depth} levels"))
+        return 0
+    clauses = 0
+    for key, value in query.items():
+        here = _join(where, key)
+        if key in QUERY_OPERATORS:
+            if not isinstance(value, list) or not value or not all(isinstance(q, dict) for q in value):
+                out.append(Problem(here, f"{key} takes a non-empty array of conditions"))
+                continue
+            for index, sub in enumerate(value):
+                clauses += _check_query(sub, f"{here}.{index}", depth + 1, limits, out)
+        elif key.startswith("$"):
+            out.append(Problem(here, f"unknown operator {key} (allowed here: $and, $or, or a field path)"))
+        else:
+            path_problem = _path_problem(key)
+            if path_problem:
+                out.append(Problem(here, path_problem))
+                continue
+            clauses += _check_field(value, here, depth + 1, limits, out)
+    return clauses
+
+
+def _path_problem(path: str) -> str | None:
+    parts = path.split(".")
+    if len(path) > 200:
+        return "a path is at most 200 characters"
+    if any(not part for part in parts):
+        return "a path has no empty segment"
+    if any(part.startswith("$") for part in parts):
+        return "a path segment cannot start with '$'"
+    return None
+
+
+def _is_operator_doc(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value) and all(k.startswith("$") for k in value)
+
+
+def _check_field(value: Any, where: str, depth: int, limits: ConditionLimits, out: list[Problem]) -> int:
+    if isinstance(value, dict) and any(k.startswith("$") for k in value) and not _is_operator_doc(value):
+        out.append(Problem(where, "mixes operators and fields; use only operators, or a literal object"))
+        return 0
+    if not _is_operator_doc(value):
+        return 1  # a literal: implicit $eq
+    if depth > limits.max_depth:
+        out.append(Problem(where, f"nests deeper than {limits.max_depth} levels"))
+        return 0
+    clauses = 0
+    for op, operand in value.items():
+        here = f"{where}.{op}"
+        clauses += 1
+        if op not in FIELD_OPERATORS:
+            allowed = " ".join(sorted(FIELD_OPERATORS))
+            out.append(Problem(here, f"unknown operator {op} (allowed on a field: {allowed})"))
+        elif op in ORDERED and (isinstance(operand, bool) or not isinstance(operand, int | float | str)):
+            out.append(Problem(here, f"{op} compares with a number or a string"))
+        elif op in ("$in", "$nin") and not isinstance(operand, list):
+            out.append(Problem(here, f"{op} takes an array"))
+        elif op == "$exists" and not isinstance(operand, bool):
+            out.append(Problem(here, "$exists takes true or false"))
+        elif op == "$not":
+            if not _is_operator_doc(operand):
+                out.append(Problem(here, "$not takes an object of operators, e.g. {\"$gt\": 5}"))
+            else:
+                clauses += _check_field(operand, here, depth + 1, limits, out) - 1
+    return clauses
+
+
+# ------------------------------------------------------------------------------ normalising
+
+
+def normalise_path(path: str) -> str:
+    """``total`` -> ``payload.total``; paths under the four roots stay as they are."""
+    return path if path.split(".", 1)[0] in ROOTS else f"payload.{path}"
+
+
+def compile_condition(condition: dict[str, Any]) -> dict[str, Any]:
+    """The condition with every field path rooted (call only on a valid condition)."""
+    compiled: dict[str, Any] = {}
+    for key, value in condition.items():
+        if key in QUERY_OPERATORS:
+            compiled[key] = [compile_condition(sub) for sub in value]
+        else:
+            compiled[normalise_path(key)] = value
+    return compiled
+
+
+# ------------------------------------------------------------------------------- evaluation
+
+
+def matches(condition: dict[str, Any], document: dict[str, Any]) -> bool:
+    """Whether ``document`` (an event as a dict) meets the compiled ``condition``."""
+    return all(_clause(key, value, document) for key, value in condition.items())
+
+
+def explain(condition: dict[str, Any], document: dict[str, Any]) -> list[str]:
+    """The top-level clauses the document fails, each with the values found (empty: it matches)."""
+    reasons = []
+    for key, value in condition.items():
+        if not _clause(key, value, document):
+            if key in QUERY_OPERATORS:
+                reasons.append(f"{key} {orjson.dumps(value).decode()} is false")
+            else:
+                found = list(_values(document, key.split(".")))
+                seen = orjson.dumps(found[0] if len(found) == 1 else found).decode() if found else "missing"
+                reasons.append(f"{key} {orjson.dumps(value).decode()} is false (value: {seen})")
+    return reasons
+
+
+def _clause(key: str, value: Any, document: dict[str, Any]) -> bool:
+    if key == "$and":
+        return all(matches(sub, document) for sub in value)
+    if key == "$or":
+        return any(matches(sub, document) for sub in value)
+    values = list(_values(document, key.split(".")))
+    if _is_operator_doc(value):
+        return all(_operator(op, operand, values) for op, operand in value.items())
+    return _operator("$eq", value, values)
+
+
+def _values(value: Any, parts: list[str]) -> Iterator[Any]:
+    """Every value the path reaches, MongoDB-style (arrays of objects are walked into)."""
+    if not parts:
+        yield value
+        return
+    key, rest = parts[0], parts[1:]
+    if isinstance(value, dict):
+        if key in value:
+            yield from _values(value[key], rest)
+    elif isinstance(value, list):
+        if key.isdigit() and int(key) < len(value):
+            yield from _values(value[int(key)], rest)
+        for element in value:
+            if isinstance(element, dict):
+                yield from _values(element, parts)
+
+
+def _candidates(values: list[Any]) -> Iterator[Any]:
+    for value in values:
+        yield value
+        if isinstance(value, list):
+            yield from value
+
+
+def _operator(op: str, operand: Any, values: list[Any]) -> bool:
+    if op == "$eq":
+        return _eq_any(operand, values)
+    if op == "$ne":
+        return not _eq_any(operand, values)
+    if op == "$in":
+        return any(_eq_any(item, values) for item in operand)
+    if op == "$nin":
+        return not any(_eq_any(item, values) for item in operand)
+    if op == "$exists":
+        return bool(values) == operand
+    if op == "$not":
+        return not all(_operator(sub, sub_operand, values) for sub, sub_operand in operand.items())
+    return any(_compare(op, candidate, operand) for candidate in _candidates(values))
+
+
+def _eq_any(operand: Any, values: list[Any]) -> bool:
+    if operand is None and not values:
+        return True  # a missing field equals null
+    return any(equal(candidate, operand) for candidate in _candidates(values))
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if value is None:
+        return "null"
+    return type(value).__name__
+
+
+def equal(a: Any, b: Any) -> bool:
+    """MongoDB equality on JSON values: typed (``true`` is not ``1``), objects compared in order."""
+    if _kind(a) != _kind(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(equal(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def _compare(op: str, value: Any, operand: Any) -> bool:
+    if _kind(value) != _kind(operand) or _kind(value) not in ("number", "str"):
+        return False
+    if op == "$gt":
+        return bool(value > operand)
+    if op == "$gte":
+        return bool(value >= operand)
+    if op == "$lt":
+        return bool(value < operand)
+    return bool(value <= operand)
