@@ -66,7 +66,9 @@ def _join(where: str, part: str) -> str:
     return f"{where}.{part}" if where else part
 
 
-def _check_query(query: dict[str, Any], where: str, depth: int, limits: ConditionLimits, out: list[Problem]) -> int:
+def _check_query(
+    query: dict[str, Any], where: str, depth: int, limits: ConditionLimits, out: list[Problem]
+) -> int:
     if depth > limits.max_depth:
         out.append(Problem(where, f"nests deeper than {limits.max_depth} levels"))
         return 0
@@ -129,7 +131,7 @@ def _check_field(value: Any, where: str, depth: int, limits: ConditionLimits, ou
             out.append(Problem(here, "$exists takes true or false"))
         elif op == "$not":
             if not _is_operator_doc(operand):
-                out.append(Problem(here, "$not takes an object of operators, e.g. {\"$gt\": 5}"))
+                out.append(Problem(here, '$not takes an object of operators, e.g. {"$gt": 5}'))
             else:
                 clauses += _check_field(operand, here, depth + 1, limits, out) - 1
     return clauses
