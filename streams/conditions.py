@@ -223,7 +223,7 @@ def _operator(op: str, operand: Any, values: list[Any]) -> bool:
     if op == "$nin":
         return not any(_eq_any(item, values) for item in operand)
     if op == "$exists":
-        return bool(values) == operand
+        return bool(values) is bool(operand)
     if op == "$not":
         return not all(_operator(sub, sub_operand, values) for sub, sub_operand in operand.items())
     return any(_compare(op, candidate, operand) for candidate in _candidates(values))
