@@ -11,7 +11,7 @@ from gateway.errors import install_error_handlers
 from gateway.limits import RateLimiter
 from gateway.middleware import BodySizeLimitMiddleware, CorrelationIdMiddleware
 from gateway.producer import EventProducer
-from gateway.routes import applications, events, health, ingest
+from gateway.routes import applications, events, health, ingest, rules
 from vdip.db import create_pool, migrate_url
 from vdip.settings import Settings, get_settings
 
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ingest.router)
     app.include_router(events.router)
     app.include_router(applications.router)
+    app.include_router(rules.router)
     _document_limits(app, settings)
     return app
 

@@ -99,6 +99,17 @@ class EventProducer:
             for r in results
         ]
 
+    async def publish(self, topic: str, key: bytes, value: bytes | None) -> None:
+        """Produce one record (``None``: a tombstone) and wait for Kafka's acknowledgement."""
+        producer = await self._ensure_started()
+        timeout = self._settings.produce_timeout_s
+        try:
+            await asyncio.wait_for(producer.send_and_wait(topic, key=key, value=value), timeout)
+        except TimeoutError as exc:
+            raise BrokerUnavailable(f"Kafka did not acknowledge within {timeout} s") from exc
+        except Exception as exc:
+            raise BrokerUnavailable(f"Kafka refused the record: {exc!r}") from exc
+
     async def ready(self) -> tuple[bool, str]:
         """Whether the broker answers a metadata request now."""
         try:

@@ -170,7 +170,8 @@ class RoutingSummary(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    matched_rules: list[int] = Field(default_factory=list)
+    rules_evaluated: int = Field(default=0, description="Active rules whose event_type_filter applied.")
+    matched_rules: list[int] = Field(default_factory=list, description="Ids of the rules that matched.")
     routed_at: UtcDatetime
 
 

@@ -1,10 +1,17 @@
-"""The faust application: its settings, its topics and the routing agent.
+"""The faust application: its settings, its topics, the rules table and the routing agent.
 
-The agent consumes ``events`` raw, validates each record against the envelope, sends what is not
-an envelope to ``events.dlq`` unchanged (the reason and origin in headers), and passes every valid
-event, routed, to ``events.routed`` keyed by its app_id. Processing is at-least-once: faust
-commits a record's offset after the agent finished with it and after the producer flushed what
-the agent sent; every effect downstream is idempotent on ``event_id``.
+- ``rules`` agent: reads the compacted ``routing-rules`` topic (key app_id, value all of that
+  app's rules) into the ``rules`` table, so a rule written through the API applies to the next
+  events without a restart, and survives restarts (the table recovers from its changelog).
+- ``router`` agent: consumes ``events`` raw and validates each record against the envelope. What
+  is not an envelope, and any event whose routing raised, goes to ``events.dlq`` unchanged with
+  the reason and origin in headers. Each valid event is matched against its application's rules;
+  every match is sent to its destination's topic, and the event with its routing summary to
+  ``events.routed``.
+
+Processing is at-least-once: faust commits a record's offset after the agent finished with it and
+after the producer flushed what the agent sent. Every effect downstream is keyed by ``event_id``
+or ``delivery_id``, so a replay after a crash changes nothing.
 """
 
 import logging
@@ -13,10 +20,32 @@ from typing import Any
 import faust
 from pydantic import ValidationError
 
-from streams.routing import parse_envelope, rejection_reason, route
+from streams.routing import (
+    CompiledRule,
+    compile_rules,
+    parse_app_rules,
+    parse_envelope,
+    rejection_reason,
+    route,
+)
 from vdip.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class RuleCache:
+    """Compiled rules per application, recompiled only when the table's value changes."""
+
+    def __init__(self) -> None:
+        self._compiled: dict[bytes, tuple[bytes | None, list[CompiledRule]]] = {}
+
+    def get(self, app_id: bytes, value: bytes | None) -> list[CompiledRule]:
+        cached = self._compiled.get(app_id)
+        if cached is not None and cached[0] == value:
+            return cached[1]
+        compiled = compile_rules(parse_app_rules(value))
+        self._compiled[app_id] = (value, compiled)
+        return compiled
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -33,37 +62,76 @@ def create_app(settings: Settings) -> faust.App:
         # loading its metadata after a restart, and so got no partitions, rebalances soon.
         consumer_metadata_max_age_ms=30_000,
         topic_replication_factor=1,
+        topic_partitions=3,  # queue topics created on first use
         web_enabled=False,
     )
     events = app.topic(settings.topic("events"), value_type=bytes, key_type=bytes)
     routed = app.topic(settings.topic("events.routed"), value_type=bytes, key_type=bytes)
     dlq = app.topic(settings.topic("events.dlq"), value_type=bytes, key_type=bytes)
+    rule_updates = app.topic(settings.topic("routing-rules"), value_type=bytes, key_type=bytes)
+    sink_topics = {
+        "webhook": app.topic(settings.topic("deliveries.webhook"), value_type=bytes, key_type=bytes),
+        "database_table": app.topic(settings.topic("deliveries.table"), value_type=bytes, key_type=bytes),
+    }
+    queues: dict[str, Any] = {}
+    rules_table = app.Table("rules", default=None, partitions=3, key_type=bytes, value_type=bytes)
+    cache = RuleCache()
+
+    @app.agent(rule_updates, name="rules")
+    async def rules(stream: Any) -> None:
+        async for record in stream.events():
+            if record.key is None:
+                continue
+            if record.value is None:
+                rules_table.pop(record.key, None)
+            else:
+                rules_table[record.key] = record.value
+            log.info("rules of %s updated", record.key.decode(errors="replace"))
+
+    async def queue_topic(name: str) -> Any:
+        topic = queues.get(name)
+        if topic is None:
+            topic = app.topic(settings.topic(name), value_type=bytes, key_type=bytes)
+            await topic.maybe_declare()  # created on first use, with the default partitions
+            queues[name] = topic
+        return topic
+
+    async def dead_letter(record: Any, stage: str, reason: str) -> None:
+        message = record.message
+        log.warning("dead-lettering %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
+        await dlq.send(
+            key=record.key,
+            value=record.value,
+            headers=[
+                ("error", reason[:1000].encode()),
+                ("error.stage", stage.encode()),
+                ("source.topic", message.topic.encode()),
+                ("source.partition", str(message.partition).encode()),
+                ("source.offset", str(message.offset).encode()),
+            ],
+        )
 
     @app.agent(events, name="router")
     async def router(stream: Any) -> None:
         async for record in stream.events():
-            message = record.message
             try:
                 event = parse_envelope(record.value)
             except ValidationError as exc:
-                reason = rejection_reason(exc)
-                log.warning(
-                    "dead-lettering %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason
-                )
-                await dlq.send(
-                    key=record.key,
-                    value=record.value,
-                    headers=[
-                        ("error", reason.encode()),
-                        ("error.stage", b"validation"),
-                        ("source.topic", message.topic.encode()),
-                        ("source.partition", str(message.partition).encode()),
-                        ("source.offset", str(message.offset).encode()),
-                    ],
-                )
+                await dead_letter(record, "validation", rejection_reason(exc))
                 continue
-            result = route(event)
-            await routed.send(key=event.app_id.encode(), value=result.model_dump_json().encode())
+            try:
+                key = event.app_id.encode()
+                result, deliveries = route(event, cache.get(key, rules_table.get(key)))
+                for delivery in deliveries:
+                    if delivery.destination_type == "queue":
+                        topic = await queue_topic(delivery.destination_config["topic"])
+                    else:
+                        topic = sink_topics[delivery.destination_type]
+                    await topic.send(key=key, value=delivery.model_dump_json().encode())
+                await routed.send(key=key, value=result.model_dump_json().encode())
+            except Exception as exc:  # never skip an event silently, never stop the worker
+                log.exception("routing failed")
+                await dead_letter(record, "routing", f"{type(exc).__name__}: {exc}")
 
     return app
 

@@ -1,21 +1,84 @@
-"""Pure routing logic: what the router decides for one valid event.
+"""Pure routing logic: which of an application's rules an event matches, and what to send.
 
-No routing rules exist yet: every valid event is routed to no destination and is therefore
-``processed``. Rules plug in here: ``route`` will take the application's active rules, evaluate
-them against the event and list the matches; the agent stays as it is.
+Every active rule whose ``event_type_filter`` is null or equal to the event's type is evaluated,
+in priority order (higher first, then lower rule_id), and **every** matching rule gets a delivery:
+rules fan an event out, they do not stop at the first match. An event that matches no rule, or
+only ``queue`` rules (delivered once the router's produce is acknowledged), is ``processed``; one
+with a webhook or table delivery is ``pending`` until its sinks report.
 """
 
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import ValidationError
 
 from schemas import EventEnvelope, EventStatus, RoutedEvent, RoutingSummary
+from schemas.rules import AppRules, Delivery, RoutingRule
+from streams.conditions import compile_condition, matches
+
+DELIVERY_NAMESPACE = uuid.UUID("0f5a3c52-8d3e-4b7a-a1c2-6a9e57e0b4d1")
 
 
-def route(event: EventEnvelope, now: datetime | None = None) -> RoutedEvent:
-    summary = RoutingSummary(matched_rules=[], routed_at=now or datetime.now(UTC))
-    status = EventStatus.PROCESSED if not summary.matched_rules else EventStatus.PENDING
-    return RoutedEvent(event=event, status=status, routing=summary)
+@dataclass(frozen=True)
+class CompiledRule:
+    rule: RoutingRule
+    condition: dict[str, Any]
+
+    def applies_to(self, event_type: str) -> bool:
+        return self.rule.event_type_filter is None or self.rule.event_type_filter == event_type
+
+
+def compile_rules(rules: list[RoutingRule]) -> list[CompiledRule]:
+    """The active rules, compiled, in the order they are evaluated."""
+    active = sorted((r for r in rules if r.is_active), key=lambda r: (-r.priority, r.rule_id))
+    return [CompiledRule(rule, compile_condition(rule.condition)) for rule in active]
+
+
+def parse_app_rules(value: bytes | None) -> list[RoutingRule]:
+    """The rules in a routing-rules record; a tombstone (None) means none."""
+    return [] if value is None else AppRules.model_validate_json(value).rules
+
+
+def as_document(event: EventEnvelope) -> dict[str, Any]:
+    """The fields a condition can read."""
+    return {
+        "event_type": event.event_type,
+        "app_id": event.app_id,
+        "payload": event.payload,
+        "metadata": event.metadata.model_dump(mode="json"),
+    }
+
+
+def delivery_id(event_id: uuid.UUID, rule_id: int) -> uuid.UUID:
+    return uuid.uuid5(DELIVERY_NAMESPACE, f"{event_id}:{rule_id}")
+
+
+def route(
+    event: EventEnvelope, rules: list[CompiledRule], now: datetime | None = None
+) -> tuple[RoutedEvent, list[Delivery]]:
+    document = as_document(event)
+    evaluated = [rule for rule in rules if rule.applies_to(event.event_type)]
+    matched = [rule.rule for rule in evaluated if matches(rule.condition, document)]
+    deliveries = [
+        Delivery(
+            delivery_id=delivery_id(event.event_id, rule.rule_id),
+            rule_id=rule.rule_id,
+            destination_type=rule.destination_type,
+            destination_config=rule.destination_config,
+            event=event,
+        )
+        for rule in matched
+    ]
+    done = all(rule.destination_type == "queue" for rule in matched)
+    summary = RoutingSummary(
+        rules_evaluated=len(evaluated),
+        matched_rules=[rule.rule_id for rule in matched],
+        routed_at=now or datetime.now(UTC),
+    )
+    status = EventStatus.PROCESSED if done else EventStatus.PENDING
+    return RoutedEvent(event=event, status=status, routing=summary), deliveries
 
 
 def rejection_reason(error: ValidationError) -> str:

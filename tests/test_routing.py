@@ -2,13 +2,15 @@
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
 from pydantic import ValidationError
 
 from schemas import EventEnvelope, EventStatus
-from streams.routing import parse_envelope, rejection_reason, route
+from schemas.rules import AppRules, RoutingRule
+from streams.routing import compile_rules, parse_app_rules, parse_envelope, rejection_reason, route
 
 
 def record(**overrides: object) -> bytes:
@@ -49,8 +51,72 @@ def test_rejections_say_why(value: bytes | None, expected: str) -> None:
 def test_route_without_rules_marks_processed() -> None:
     event = parse_envelope(record())
     now = datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC)
-    routed = route(event, now)
+    routed, deliveries = route(event, [], now)
     assert routed.event == event
     assert routed.status == EventStatus.PROCESSED
-    assert routed.routing.matched_rules == []
+    assert (routed.routing.rules_evaluated, routed.routing.matched_rules) == (0, [])
     assert routed.routing.routed_at == now
+    assert deliveries == []
+
+
+def rule(rule_id: int, **fields: Any) -> RoutingRule:
+    base: dict[str, Any] = {
+        "rule_id": rule_id,
+        "app_id": "shop",
+        "rule_name": f"r{rule_id}",
+        "destination_type": "queue",
+        "destination_config": {"topic": f"q{rule_id}"},
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
+    base.update(fields)
+    return RoutingRule.model_validate(base)
+
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_every_matching_active_rule_fires_in_priority_order() -> None:
+    event = parse_envelope(record(event_type="order", payload={"total": 80}))
+    rules = compile_rules(
+        [
+            rule(1, condition={"total": {"$gt": 50}}),
+            rule(2, condition={"total": {"$gt": 50}}, priority=10),
+            rule(3, condition={"total": {"$gt": 100}}),  # no match
+            rule(4, condition={}, is_active=False),  # inactive
+            rule(5, event_type_filter="refund"),  # another type
+            rule(6, event_type_filter="order", priority=10),
+        ]
+    )
+    routed, deliveries = route(event, rules)
+    assert routed.routing.matched_rules == [2, 6, 1]  # priority desc, then rule_id
+    assert routed.routing.rules_evaluated == 4  # 1, 2, 3, 6
+    assert routed.status == EventStatus.PROCESSED  # queues only: delivered once produced
+    assert [d.destination_config["topic"] for d in deliveries] == ["q2", "q6", "q1"]
+    assert all(d.event == event for d in deliveries)
+    again = route(event, rules)[1]
+    assert [d.delivery_id for d in again] == [d.delivery_id for d in deliveries]  # stable: dedupable
+    assert len({d.delivery_id for d in deliveries}) == 3
+
+
+def test_webhook_or_table_delivery_leaves_the_event_pending() -> None:
+    event = parse_envelope(record())
+    rules = compile_rules(
+        [rule(1), rule(2, destination_type="webhook", destination_config={"url": "https://x.test/h"})]
+    )
+    routed, deliveries = route(event, rules)
+    assert routed.status == EventStatus.PENDING
+    assert [d.destination_type for d in deliveries] == ["queue", "webhook"]
+
+
+def test_seed_spellings_of_destination_settings() -> None:
+    assert rule(1, destination_config={"queue_name": "orders"}).destination_config == {"topic": "orders"}
+    table = rule(2, destination_type="database_table", destination_config={"table_name": "orders"})
+    assert table.destination_config == {"table": "orders"}
+
+
+def test_rule_sets_round_trip_through_the_topic_format() -> None:
+    rules = [rule(1, condition={"a": 1}), rule(2)]
+    value = AppRules(app_id="shop", rules=rules).model_dump_json().encode()
+    assert parse_app_rules(value) == rules
+    assert parse_app_rules(None) == []

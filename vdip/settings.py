@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         default=20_000, ge=1, description="Events awaiting Kafka's ack at once; beyond: 503."
     )
 
+    # Routing rules
+    max_condition_depth: int = Field(default=8, ge=1, description="Nesting of $and/$or/$not.")
+    max_condition_clauses: int = Field(default=64, ge=1)
+    max_rule_bytes: int = Field(default=16_384, ge=64, description="A condition's serialized size.")
+    topics_file: Path = Field(default=Path("topics.yaml"), description="The platform's own topics.")
+
     # Stream worker
     worker_id: str = "vdip-worker"
     worker_web_port: int = 6066

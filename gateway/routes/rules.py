@@ -1,0 +1,344 @@
+"""The routing rules API: CRUD, toggle and dry run (the admin token, or the application's key).
+
+Every write is validated whole (the condition, the destination) and runs in one transaction that
+publishes the application's complete rule set to the compacted ``routing-rules`` topic and waits
+for Kafka's acknowledgement before it commits: if Kafka cannot be reached the request fails with
+503 and nothing changed, so the router and PostgreSQL do not diverge.
+"""
+
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.deps import (
+    ApplicationsDep,
+    AppReader,
+    PoolDep,
+    PresentedKey,
+    ProducerDep,
+    SettingsDep,
+    authorize_app,
+)
+from gateway.errors import ApiError
+from gateway.producer import EventProducer
+from gateway.responses import errors
+from schemas import ErrorDetail, EventEnvelope, EventMetadata, IngestRequest, SuccessResponse
+from schemas.events import AppId
+from schemas.rules import RoutingRule, RuleFields, destination_problems
+from streams.conditions import ConditionLimits, compile_condition, explain, matches, validate
+from streams.routing import as_document
+from vdip import rules as store
+from vdip.settings import Settings
+from vdip.topics import load_topics
+
+router = APIRouter(tags=["routing rules"])
+
+
+def _problems(fields: RuleFields, settings: Settings) -> list[ErrorDetail]:
+    limits = ConditionLimits(
+        settings.max_condition_depth, settings.max_condition_clauses, settings.max_rule_bytes
+    )
+    found = [
+        ErrorDetail(field=f"body.condition.{p.where}".rstrip("."), reason=p.reason)
+        for p in validate(fields.condition, limits)
+    ]
+    found += [
+        ErrorDetail(field=f"body.destination_config.{key}", reason=reason)
+        for key, reason in destination_problems(fields.destination_type, fields.destination_config)
+    ]
+    topic = fields.destination_config.get("topic")
+    if fields.destination_type == "queue" and isinstance(topic, str) and _reserved(topic, settings):
+        found.append(
+            ErrorDetail(field="body.destination_config.topic", reason="is one of the platform's own topics")
+        )
+    return found
+
+
+def _reserved(topic: str, settings: Settings) -> bool:
+    own = {spec.name for spec in load_topics(settings.topics_file)}
+    return topic in own or topic.startswith(settings.worker_id)
+
+
+def _check(fields: RuleFields, settings: Settings) -> None:
+    problems = _problems(fields, settings)
+    if problems:
+        raise ApiError(422, "The rule is invalid", problems)
+
+
+def _not_found(rule_id: int) -> ApiError:
+    return ApiError(
+        404,
+        f"Routing rule {rule_id} does not exist",
+        [ErrorDetail(field="path.rule_id", reason="unknown rule")],
+    )
+
+
+async def _publish(
+    conn: asyncpg.Connection, producer: EventProducer, settings: Settings, app_id: str
+) -> None:
+    snapshot = await store.snapshot(conn, app_id)
+    value = snapshot.model_dump_json().encode() if snapshot.rules else None  # none left: a tombstone
+    await producer.publish(settings.topic("routing-rules"), app_id.encode(), value)
+
+
+async def _write(
+    pool: asyncpg.Pool,
+    producer: EventProducer,
+    settings: Settings,
+    app_id: str,
+    change: Callable[[asyncpg.Connection], Awaitable[RoutingRule | None]],
+) -> RoutingRule | None:
+    """Apply ``change`` and publish the app's rules in one transaction (see the module's doc)."""
+    async with pool.acquire() as conn:
+        try:
+            async with conn.transaction():
+                await store.lock_app(conn, app_id)
+                rule = await change(conn)
+                if rule is not None:
+                    await _publish(conn, producer, settings, app_id)
+        except asyncpg.PostgresError:
+            # Published but not committed (a commit failure): publish what is really stored.
+            await _publish(conn, producer, settings, app_id)
+            raise
+    return rule
+
+
+async def _authorized_rule(
+    pool: asyncpg.Pool, applications: ApplicationsDep, settings: Settings, rule_id: int, key: str | None
+) -> RoutingRule:
+    rule = await store.get_rule(pool, rule_id)
+    if rule is None:
+        raise _not_found(rule_id)
+    await authorize_app(applications, settings, rule.app_id, key, ingest=False)
+    return rule
+
+
+RuleId = Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
+@router.post(
+    "/api/routing-rules",
+    status_code=201,
+    summary="Create a routing rule",
+    responses=errors(401, 404, 422, 503),
+)
+async def create_rule(
+    body: RuleFields,
+    pool: PoolDep,
+    producer: ProducerDep,
+    settings: SettingsDep,
+    applications: ApplicationsDep,
+    key: PresentedKey,
+) -> SuccessResponse[RoutingRule]:
+    await authorize_app(applications, settings, body.app_id, key, ingest=False)
+    _check(body, settings)
+
+    async def insert(conn: asyncpg.Connection) -> RoutingRule:
+        return await store.insert_rule(conn, body)
+
+    rule = await _write(pool, producer, settings, body.app_id, insert)
+    assert rule is not None
+    return SuccessResponse(message="Routing rule created", data=rule)
+
+
+@router.get(
+    "/api/routing-rules/app/{app_id}",
+    summary="An application's routing rules",
+    responses=errors(401, 404, 422),
+)
+async def list_app_rules(
+    caller: AppReader, pool: PoolDep, include_inactive: bool = False
+) -> SuccessResponse[list[RoutingRule]]:
+    assert caller.application is not None
+    found = await store.list_rules(pool, caller.application.app_id, include_inactive)
+    return SuccessResponse(message=f"{len(found)} rule(s)", data=found)
+
+
+@router.get("/api/routing-rules/{rule_id}", summary="One routing rule", responses=errors(401, 404, 422))
+async def get_rule(
+    rule_id: RuleId, pool: PoolDep, applications: ApplicationsDep, settings: SettingsDep, key: PresentedKey
+) -> SuccessResponse[RoutingRule]:
+    rule = await _authorized_rule(pool, applications, settings, rule_id, key)
+    return SuccessResponse(message="Routing rule found", data=rule)
+
+
+@router.put(
+    "/api/routing-rules/{rule_id}",
+    summary="Replace a routing rule (every field; app_id cannot change)",
+    responses=errors(401, 404, 422, 503),
+)
+async def replace_rule(
+    rule_id: RuleId,
+    body: RuleFields,
+    pool: PoolDep,
+    producer: ProducerDep,
+    settings: SettingsDep,
+    applications: ApplicationsDep,
+    key: PresentedKey,
+) -> SuccessResponse[RoutingRule]:
+    current = await _authorized_rule(pool, applications, settings, rule_id, key)
+    if body.app_id != current.app_id:
+        raise ApiError(
+            422,
+            "A rule cannot move to another application",
+            [ErrorDetail(field="body.app_id", reason=f"must stay {current.app_id}")],
+        )
+    _check(body, settings)
+
+    async def update(conn: asyncpg.Connection) -> RoutingRule | None:
+        return await store.update_rule(conn, rule_id, body)
+
+    rule = await _write(pool, producer, settings, current.app_id, update)
+    if rule is None:
+        raise _not_found(rule_id)
+    return SuccessResponse(message="Routing rule replaced", data=rule)
+
+
+@router.patch(
+    "/api/routing-rules/{rule_id}/toggle",
+    summary="Switch a routing rule on or off",
+    responses=errors(401, 404, 422, 503),
+)
+async def toggle_rule(
+    rule_id: RuleId,
+    pool: PoolDep,
+    producer: ProducerDep,
+    settings: SettingsDep,
+    applications: ApplicationsDep,
+    key: PresentedKey,
+) -> SuccessResponse[RoutingRule]:
+    current = await _authorized_rule(pool, applications, settings, rule_id, key)
+
+    async def toggle(conn: asyncpg.Connection) -> RoutingRule | None:
+        return await store.toggle_rule(conn, rule_id)
+
+    rule = await _write(pool, producer, settings, current.app_id, toggle)
+    if rule is None:
+        raise _not_found(rule_id)
+    return SuccessResponse(
+        message=f"Routing rule {'activated' if rule.is_active else 'deactivated'}", data=rule
+    )
+
+
+@router.delete(
+    "/api/routing-rules/{rule_id}", summary="Delete a routing rule", responses=errors(401, 404, 422, 503)
+)
+async def delete_rule(
+    rule_id: RuleId,
+    pool: PoolDep,
+    producer: ProducerDep,
+    settings: SettingsDep,
+    applications: ApplicationsDep,
+    key: PresentedKey,
+) -> SuccessResponse[RoutingRule]:
+    current = await _authorized_rule(pool, applications, settings, rule_id, key)
+
+    async def delete(conn: asyncpg.Connection) -> RoutingRule | None:
+        return await store.delete_rule(conn, rule_id)
+
+    rule = await _write(pool, producer, settings, current.app_id, delete)
+    if rule is None:
+        raise _not_found(rule_id)
+    return SuccessResponse(message="Routing rule deleted", data=rule)
+
+
+# ---------------------------------------------------------------------------------- dry run
+
+
+class InlineRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rule_name: str = "inline"
+    event_type_filter: str | None = None
+    condition: dict[str, Any] = Field(default_factory=dict)
+
+
+class SampleEvent(IngestRequest):
+    metadata: EventMetadata = Field(default_factory=EventMetadata)
+
+
+class DryRun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    app_id: AppId
+    event: SampleEvent
+    rule: InlineRule | None = Field(default=None, description="A rule to try, not saved.")
+    rule_id: int | None = Field(default=None, description="A saved rule to try; neither: all active rules.")
+
+
+class RuleVerdict(BaseModel):
+    rule_id: int | None
+    rule_name: str
+    applies: bool = Field(description="Whether the rule's event_type_filter lets this event in.")
+    matched: bool
+    reasons: list[str] = Field(description="Why it did not match: the failing clauses, with the values seen.")
+
+
+@router.post(
+    "/api/routing-rules/test",
+    summary="Dry run: which rules a sample event matches, and why the others do not",
+    responses=errors(401, 404, 422),
+)
+async def dry_run(
+    body: DryRun,
+    pool: PoolDep,
+    settings: SettingsDep,
+    applications: ApplicationsDep,
+    key: PresentedKey,
+) -> SuccessResponse[list[RuleVerdict]]:
+    await authorize_app(applications, settings, body.app_id, key, ingest=False)
+    candidates: list[tuple[int | None, str, str | None, dict[str, Any], str]] = []
+    if body.rule is not None:
+        candidates.append(
+            (None, body.rule.rule_name, body.rule.event_type_filter, body.rule.condition, "body.rule")
+        )
+    elif body.rule_id is not None:
+        rule = await store.get_rule(pool, body.rule_id)
+        if rule is None or rule.app_id != body.app_id:
+            raise _not_found(body.rule_id)
+        candidates.append(
+            (rule.rule_id, rule.rule_name, rule.event_type_filter, rule.condition, "body.rule_id")
+        )
+    else:
+        for rule in await store.list_rules(pool, body.app_id, include_inactive=False):
+            candidates.append((rule.rule_id, rule.rule_name, rule.event_type_filter, rule.condition, "rule"))
+    event = EventEnvelope(
+        event_id=uuid.uuid4(),
+        app_id=body.app_id,
+        event_type=body.event.event_type,
+        payload=body.event.payload,
+        metadata=body.event.metadata,
+        received_at=datetime.now(UTC),
+    )
+    document = as_document(event)
+    verdicts = []
+    for rule_id, name, type_filter, condition, where in candidates:
+        problems = validate(condition)
+        if problems:
+            raise ApiError(
+                422,
+                "The rule's condition is invalid",
+                [
+                    ErrorDetail(field=f"{where}.condition.{p.where}".rstrip("."), reason=p.reason)
+                    for p in problems
+                ],
+            )
+        compiled = compile_condition(condition)
+        applies = type_filter is None or type_filter == event.event_type
+        reasons = explain(compiled, document) if applies else [f"event_type_filter is {type_filter!r}"]
+        verdicts.append(
+            RuleVerdict(
+                rule_id=rule_id,
+                rule_name=name,
+                applies=applies,
+                matched=applies and matches(compiled, document),
+                reasons=reasons,
+            )
+        )
+    matched = sum(v.matched for v in verdicts)
+    return SuccessResponse(message=f"{matched} of {len(verdicts)} rule(s) match", data=verdicts)

@@ -1,0 +1,102 @@
+"""Routing rules and the delivery messages the router produces for them."""
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas.events import AppId, EventEnvelope
+
+DestinationType = Literal["queue", "webhook", "database_table"]
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
+
+
+class RuleFields(BaseModel):
+    """What a client sends to create or replace a rule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    app_id: AppId
+    rule_name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+    event_type_filter: Annotated[str | None, Field(max_length=100, pattern=r"^[^\x00]+$")] = Field(
+        default=None, description="Only events of this type; null: every event."
+    )
+    condition: dict[str, Any] = Field(
+        default_factory=dict, description="A MongoDB-style query on the event; {} matches every event."
+    )
+    destination_type: DestinationType
+    destination_config: dict[str, Any] = Field(
+        description='queue: {"topic"}; webhook: {"url", "headers"?}; database_table: {"table"}'
+    )
+    priority: int = Field(default=0, ge=-1_000_000, le=1_000_000, description="Higher runs first.")
+    is_active: bool = True
+
+    @model_validator(mode="after")
+    def _normalise_destination(self) -> "RuleFields":
+        """Accept the seed's names (``queue_name``, ``table_name``) and keep one spelling."""
+        config = dict(self.destination_config)
+        if self.destination_type == "queue" and "topic" not in config and "queue_name" in config:
+            config["topic"] = config.pop("queue_name")
+        if self.destination_type == "database_table" and "table" not in config and "table_name" in config:
+            config["table"] = config.pop("table_name")
+        self.destination_config = config
+        return self
+
+
+class RoutingRule(RuleFields):
+    """A stored rule, as the API shows it and the routing-rules topic carries it."""
+
+    rule_id: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class AppRules(BaseModel):
+    """The value on the compacted ``routing-rules`` topic (key: app_id): all of an app's rules."""
+
+    app_id: str
+    rules: list[RoutingRule]
+
+
+class Delivery(BaseModel):
+    """One match of one rule: what the router sends to the destination's topic."""
+
+    delivery_id: UUID = Field(description="Stable for (event, rule): consumers dedupe on it.")
+    rule_id: int
+    destination_type: DestinationType
+    destination_config: dict[str, Any]
+    event: EventEnvelope
+
+
+def destination_problems(kind: str, config: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, reason) for each problem of a destination config."""
+    problems: list[tuple[str, str]] = []
+    if kind == "queue":
+        allowed = {"topic"}
+        topic = config.get("topic")
+        if not isinstance(topic, str) or not TOPIC_NAME.fullmatch(topic):
+            problems.append(("topic", "a Kafka topic name: 1-200 letters, digits, '.', '_' or '-'"))
+        elif topic.startswith("__") or topic in (".", ".."):
+            problems.append(("topic", "an internal topic name cannot be a destination"))
+    elif kind == "webhook":
+        allowed = {"url", "headers"}
+        url = config.get("url")
+        if not isinstance(url, str) or len(url) > 2000 or not URL.fullmatch(url):
+            problems.append(("url", "an http:// or https:// URL"))
+        headers = config.get("headers", {})
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and "\n" not in k + v and "\r" not in k + v
+            for k, v in headers.items()
+        ):
+            problems.append(("headers", "an object of header names to string values"))
+    else:
+        allowed = {"table"}
+        table = config.get("table")
+        if not isinstance(table, str) or not TABLE_NAME.fullmatch(table):
+            problems.append(("table", "a table name: lowercase letters, digits and '_', at most 63"))
+    problems.extend((key, "unknown setting for this destination") for key in sorted(set(config) - allowed))
+    return problems
