@@ -68,7 +68,7 @@ async def broker_unavailable_handler(request: Request, exc: Exception) -> JSONRe
     return _render(
         503,
         ErrorResponse(
-            message="The event was not accepted: Kafka is unavailable; retry later",
+            message="Nothing was done: Kafka is unavailable; retry later",
             errors=[ErrorDetail(field="kafka", reason=str(exc))],
         ),
         {"Retry-After": retry_after},

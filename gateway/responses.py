@@ -58,7 +58,7 @@ _DESCRIBED: dict[int, tuple[str, dict[str, Any]]] = {
     503: (
         "Kafka is unavailable; nothing was accepted; retry after Retry-After seconds",
         {
-            "message": "The event was not accepted: Kafka is unavailable; retry later",
+            "message": "Nothing was done: Kafka is unavailable; retry later",
             "errors": [{"field": "kafka", "reason": "Kafka did not acknowledge within 5.0 s"}],
         },
     ),

@@ -38,6 +38,19 @@ async def test_gateway_answers_503_while_kafka_is_down_then_recovers(
         ready = await client.get("/health/ready")
         assert ready.status_code == 503
         assert ready.json()["data"]["kafka"]["ok"] is False
+        # A rule that cannot be published is not saved either: the router and PostgreSQL agree.
+        rule = {
+            "app_id": app.app_id,
+            "rule_name": "during the outage",
+            "destination_type": "queue",
+            "destination_config": {"topic": "outage-rule"},
+        }
+        refused = await client.post("/api/routing-rules", json=rule, headers=app.headers)
+        assert refused.status_code == 503 and "Retry-After" in refused.headers
+        listed = await client.get(
+            f"/api/routing-rules/app/{app.app_id}", params={"include_inactive": "true"}, headers=app.headers
+        )
+        assert listed.json()["data"] == []
     finally:
         await asyncio.to_thread(stack.start_kafka, stack_settings)
 

@@ -1,0 +1,264 @@
+"""Routing rules end to end: the API, hot reload into the running router, and fan-out to queues."""
+
+import asyncio
+import signal
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import AppKey, Pipeline, consume_all, wait_until
+
+
+def rule_body(app: AppKey, **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "app_id": app.app_id,
+        "rule_name": "big orders",
+        "condition": {"payload.total": {"$gt": 50}},
+        "destination_type": "queue",
+        "destination_config": {"topic": f"orders-{uuid.uuid4().hex[:8]}"},
+    }
+    body.update(fields)
+    return body
+
+
+async def create(client: httpx.AsyncClient, app: AppKey, **fields: Any) -> dict[str, Any]:
+    response = await client.post("/api/routing-rules", json=rule_body(app, **fields), headers=app.headers)
+    assert response.status_code == 201, response.text
+    data: dict[str, Any] = response.json()["data"]
+    return data
+
+
+async def send(client: httpx.AsyncClient, app: AppKey, total: float, event_type: str = "order") -> str:
+    response = await client.post(
+        f"/api/ingest/{app.app_id}",
+        json={"event_type": event_type, "payload": {"total": total}},
+        headers=app.headers,
+    )
+    assert response.status_code == 202
+    event_id: str = response.json()["data"]["event_id"]
+    return event_id
+
+
+async def queue_event_ids(pipeline: Pipeline, topic: str, expect: set[str], timeout: float = 30) -> list[str]:
+    """Event ids delivered to a queue topic, read until ``expect`` are all there (or time runs out)."""
+
+    def ids(records: list[Any]) -> list[str]:
+        return [orjson.loads(r.value)["event"]["event_id"] for r in records]
+
+    records = await consume_all(
+        pipeline.settings, topic, until=lambda rs: expect <= set(ids(rs)), timeout=timeout
+    )
+    return ids(records)
+
+
+async def test_crud_and_validation(client: httpx.AsyncClient, app: AppKey, admin: dict[str, str]) -> None:
+    created = await create(client, app, destination_config={"queue_name": "legacy-name"})
+    assert created["destination_config"] == {"topic": "legacy-name"}
+    rule_id = created["rule_id"]
+    got = await client.get(f"/api/routing-rules/{rule_id}", headers=app.headers)
+    assert got.status_code == 200 and got.json()["data"]["rule_name"] == "big orders"
+    assert (await client.get(f"/api/routing-rules/{rule_id}", headers=admin)).status_code == 200
+
+    replaced = await client.put(
+        f"/api/routing-rules/{rule_id}",
+        json=rule_body(app, rule_name="renamed", priority=5),
+        headers=app.headers,
+    )
+    assert replaced.status_code == 200 and replaced.json()["data"]["priority"] == 5
+    toggled = await client.patch(f"/api/routing-rules/{rule_id}/toggle", headers=app.headers)
+    assert toggled.json()["data"]["is_active"] is False
+    active = (await client.get(f"/api/routing-rules/app/{app.app_id}", headers=app.headers)).json()["data"]
+    assert active == []
+    everything = await client.get(
+        f"/api/routing-rules/app/{app.app_id}", params={"include_inactive": "true"}, headers=app.headers
+    )
+    assert [r["rule_id"] for r in everything.json()["data"]] == [rule_id]
+    deleted = await client.delete(f"/api/routing-rules/{rule_id}", headers=app.headers)
+    assert deleted.status_code == 200
+
+    for method, url in [
+        ("GET", f"/api/routing-rules/{rule_id}"),
+        ("PUT", f"/api/routing-rules/{rule_id}"),
+        ("PATCH", f"/api/routing-rules/{rule_id}/toggle"),
+        ("DELETE", f"/api/routing-rules/{rule_id}"),
+    ]:
+        response = await client.request(method, url, json=rule_body(app), headers=app.headers)
+        assert response.status_code == 404, (method, response.text)
+        assert response.json()["errors"][0]["field"] == "path.rule_id"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "reason"),
+    [
+        ({"condition": {"total": {"$regex": "x"}}}, "body.condition.total.$regex", "unknown operator"),
+        ({"condition": {"total": {"$gt": [1]}}}, "body.condition.total.$gt", "a number or a string"),
+        ({"condition": {"$or": []}}, "body.condition.$or", "non-empty array"),
+        ({"condition": {"a..b": 1}}, "body.condition.a..b", "empty segment"),
+        ({"destination_config": {"topic": "bad topic"}}, "body.destination_config.topic", "Kafka topic name"),
+        (
+            {"destination_config": {"topic": "__consumer_offsets"}},
+            "body.destination_config.topic",
+            "internal",
+        ),
+        ({"destination_config": {"topic": "events"}}, "body.destination_config.topic", "platform's own"),
+        (
+            {"destination_config": {"topic": "t", "extra": 1}},
+            "body.destination_config.extra",
+            "unknown setting",
+        ),
+        (
+            {"destination_type": "webhook", "destination_config": {"url": "ftp://x"}},
+            "body.destination_config.url",
+            "http",
+        ),
+        (
+            {"destination_type": "database_table", "destination_config": {"table": "Robert'); DROP"}},
+            "body.destination_config.table",
+            "table name",
+        ),
+        ({"destination_type": "email"}, "body.destination_type", "Input should be"),
+        ({"rule_name": ""}, "body.rule_name", "at least 1"),
+    ],
+)
+async def test_invalid_rules_are_422_naming_the_part(
+    client: httpx.AsyncClient, app: AppKey, fields: dict[str, Any], field: str, reason: str
+) -> None:
+    response = await client.post("/api/routing-rules", json=rule_body(app, **fields), headers=app.headers)
+    assert response.status_code == 422, response.text
+    assert any(e["field"] == field and reason in e["reason"] for e in response.json()["errors"]), (
+        response.json()
+    )
+    valid = await create(client, app)  # PUT validates the same way
+    again = await client.put(
+        f"/api/routing-rules/{valid['rule_id']}", json=rule_body(app, **fields), headers=app.headers
+    )
+    assert again.status_code == 422
+
+
+async def test_rules_of_another_application_are_closed(
+    client: httpx.AsyncClient, app: AppKey, admin: dict[str, str]
+) -> None:
+    rule = await create(client, app)
+    other = await client.post("/api/applications", json={"name": "other"}, headers=admin)
+    other_key = {"X-API-Key": other.json()["data"]["api_key"]}
+    assert (await client.get(f"/api/routing-rules/{rule['rule_id']}", headers=other_key)).status_code == 401
+    assert (
+        await client.post("/api/routing-rules", json=rule_body(app), headers=other_key)
+    ).status_code == 401
+    moved = await client.put(
+        f"/api/routing-rules/{rule['rule_id']}",
+        json=rule_body(app, app_id=other.json()["data"]["app_id"]),
+        headers=admin,
+    )
+    assert moved.status_code == 422 and moved.json()["errors"][0]["field"] == "body.app_id"
+
+
+async def test_dry_run(client: httpx.AsyncClient, app: AppKey) -> None:
+    await create(client, app, rule_name="big", condition={"total": {"$gt": 50}})
+    await create(client, app, rule_name="refunds", event_type_filter="refund")
+    event = {"event_type": "order", "payload": {"total": 20}}
+    every = await client.post(
+        "/api/routing-rules/test", json={"app_id": app.app_id, "event": event}, headers=app.headers
+    )
+    verdicts = {v["rule_name"]: v for v in every.json()["data"]}
+    assert verdicts["big"]["matched"] is False
+    assert verdicts["big"]["reasons"] == ['payload.total {"$gt":50} is false (value: 20)']
+    assert verdicts["refunds"]["applies"] is False
+    inline = await client.post(
+        "/api/routing-rules/test",
+        json={"app_id": app.app_id, "event": event, "rule": {"condition": {"total": {"$lt": 50}}}},
+        headers=app.headers,
+    )
+    assert inline.json()["data"] == [
+        {"rule_id": None, "rule_name": "inline", "applies": True, "matched": True, "reasons": []}
+    ]
+    invalid = await client.post(
+        "/api/routing-rules/test",
+        json={"app_id": app.app_id, "event": event, "rule": {"condition": {"x": {"$bad": 1}}}},
+        headers=app.headers,
+    )
+    assert invalid.status_code == 422 and invalid.json()["errors"][0]["field"] == "body.rule.condition.x.$bad"
+
+
+async def test_a_rule_routes_exactly_the_matching_events_and_changes_apply_live(
+    pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey, pool: asyncpg.Pool
+) -> None:
+    rule = await create(client, app)
+    topic = rule["destination_config"]["topic"]
+    await asyncio.sleep(2)  # a rule applies to events ingested two seconds after it was written
+    small, big, bigger = (
+        await send(client, app, 10),
+        await send(client, app, 60),
+        await send(client, app, 100),
+    )
+    delivered = await queue_event_ids(pipeline, topic, {big, bigger})
+    assert set(delivered) == {big, bigger}
+
+    async def stored(event_id: str) -> Any:
+        row = await pool.fetchrow(
+            "SELECT status, routing FROM data_events WHERE event_id = $1", uuid.UUID(event_id)
+        )
+        return row
+
+    await wait_until(lambda: stored(small), 30, message="stored")
+    await wait_until(lambda: stored(bigger), 30, message="stored")
+    small_row, big_row = await stored(small), await stored(bigger)
+    assert small_row["routing"]["matched_rules"] == [] and small_row["routing"]["rules_evaluated"] == 1
+    assert big_row["routing"]["matched_rules"] == [rule["rule_id"]] and big_row["status"] == "processed"
+    shown = (await client.get(f"/api/events/{bigger}", headers=app.headers)).json()["data"]
+    assert shown["routing"]["matched_rules"] == [rule["rule_id"]]
+
+    # Change the condition: from now on, small orders instead.
+    changed = await client.put(
+        f"/api/routing-rules/{rule['rule_id']}",
+        json=rule_body(app, condition={"total": {"$lt": 50}}, destination_config={"topic": topic}),
+        headers=app.headers,
+    )
+    assert changed.status_code == 200
+    await asyncio.sleep(2)
+    after_big, after_small = await send(client, app, 70), await send(client, app, 5)
+    delivered = await queue_event_ids(pipeline, topic, {big, bigger, after_small})
+    assert set(delivered) == {big, bigger, after_small}
+
+    # Toggle it off, then delete it: nothing more arrives.
+    await client.patch(f"/api/routing-rules/{rule['rule_id']}/toggle", headers=app.headers)
+    await asyncio.sleep(2)
+    while_off = await send(client, app, 1)
+    await client.delete(f"/api/routing-rules/{rule['rule_id']}", headers=app.headers)
+    await asyncio.sleep(2)
+    after_delete = await send(client, app, 2)
+    await wait_until(lambda: stored(after_delete), 30, message="stored")
+    await wait_until(lambda: stored(while_off), 30, message="stored")
+    delivered = await queue_event_ids(pipeline, topic, {big, bigger, after_small}, timeout=3)
+    assert set(delivered) == {big, bigger, after_small}
+    assert after_big not in delivered
+
+
+async def test_router_killed_mid_stream_loses_nothing(
+    pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey, pool: asyncpg.Pool
+) -> None:
+    rule = await create(client, app, condition={})  # every event
+    topic = rule["destination_config"]["topic"]
+    await asyncio.sleep(2)
+    sent: set[str] = set()
+    body = {"events": [{"event_type": "order", "payload": {"total": n}} for n in range(100)]}
+    for batch in range(10):
+        response = await client.post(f"/api/ingest/{app.app_id}/batch", json=body, headers=app.headers)
+        sent.update(r["event_id"] for r in response.json()["data"]["results"])
+        if batch == 4:
+            assert pipeline.worker.proc is not None
+            pipeline.worker.proc.send_signal(signal.SIGKILL)
+            pipeline.worker.proc.wait()
+            pipeline.worker.start()
+    delivered = await queue_event_ids(pipeline, topic, sent, timeout=120)
+    assert set(delivered) == sent  # every event, possibly some twice (same delivery_id)
+
+    async def all_stored() -> bool:
+        count: int = await pool.fetchval("SELECT count(*) FROM data_events WHERE app_id = $1", app.app_id)
+        return count == len(sent)
+
+    await wait_until(all_stored, 60, message="all stored once")
