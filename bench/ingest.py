@@ -135,7 +135,7 @@ async def main(args: argparse.Namespace) -> None:
         "VDIP_RATE_LIMIT": settings.rate_limit,
         "VDIP_LOG_LEVEL": "WARNING",
     }
-    gateway = subprocess.Popen([sys.executable, "-m", "vdip.cli", "gateway"], env=env, cwd=ROOT)  # noqa: ASYNC220
+    gateway = subprocess.Popen([sys.executable, "-m", "vdip.cli", "gateway"], env=env, cwd=ROOT)
     base = f"http://127.0.0.1:{settings.gateway_port}"
     try:
         async with aiohttp.ClientSession() as http:

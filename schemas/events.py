@@ -172,6 +172,7 @@ class RoutingSummary(BaseModel):
 
     rules_evaluated: int = Field(default=0, description="Active rules whose event_type_filter applied.")
     matched_rules: list[int] = Field(default_factory=list, description="Ids of the rules that matched.")
+    error: str | None = Field(default=None, description="Why routing failed (the event is then failed).")
     routed_at: UtcDatetime
 
 

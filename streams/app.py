@@ -5,7 +5,8 @@
   events without a restart, and survives restarts (the table recovers from its changelog).
 - ``router`` agent: consumes ``events`` raw and validates each record against the envelope. What
   is not an envelope, and any event whose routing raised, goes to ``events.dlq`` unchanged with
-  the reason and origin in headers. Each valid event is matched against its application's rules;
+  the reason and origin in headers (an event whose routing raised is also stored, as ``failed``).
+  Each valid event is matched against its application's rules;
   every match is sent to its destination's topic, and the event with its routing summary to
   ``events.routed``.
 
@@ -15,11 +16,13 @@ or ``delivery_id``, so a replay after a crash changes nothing.
 """
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
 from pydantic import ValidationError
 
+from schemas import EventStatus, RoutedEvent, RoutingSummary
 from streams.routing import (
     CompiledRule,
     compile_rules,
@@ -61,6 +64,10 @@ def create_app(settings: Settings) -> faust.App:
         # Re-read metadata every 30 s (not 5 min): a group that joined while the broker was still
         # loading its metadata after a restart, and so got no partitions, rebalances soon.
         consumer_metadata_max_age_ms=30_000,
+        # A worker that died is out of the group after 10 s (faust's default: 60 s), so its
+        # partitions move to a live worker, or to its own restart, without a minute's stall.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
         topic_replication_factor=1,
         topic_partitions=3,  # queue topics created on first use
         web_enabled=False,
@@ -131,7 +138,14 @@ def create_app(settings: Settings) -> faust.App:
                 await routed.send(key=key, value=result.model_dump_json().encode())
             except Exception as exc:  # never skip an event silently, never stop the worker
                 log.exception("routing failed")
-                await dead_letter(record, "routing", f"{type(exc).__name__}: {exc}")
+                reason = f"{type(exc).__name__}: {exc}"
+                await dead_letter(record, "routing", reason)
+                failed = RoutedEvent(
+                    event=event,
+                    status=EventStatus.FAILED,
+                    routing=RoutingSummary(error=reason[:1000], routed_at=datetime.now(UTC)),
+                )
+                await routed.send(key=key, value=failed.model_dump_json().encode())  # stored, as failed
 
     return app
 

@@ -1,0 +1,210 @@
+"""Benchmark: router throughput with 0, 10 and 100 active rules, next to a plain aiokafka relay.
+
+Needs the local stack (`vdip stack up`). For each configuration, in each round, with topics of its
+own: start the consumer (the faust worker, or the relay), give the worker its rules, produce EVENTS
+envelopes as fast as possible, and measure the consumer's output rate from the timestamps of its
+first and last output records. The rules never match (each compares payload.total with a bound
+the events stay under), so the figures measure rule evaluation, not fan-out.
+
+- relay: an aiokafka consumer that produces each record unchanged to another topic (the floor
+  cost of consuming and producing in Python, no parsing)
+- router N: the faust worker routing each event against N active rules
+
+Run: .venv/bin/python -m bench.router [--rounds 3] [--events 20000]
+"""
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from schemas import EventEnvelope
+from schemas.rules import AppRules, RoutingRule
+from vdip.settings import Settings
+from vdip.topics import apply_topics, load_topics
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = "bench"
+
+
+def rules(count: int) -> AppRules:
+    now = datetime.now(UTC)
+    return AppRules(
+        app_id=APP,
+        rules=[
+            RoutingRule(
+                rule_id=k + 1,
+                app_id=APP,
+                rule_name=f"r{k}",
+                event_type_filter=None,
+                condition={
+                    "$or": [{"payload.total": {"$gt": 10_000 + k}}, {"payload.items.sku": f"never-{k}"}]
+                },
+                destination_type="queue",
+                destination_config={"topic": f"q{k}"},
+                created_at=now,
+                updated_at=now,
+            )
+            for k in range(count)
+        ],
+    )
+
+
+async def produce_events(settings: Settings, count: int) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+    )
+    await producer.start()
+    try:
+        now = datetime.now(UTC)
+        futures = []
+        for n in range(count):
+            event = EventEnvelope(
+                event_id=uuid.uuid4(),
+                app_id=APP,
+                event_type="order_created",
+                payload={"total": n % 1000, "items": [{"sku": "A-1", "qty": 2}]},
+                received_at=now,
+            )
+            futures.append(
+                await producer.send(
+                    settings.topic("events"), event.model_dump_json().encode(), key=APP.encode()
+                )
+            )
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def output_rate(settings: Settings, topic: str, count: int, timeout: float) -> float:
+    """Events/s between the first and the last of ``count`` output records (their timestamps)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        name = settings.topic(topic)
+        partitions = [TopicPartition(name, p) for p in (consumer.partitions_for_topic(name) or set())] or [
+            TopicPartition(name, p) for p in range(3)
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        stamps: list[int] = []
+        deadline = time.monotonic() + timeout
+        while len(stamps) < count and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
+                stamps.extend(r.timestamp for r in records)
+        if len(stamps) < count:
+            raise RuntimeError(f"only {len(stamps)} of {count} records reached {name}")
+        return (count - 1) / ((max(stamps) - min(stamps)) / 1000)
+    finally:
+        await consumer.stop()
+
+
+async def relay(settings: Settings) -> None:
+    """Consume ``events`` and produce each record unchanged to ``events.routed``."""
+    consumer = AIOKafkaConsumer(
+        settings.topic("events"),
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=f"{settings.topic_prefix}relay",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True
+    )
+    await consumer.start()
+    await producer.start()
+    out = settings.topic("events.routed")
+    try:
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=1000)
+            futures = [await producer.send(out, r.value, key=r.key) for rs in batches.values() for r in rs]
+            await asyncio.gather(*futures)
+            if batches:
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def measure(kind: str, rule_count: int, events: int) -> float:
+    run = uuid.uuid4().hex[:8]
+    settings = Settings(
+        topic_prefix=f"bench-router-{run}.",
+        worker_id=f"bench-router-{run}",
+        worker_datadir=Path(f"/tmp/bench-router-{run}"),
+    )
+    await apply_topics(settings.kafka_bootstrap, load_topics(ROOT / "topics.yaml", settings.topic_prefix))
+    env = {
+        **os.environ,
+        "VDIP_TOPIC_PREFIX": settings.topic_prefix,
+        "VDIP_WORKER_ID": settings.worker_id,
+        "VDIP_WORKER_DATADIR": str(settings.worker_datadir),
+    }
+    log_path = Path(f"/tmp/bench-router-{run}.log")
+    if kind == "relay":
+        argv = [sys.executable, "-m", "bench.router", "--relay"]
+    else:
+        argv = [sys.executable, "-m", "vdip.cli", "--log-level", "WARNING", "worker"]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        if kind == "router":
+            producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+            await producer.start()
+            await producer.send_and_wait(
+                settings.topic("routing-rules"),
+                rules(rule_count).model_dump_json().encode(),
+                key=APP.encode(),
+            )
+            await producer.stop()
+        await asyncio.sleep(8)  # the consumer joins its group and, for the router, loads its rules
+        await produce_events(settings, events)
+        return await output_rate(settings, "events.routed", events, timeout=300)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+async def main(args: argparse.Namespace) -> None:
+    configs = [("relay", 0), ("router", 0), ("router", 10), ("router", 100)]
+    results: dict[str, list[float]] = {f"{k} {n}" if k == "router" else k: [] for k, n in configs}
+    for round_ in range(1, args.rounds + 1):
+        line = []
+        for kind, count in configs:
+            name = f"{kind} {count}" if kind == "router" else kind
+            rate = await measure(kind, count, args.events)
+            results[name].append(rate)
+            line.append(f"{name}: {rate:7.0f}/s")
+        print(f"round {round_}: " + "  ".join(line), flush=True)
+    medians = {name: statistics.median(values) for name, values in results.items()}
+    print(f"\nmedians over {args.rounds} rounds (events/s), {args.events} events each:")
+    for name, value in medians.items():
+        print(f"  {name:12s} {value:8.0f}  = {value / medians['relay']:.2f} x relay")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument(
+        "--relay", action="store_true", help="run as the relay (used by the benchmark itself)"
+    )
+    parsed = parser.parse_args()
+    if parsed.relay:
+        asyncio.run(relay(Settings()))
+    else:
+        asyncio.run(main(parsed))
