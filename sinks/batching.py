@@ -9,16 +9,24 @@ committed; the new owner replays it.
 
 import asyncio
 import logging
+import signal
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
+
+from vdip.db import create_pool, migrate_url
+from vdip.settings import Settings
 
 log = logging.getLogger(__name__)
 
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
 Records = Sequence[ConsumerRecord[Any, Any]]
 WriteBatch = Callable[[Records], Awaitable[None]]
+# Errors that belong to a row's values, not to the database being unreachable.
+REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 def new_consumer(bootstrap: str, group_id: str, topic: str, *, max_records: int) -> AIOKafkaConsumer:
@@ -76,3 +84,89 @@ async def run_batches(
             await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
             log.warning("offsets not committed (partitions moved); the batch will be replayed: %r", exc)
+
+
+async def dead_letter(
+    producer: AIOKafkaProducer, topic: str, record: Record, stage: str, reason: str
+) -> None:
+    """Send ``record`` unchanged to the dead-letter ``topic``, the reason and origin in headers."""
+    log.error("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+    await producer.send_and_wait(
+        topic,
+        key=record.key,
+        value=record.value,
+        headers=[
+            ("error", reason[:1000].encode()),
+            ("error.stage", stage.encode()),
+            ("source.topic", record.topic.encode()),
+            ("source.partition", str(record.partition).encode()),
+            ("source.offset", str(record.offset).encode()),
+        ],
+    )
+
+
+async def insert_rows(
+    pool: asyncpg.Pool,
+    statement: str,
+    rows: Sequence[tuple[Record, tuple[Any, ...]]],
+    refused: Callable[[Record, str], Awaitable[None]],
+) -> None:
+    """Insert all rows in one transaction. When PostgreSQL refuses a value (never a connection
+    problem: that raises, and the batch is retried), write row by row and hand only the rows that
+    fail alone to ``refused``, as Kafka Connect's JDBC sink does."""
+    if not rows:
+        return
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.executemany(statement, [row for _, row in rows])
+    except REFUSED:
+        for record, row in rows:
+            try:
+                await pool.execute(statement, *row)
+            except REFUSED as exc:
+                await refused(record, f"{type(exc).__name__}: {exc}")
+
+
+async def serve_sink(
+    settings: Settings,
+    *,
+    topic: str,
+    group_id: str,
+    make_write: Callable[[asyncpg.Pool, AIOKafkaProducer], WriteBatch],
+    stop: asyncio.Event,
+) -> None:
+    """Run one sink until ``stop``: migrations, a pool, a dead-letter producer, the batch loop."""
+    await migrate_url(settings.database_url)  # idempotent; concurrent starts wait on a lock
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True
+    )
+    consumer = new_consumer(settings.kafka_bootstrap, group_id, topic, max_records=settings.sink_batch_size)
+    await producer.start()
+    await consumer.start()
+    log.info("sink %s consuming %s", group_id, topic)
+    try:
+        await run_batches(
+            consumer,
+            make_write(pool, producer),
+            stop,
+            max_records=settings.sink_batch_size,
+            timeout_ms=settings.sink_batch_timeout_ms,
+        )
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await pool.close()
+
+
+def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``serve(stop)`` in the foreground; SIGTERM or SIGINT sets ``stop``."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(stop)
+
+    asyncio.run(main())

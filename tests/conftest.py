@@ -36,6 +36,15 @@ from vdip.topics import apply_topics, load_topics
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that stop shared services run last: the processes they shake take a while to settle."""
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "disruptive: stops a shared service (runs after every other test)")
+
+
 @dataclass
 class Services:
     kafka_bootstrap: str
@@ -114,6 +123,7 @@ async def settings(
         worker_id=f"test-{run_id}.worker",
         worker_datadir=tmp_path_factory.mktemp("worker"),
         sink_group_id=f"test-{run_id}.event-store",
+        table_sink_group_id=f"test-{run_id}.table-sink",
         gateway_port=_free_port(),
         produce_timeout_s=3.0,
         admin_token=f"admin-{run_id}",
@@ -212,6 +222,7 @@ class Process:
             "VDIP_WORKER_ID": s.worker_id,
             "VDIP_WORKER_DATADIR": str(s.worker_datadir),
             "VDIP_SINK_GROUP_ID": s.sink_group_id,
+            "VDIP_TABLE_SINK_GROUP_ID": s.table_sink_group_id,
             "VDIP_GATEWAY_PORT": str(s.gateway_port),
             "VDIP_PRODUCE_TIMEOUT_S": str(s.produce_timeout_s),
             "VDIP_ADMIN_TOKEN": s.admin_token.get_secret_value() if s.admin_token else "",
@@ -256,6 +267,7 @@ class Pipeline:
     gateway: Process
     worker: Process
     sink: Process
+    table_sink: Process
 
     @property
     def base_url(self) -> str:
@@ -306,13 +318,15 @@ async def pipeline(settings: Settings, log_dir: Path) -> AsyncIterator[Pipeline]
         gateway=Process("gateway", settings, log_dir),
         worker=Process("worker", settings, log_dir),
         sink=Process("sink", settings, log_dir, {"VDIP_SINK_BATCH_SIZE": "100"}),
+        table_sink=Process("table-sink", settings, log_dir, {"VDIP_SINK_BATCH_SIZE": "100"}),
     )
     found.worker.start()
     found.sink.start()
+    found.table_sink.start()
     await start_gateway(found.gateway)
     await _wait_until_flowing(found)
     yield found
-    for process in (found.gateway, found.worker, found.sink):
+    for process in (found.gateway, found.worker, found.sink, found.table_sink):
         process.stop()
 
 

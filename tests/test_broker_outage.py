@@ -11,6 +11,7 @@ from vdip import stack
 from vdip.settings import Settings
 
 
+@pytest.mark.disruptive
 async def test_gateway_answers_503_while_kafka_is_down_then_recovers(
     services: Services, pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey
 ) -> None:

@@ -37,6 +37,7 @@ def cli_env(settings: Settings, tmp_path: Path) -> dict[str, str]:
         "VDIP_WORKER_ID": f"{settings.worker_id}-cli",
         "VDIP_WORKER_DATADIR": str(tmp_path / "worker"),
         "VDIP_SINK_GROUP_ID": f"{settings.sink_group_id}-cli",
+        "VDIP_TABLE_SINK_GROUP_ID": f"{settings.table_sink_group_id}-cli",
         "VDIP_GATEWAY_PORT": str(_free_port()),
         "VDIP_STACK_DIR": str(tmp_path / "stack"),
     }
@@ -70,7 +71,7 @@ async def test_up_starts_everything_and_prints_a_working_demo_key(
         assert re.search(r"Demo API key: (\S+)", again.stdout)[1] != key[1]  # type: ignore[index]
     finally:
         stop_processes(settings)
-    for name in ("gateway", "worker", "sink"):
+    for name in ("gateway", "worker", "sink", "table-sink"):
         assert stack.read_pid(settings.stack_dir.resolve() / "run" / f"{name}.pid") is None
 
 

@@ -243,8 +243,9 @@ async def test_router_killed_mid_stream_loses_nothing(
 ) -> None:
     rule = await create(client, app, condition={})  # every event
     topic = rule["destination_config"]["topic"]
-    await asyncio.sleep(2)
-    sent: set[str] = set()
+    probe = await send(client, app, 0)
+    await queue_event_ids(pipeline, topic, {probe})  # the rule is live before the stream starts
+    sent: set[str] = {probe}
     body = {"events": [{"event_type": "order", "payload": {"total": n}} for n in range(100)]}
     for batch in range(10):
         response = await client.post(f"/api/ingest/{app.app_id}/batch", json=body, headers=app.headers)

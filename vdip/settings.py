@@ -72,6 +72,14 @@ class Settings(BaseSettings):
     sink_batch_size: int = Field(default=500, ge=1)
     sink_batch_timeout_ms: int = Field(default=200, ge=1)
 
+    # Table sink
+    table_sink_group_id: str = "vdip-table-sink"
+    tables_schema: str = Field(
+        default="vdip_tables",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="Where table destinations live.",
+    )
+
     # Local stack
     stack_dir: Path = Path(".stack")
     kafka_version: str = "4.1.1"

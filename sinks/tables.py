@@ -1,0 +1,116 @@
+"""The table sink: writes each delivery of a ``database_table`` rule as a row of that table.
+
+Tables live in their own schema (``VDIP_TABLES_SCHEMA``, ``vdip_tables``) and are created on
+first use with the columns below. Names were validated when the rule was saved and are quoted as
+identifiers here all the same; no SQL is ever built from event data, which travels as parameters.
+Rows are idempotent on ``(event_id, rule_id)``: a replayed delivery changes nothing. A delivery
+that cannot be parsed, or whose row PostgreSQL refuses, goes to ``events.dlq`` alone; a database
+that cannot be reached pauses the sink (the batch is retried, no offset is committed).
+"""
+
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from pydantic import ValidationError
+
+from schemas.rules import TABLE_NAME, Delivery
+from sinks.batching import Record, Records, dead_letter, insert_rows, run_until_signalled, serve_sink
+from vdip.settings import Settings
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def create_statements(schema: str, table: str) -> list[str]:
+    qualified = f"{quote_ident(schema)}.{quote_ident(table)}"
+    return [
+        f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}",
+        f"""CREATE TABLE IF NOT EXISTS {qualified} (
+                event_id     uuid NOT NULL,
+                rule_id      bigint NOT NULL,
+                app_id       text NOT NULL,
+                event_type   text NOT NULL,
+                payload      jsonb NOT NULL,
+                metadata     jsonb NOT NULL,
+                received_at  timestamptz NOT NULL,
+                written_at   timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (event_id, rule_id))""",
+    ]
+
+
+def insert_statement(schema: str, table: str) -> str:
+    return f"""INSERT INTO {quote_ident(schema)}.{quote_ident(table)}
+                   (event_id, rule_id, app_id, event_type, payload, metadata, received_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)
+               ON CONFLICT (event_id, rule_id) DO NOTHING"""
+
+
+def to_row(delivery: Delivery) -> tuple[Any, ...]:
+    event = delivery.event
+    return (
+        event.event_id,
+        delivery.rule_id,
+        event.app_id,
+        event.event_type,
+        event.payload,
+        event.metadata.model_dump(mode="json"),
+        event.received_at,
+    )
+
+
+class TableWriter:
+    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, dlq_topic: str, schema: str) -> None:
+        self.pool = pool
+        self.producer = producer
+        self.dlq_topic = dlq_topic
+        self.schema = schema
+        self.created: set[str] = set()
+
+    async def write(self, records: Records) -> None:
+        by_table: dict[str, list[tuple[Record, tuple[Any, ...]]]] = {}
+        for record in records:
+            try:
+                delivery = Delivery.model_validate_json(record.value)
+            except ValidationError as exc:
+                await self._refused(record, str(exc))
+                continue
+            table = delivery.destination_config.get("table")
+            if delivery.destination_type != "database_table" or not isinstance(table, str):
+                await self._refused(record, "not a database_table delivery")
+            elif not TABLE_NAME.fullmatch(table):
+                await self._refused(record, f"invalid table name {table!r}")
+            else:
+                by_table.setdefault(table, []).append((record, to_row(delivery)))
+        for table, rows in by_table.items():
+            await self._create(table)
+            await insert_rows(self.pool, insert_statement(self.schema, table), rows, self._refused)
+
+    async def _create(self, table: str) -> None:
+        if table in self.created:
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            # Serialise creation across sinks: concurrent CREATE ... IF NOT EXISTS can still collide.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))", table)
+            for statement in create_statements(self.schema, table):
+                await conn.execute(statement)
+        self.created.add(table)
+
+    async def _refused(self, record: Record, reason: str) -> None:
+        await dead_letter(self.producer, self.dlq_topic, record, "table-sink", reason)
+
+
+def run(settings: Settings) -> None:
+    """Run the table sink in the foreground until SIGTERM/SIGINT."""
+    run_until_signalled(
+        lambda stop: serve_sink(
+            settings,
+            topic=settings.topic("deliveries.table"),
+            group_id=settings.table_sink_group_id,
+            make_write=lambda pool, producer: (
+                TableWriter(pool, producer, settings.topic("events.dlq"), settings.tables_schema).write
+            ),
+            stop=stop,
+        )
+    )

@@ -1,0 +1,122 @@
+"""The table sink: database_table destinations, against the real stack."""
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+
+from schemas import EventEnvelope
+from schemas.rules import Delivery
+from sinks.tables import TableWriter
+from streams.routing import delivery_id
+from tests.conftest import AppKey, Pipeline, consume_all, wait_until
+from vdip.settings import Settings
+
+
+def delivery(table: str, rule_id: int = 1, **payload: Any) -> Delivery:
+    event = EventEnvelope(
+        event_id=uuid.uuid4(),
+        app_id="shop",
+        event_type="order",
+        payload=payload,
+        received_at=datetime.now(UTC),
+    )
+    return Delivery(
+        delivery_id=delivery_id(event.event_id, rule_id),
+        rule_id=rule_id,
+        destination_type="database_table",
+        destination_config={"table": table},
+        event=event,
+    )
+
+
+def as_record(value: bytes, offset: int) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic="deliveries.table",
+        partition=0,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"shop",
+        value=value,
+        checksum=None,
+        serialized_key_size=4,
+        serialized_value_size=len(value),
+        headers=(),
+    )
+
+
+async def test_writes_rows_once_creates_tables_and_dead_letters_alone(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    table = f"orders_{uuid.uuid4().hex[:8]}"
+    writer = TableWriter(pool, producer, settings.topic("events.dlq"), settings.tables_schema)
+    batch = [delivery(table, total=n) for n in range(10)]
+    records = [as_record(d.model_dump_json().encode(), i) for i, d in enumerate(batch)]
+    await writer.write(records)
+    await TableWriter(pool, producer, settings.topic("events.dlq"), settings.tables_schema).write(
+        records
+    )  # replay
+    rows = await pool.fetch(
+        f"SELECT event_id, rule_id, payload FROM vdip_tables.\"{table}\" ORDER BY payload->>'total'"
+    )
+    assert len(rows) == 10
+    assert {r["event_id"] for r in rows} == {d.event.event_id for d in batch}
+
+    # A row the database refuses is dead-lettered alone; the rest of its batch is written.
+    await pool.execute(
+        f"ALTER TABLE vdip_tables.\"{table}\" ADD CONSTRAINT small CHECK ((payload->>'total')::int < 100)"
+    )
+    second = [delivery(table, total=5), delivery(table, total=500), delivery(table, total=7)]
+    garbage = as_record(b'{"not": "a delivery"}', 99)
+    await writer.write(
+        [as_record(d.model_dump_json().encode(), 50 + i) for i, d in enumerate(second)] + [garbage]
+    )
+    stored = {r["event_id"] for r in await pool.fetch(f'SELECT event_id FROM vdip_tables."{table}"')}
+    assert second[0].event.event_id in stored and second[2].event.event_id in stored
+    assert second[1].event.event_id not in stored
+    marker = str(second[1].event.event_id).encode()
+    dlq = await consume_all(settings, "events.dlq", until=lambda rs: any(marker in r.value for r in rs))
+    dead = [r for r in dlq if marker in r.value]
+    assert len(dead) == 1 and dict(dead[0].headers)["error.stage"] == b"table-sink"
+    assert b"CheckViolationError" in dict(dead[0].headers)["error"]
+
+
+async def test_a_table_rule_receives_exactly_the_matching_events(
+    pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey, pool: asyncpg.Pool
+) -> None:
+    table = f"big_orders_{uuid.uuid4().hex[:8]}"
+    rule = {
+        "app_id": app.app_id,
+        "rule_name": "big orders to a table",
+        "condition": {"total": {"$gte": 100}},
+        "destination_type": "database_table",
+        "destination_config": {"table_name": table},
+    }
+    created = await client.post("/api/routing-rules", json=rule, headers=app.headers)
+    assert created.status_code == 201, created.text
+    await asyncio.sleep(2)
+    body = {"events": [{"event_type": "order", "payload": {"total": n}} for n in range(0, 200, 10)]}
+    response = await client.post(f"/api/ingest/{app.app_id}/batch", json=body, headers=app.headers)
+    ids = {
+        uuid.UUID(r["event_id"]): body["events"][r["index"]]["payload"]["total"]
+        for r in response.json()["data"]["results"]
+    }
+    expected = {event_id for event_id, total in ids.items() if total >= 100}
+
+    async def written() -> bool:
+        exists = await pool.fetchval("SELECT to_regclass($1)", f'vdip_tables."{table}"')
+        if exists is None:
+            return False
+        count: int = await pool.fetchval(f'SELECT count(*) FROM vdip_tables."{table}"')
+        return count >= len(expected)
+
+    await wait_until(written, 30, message="rows written")
+    await asyncio.sleep(0.5)
+    rows = await pool.fetch(f'SELECT event_id, rule_id, app_id, payload FROM vdip_tables."{table}"')
+    assert {r["event_id"] for r in rows} == expected
+    assert all(r["rule_id"] == created.json()["data"]["rule_id"] and r["app_id"] == app.app_id for r in rows)
