@@ -23,6 +23,7 @@ from gateway.limits import RateLimiter
 from gateway.producer import EventProducer
 from schemas import ErrorDetail
 from vdip.applications import Application, get_application
+from vdip.errors import DatabaseUnavailable
 from vdip.settings import Settings
 
 
@@ -56,7 +57,8 @@ AppIdPath = Annotated[
 
 
 class ApplicationCache:
-    """Applications by id, kept ``ttl_s`` seconds: ingest does not query PostgreSQL per request.
+    """Applications by id, kept ``ttl_s`` seconds: ingest does not query PostgreSQL per request,
+    and goes on for known applications while PostgreSQL is unreachable.
 
     A key rotated or an application disabled through this gateway applies at once; through another
     process (the CLI, another gateway), within ``ttl_s``.
@@ -72,7 +74,12 @@ class ApplicationCache:
         now = time.monotonic()
         if entry is not None and entry[0] > now:
             return entry[1]
-        application = await get_application(self._pool, app_id)
+        try:
+            application = await get_application(self._pool, app_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            if entry is not None:
+                return entry[1]  # PostgreSQL is away: keep ingesting for the applications we know
+            raise DatabaseUnavailable(f"PostgreSQL did not answer: {exc!r}") from exc
         if len(self._entries) > 100_000:  # bounded: unknown ids are cached too
             self._entries.clear()
         self._entries[app_id] = (now + self._ttl_s, application)

@@ -5,13 +5,14 @@ Every error answer is ``{"success": false, "message": ..., "errors": [{"field", 
 
 from collections.abc import Mapping, Sequence
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas import ErrorDetail, ErrorResponse
-from vdip.errors import BrokerUnavailable
+from vdip.errors import BrokerUnavailable, DatabaseUnavailable
 
 
 class ApiError(StarletteHTTPException):
@@ -75,8 +76,28 @@ async def broker_unavailable_handler(request: Request, exc: Exception) -> JSONRe
     )
 
 
+async def database_unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
+    return _render(
+        503,
+        ErrorResponse(
+            message="Nothing was done: PostgreSQL is unavailable; retry later",
+            errors=[ErrorDetail(field="postgres", reason=str(exc))],
+        ),
+        {"Retry-After": str(request.app.state.settings.retry_after_s)},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, api_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(BrokerUnavailable, broker_unavailable_handler)
+    app.add_exception_handler(DatabaseUnavailable, database_unavailable_handler)
+    # A database connection that is refused or lost mid-request (PostgreSQL restarting): 503.
+    for lost in (
+        OSError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.ConnectionDoesNotExistError,
+        asyncpg.CannotConnectNowError,
+    ):
+        app.add_exception_handler(lost, database_unavailable_handler)

@@ -116,6 +116,7 @@ async def settings(
     database = f"vdip_test_{run_id}"
     admin_conn = await asyncpg.connect(services.database_url)
     await admin_conn.execute(f'CREATE DATABASE "{database}"')
+    await admin_conn.close()
     test_settings = Settings(
         kafka_bootstrap=services.kafka_bootstrap,
         database_url=_with_database(services.database_url, database),
@@ -134,6 +135,7 @@ async def settings(
         test_settings.kafka_bootstrap, load_topics(ROOT / "topics.yaml", test_settings.topic_prefix)
     )
     yield test_settings
+    admin_conn = await asyncpg.connect(services.database_url)  # a new one: PostgreSQL may have restarted
     await admin_conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     await admin_conn.close()
     await _delete_topics(test_settings.kafka_bootstrap, f"test-{run_id}.")
@@ -163,7 +165,10 @@ def _free_port() -> int:
 async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     pool = await create_pool(settings.database_url)
     yield pool
-    await pool.close()
+    try:
+        await asyncio.wait_for(pool.close(), 10)
+    except (OSError, asyncpg.InterfaceError, asyncpg.PostgresError, TimeoutError):
+        pool.terminate()  # its connections died with a PostgreSQL restart
 
 
 @dataclass

@@ -120,3 +120,64 @@ async def test_a_table_rule_receives_exactly_the_matching_events(
     rows = await pool.fetch(f'SELECT event_id, rule_id, app_id, payload FROM vdip_tables."{table}"')
     assert {r["event_id"] for r in rows} == expected
     assert all(r["rule_id"] == created.json()["data"]["rule_id"] and r["app_id"] == app.app_id for r in rows)
+
+
+async def test_table_sink_killed_three_times_during_5000_events_writes_each_row_once(
+    pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey, pool: asyncpg.Pool, producer: AIOKafkaProducer
+) -> None:
+    table = f"kill_{uuid.uuid4().hex[:8]}"
+    rule = {
+        "app_id": app.app_id,
+        "rule_name": "even",
+        "condition": {"parity": "even"},
+        "destination_type": "database_table",
+        "destination_config": {"table": table},
+    }
+    assert (await client.post("/api/routing-rules", json=rule, headers=app.headers)).status_code == 201
+    await asyncio.sleep(2)
+    events = [
+        EventEnvelope(
+            event_id=uuid.uuid4(),
+            app_id=app.app_id,
+            event_type="n",
+            payload={"n": n, "parity": "even" if n % 2 == 0 else "odd"},
+            received_at=datetime.now(UTC),
+        )
+        for n in range(5000)
+    ]
+    expected = {e.event_id for e in events if e.payload["n"] % 2 == 0}
+    topic = pipeline.settings.topic("events")
+
+    async def count() -> int:
+        if await pool.fetchval("SELECT to_regclass($1)", f'vdip_tables."{table}"') is None:
+            return 0
+        found: int = await pool.fetchval(f'SELECT count(*) FROM vdip_tables."{table}"')
+        return found
+
+    for chunk in range(5):
+        part = events[chunk * 1000 : (chunk + 1) * 1000]
+        futures = [
+            await producer.send(topic, e.model_dump_json().encode(), key=app.app_id.encode()) for e in part
+        ]
+        await asyncio.gather(*futures)
+        if chunk in (1, 2, 3):
+            floor = await count()
+            await wait_until(
+                lambda floor=floor: _grew(count, floor), 60, interval=0.05, message="the sink is writing"
+            )
+            assert pipeline.table_sink.proc is not None
+            pipeline.table_sink.kill()  # SIGKILL: no flush, no commit
+            pipeline.table_sink.start()
+
+    async def all_written() -> bool:
+        return await count() >= len(expected)
+
+    await wait_until(all_written, 120, message=f"{len(expected)} rows")
+    await asyncio.sleep(1)
+    rows = await pool.fetch(f'SELECT event_id FROM vdip_tables."{table}"')
+    assert len(rows) == len(expected)
+    assert {r["event_id"] for r in rows} == expected
+
+
+async def _grew(count: Any, floor: int) -> bool:
+    return bool(await count() > floor)

@@ -5,6 +5,7 @@
   - ``MigrationError``: a schema migration failed or was edited after being applied.
   - ``TopicError``: topics.yaml is invalid or could not be applied.
   - ``BrokerUnavailable``: Kafka did not acknowledge a record in time (the gateway answers 503).
+  - ``DatabaseUnavailable``: PostgreSQL could not be reached (the gateway answers 503).
 """
 
 
@@ -26,3 +27,7 @@ class TopicError(VdipError):
 
 class BrokerUnavailable(VdipError):
     """Kafka did not acknowledge a record within the configured time."""
+
+
+class DatabaseUnavailable(VdipError):
+    """PostgreSQL could not be reached."""
