@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
 from schemas import EventStatus, RoutedEvent, RoutingSummary
@@ -89,11 +91,18 @@ def create_app(settings: Settings) -> faust.App:
         async for record in stream.events():
             if record.key is None:
                 continue
-            if record.value is None:
-                rules_table.pop(record.key, None)
-            else:
-                rules_table[record.key] = record.value
+            # A tombstone is kept as b"" (no rules), not popped: "absent" means "not seen yet".
+            rules_table[record.key] = record.value or b""
             log.info("rules of %s updated", record.key.decode(errors="replace"))
+
+    # Every rule set published before this worker started, read to the end of the compacted topic
+    # before the first event is routed. The table may lack the newest of them for a moment after
+    # a crash (its changelog write lost, the record about to be replayed): this fills the gap.
+    snapshot: dict[bytes, bytes] = {}
+
+    def rules_for(key: bytes) -> list[CompiledRule]:
+        value = rules_table.get(key)
+        return cache.get(key, snapshot.get(key) if value is None else value or None)
 
     async def queue_topic(name: str) -> Any:
         topic = queues.get(name)
@@ -120,6 +129,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(events, name="router")
     async def router(stream: Any) -> None:
+        snapshot.update(await read_compacted(settings.kafka_bootstrap, settings.topic("routing-rules")))
         async for record in stream.events():
             try:
                 event = parse_envelope(record.value)
@@ -128,7 +138,7 @@ def create_app(settings: Settings) -> faust.App:
                 continue
             try:
                 key = event.app_id.encode()
-                result, deliveries = route(event, cache.get(key, rules_table.get(key)))
+                result, deliveries = route(event, rules_for(key))
                 for delivery in deliveries:
                     if delivery.destination_type == "queue":
                         topic = await queue_topic(delivery.destination_config["topic"])
@@ -148,6 +158,38 @@ def create_app(settings: Settings) -> faust.App:
                 await routed.send(key=key, value=failed.model_dump_json().encode())  # stored, as failed
 
     return app
+
+
+async def read_compacted(bootstrap: str, topic: str) -> dict[bytes, bytes]:
+    """The latest value of every key of ``topic``, read from its start to its current end."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+    latest: dict[bytes, bytes] = {}
+    if not partitions:
+        return latest
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        await consumer.seek_to_beginning(*partitions)
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in partitions])
+
+        while await behind():
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for record in records:
+                    if record.key is not None:
+                        latest[record.key] = record.value or b""
+    finally:
+        await consumer.stop()
+    return latest
 
 
 def run(settings: Settings, loglevel: str = "info") -> None:
