@@ -8,14 +8,16 @@ for Kafka's acknowledgement before it commits: if Kafka cannot be reached the re
 
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.deps import (
+    ApplicationCache,
     ApplicationsDep,
     AppReader,
     PoolDep,
@@ -167,35 +169,59 @@ async def get_rule(
     return SuccessResponse(message="Routing rule found", data=rule)
 
 
+@dataclass(frozen=True)
+class RuleChanges:
+    """What changing a saved rule needs: who asks, and where the rule lives and is published."""
+
+    pool: asyncpg.Pool
+    producer: EventProducer
+    settings: Settings
+    applications: ApplicationCache
+    key: str | None
+
+    async def current(self, rule_id: int) -> RoutingRule:
+        """The rule, if it exists (404) and the caller may change it (401)."""
+        return await _authorized_rule(self.pool, self.applications, self.settings, rule_id, self.key)
+
+    async def apply(
+        self, rule: RoutingRule, change: Callable[[asyncpg.Connection], Awaitable[RoutingRule | None]]
+    ) -> RoutingRule:
+        changed = await _write(self.pool, self.producer, self.settings, rule.app_id, change)
+        if changed is None:  # deleted meanwhile
+            raise _not_found(rule.rule_id)
+        return changed
+
+
+async def _rule_changes(
+    pool: PoolDep,
+    producer: ProducerDep,
+    settings: SettingsDep,
+    applications: ApplicationsDep,
+    key: PresentedKey,
+) -> RuleChanges:
+    return RuleChanges(pool, producer, settings, applications, key)
+
+
+RuleChangesDep = Annotated[RuleChanges, Depends(_rule_changes)]
+
+
 @router.put(
     "/api/routing-rules/{rule_id}",
     summary="Replace a routing rule (every field; app_id cannot change)",
     responses=errors(401, 404, 422, 503),
 )
 async def replace_rule(
-    rule_id: RuleId,
-    body: RuleFields,
-    pool: PoolDep,
-    producer: ProducerDep,
-    settings: SettingsDep,
-    applications: ApplicationsDep,
-    key: PresentedKey,
+    rule_id: RuleId, body: RuleFields, rules: RuleChangesDep
 ) -> SuccessResponse[RoutingRule]:
-    current = await _authorized_rule(pool, applications, settings, rule_id, key)
+    current = await rules.current(rule_id)
     if body.app_id != current.app_id:
         raise ApiError(
             422,
             "A rule cannot move to another application",
             [ErrorDetail(field="body.app_id", reason=f"must stay {current.app_id}")],
         )
-    _check(body, settings)
-
-    async def update(conn: asyncpg.Connection) -> RoutingRule | None:
-        return await store.update_rule(conn, rule_id, body)
-
-    rule = await _write(pool, producer, settings, current.app_id, update)
-    if rule is None:
-        raise _not_found(rule_id)
+    _check(body, rules.settings)
+    rule = await rules.apply(current, lambda conn: store.update_rule(conn, rule_id, body))
     return SuccessResponse(message="Routing rule replaced", data=rule)
 
 
@@ -204,22 +230,8 @@ async def replace_rule(
     summary="Switch a routing rule on or off",
     responses=errors(401, 404, 422, 503),
 )
-async def toggle_rule(
-    rule_id: RuleId,
-    pool: PoolDep,
-    producer: ProducerDep,
-    settings: SettingsDep,
-    applications: ApplicationsDep,
-    key: PresentedKey,
-) -> SuccessResponse[RoutingRule]:
-    current = await _authorized_rule(pool, applications, settings, rule_id, key)
-
-    async def toggle(conn: asyncpg.Connection) -> RoutingRule | None:
-        return await store.toggle_rule(conn, rule_id)
-
-    rule = await _write(pool, producer, settings, current.app_id, toggle)
-    if rule is None:
-        raise _not_found(rule_id)
+async def toggle_rule(rule_id: RuleId, rules: RuleChangesDep) -> SuccessResponse[RoutingRule]:
+    rule = await rules.apply(await rules.current(rule_id), lambda conn: store.toggle_rule(conn, rule_id))
     return SuccessResponse(
         message=f"Routing rule {'activated' if rule.is_active else 'deactivated'}", data=rule
     )
@@ -228,22 +240,8 @@ async def toggle_rule(
 @router.delete(
     "/api/routing-rules/{rule_id}", summary="Delete a routing rule", responses=errors(401, 404, 422, 503)
 )
-async def delete_rule(
-    rule_id: RuleId,
-    pool: PoolDep,
-    producer: ProducerDep,
-    settings: SettingsDep,
-    applications: ApplicationsDep,
-    key: PresentedKey,
-) -> SuccessResponse[RoutingRule]:
-    current = await _authorized_rule(pool, applications, settings, rule_id, key)
-
-    async def delete(conn: asyncpg.Connection) -> RoutingRule | None:
-        return await store.delete_rule(conn, rule_id)
-
-    rule = await _write(pool, producer, settings, current.app_id, delete)
-    if rule is None:
-        raise _not_found(rule_id)
+async def delete_rule(rule_id: RuleId, rules: RuleChangesDep) -> SuccessResponse[RoutingRule]:
+    rule = await rules.apply(await rules.current(rule_id), lambda conn: store.delete_rule(conn, rule_id))
     return SuccessResponse(message="Routing rule deleted", data=rule)
 
 
