@@ -223,7 +223,7 @@ Send an event:
        -H 'Content-Type: application/json' -d '{{"event_type": "signup", "payload": {{"plan": "pro"}}}}'
 Read it back:
   curl -s {base}/api/events/app/demo -H 'X-API-Key: {key}'
-Stop everything: vdip down
+Stop everything: .venv/bin/vdip down
 """)
     return 0
 
