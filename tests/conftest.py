@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 
 from vdip import stack
@@ -372,6 +372,23 @@ async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
     await kafka.start()
     yield kafka
     await kafka.stop()
+
+
+def consumed(topic: str, value: bytes, offset: int = 0, key: bytes = b"k") -> ConsumerRecord[bytes, bytes]:
+    """A record as a sink receives it from Kafka (partition 0)."""
+    return ConsumerRecord(
+        topic=topic,
+        partition=0,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key),
+        serialized_value_size=len(value),
+        headers=(),
+    )
 
 
 async def consume_all(

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from schemas import EventEnvelope, EventStatus, RoutedEvent, RoutingSummary
 from sinks.event_store import INSERT, EventStore, to_row
-from tests.conftest import consume_all
+from tests.conftest import consume_all, consumed
 from tests.test_schemas import json_values, texts
 from vdip.db import _init_connection
 from vdip.settings import Settings
@@ -29,19 +29,7 @@ def routed(app_id: str, status: EventStatus = EventStatus.PROCESSED) -> RoutedEv
 
 
 def as_record(value: bytes, offset: int = 0) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(
-        topic="events.routed",
-        partition=0,
-        offset=offset,
-        timestamp=0,
-        timestamp_type=0,
-        key=b"k",
-        value=value,
-        checksum=None,
-        serialized_key_size=1,
-        serialized_value_size=len(value),
-        headers=(),
-    )
+    return consumed("events.routed", value, offset, b"k")
 
 
 async def test_batch_is_written_once_even_when_replayed(

@@ -13,7 +13,7 @@ from schemas import EventEnvelope
 from schemas.rules import Delivery
 from sinks.tables import TableWriter
 from streams.routing import delivery_id
-from tests.conftest import AppKey, Pipeline, consume_all, wait_until
+from tests.conftest import AppKey, Pipeline, consume_all, consumed, wait_until
 from vdip.settings import Settings
 
 
@@ -35,19 +35,7 @@ def delivery(table: str, rule_id: int = 1, **payload: Any) -> Delivery:
 
 
 def as_record(value: bytes, offset: int) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(
-        topic="deliveries.table",
-        partition=0,
-        offset=offset,
-        timestamp=0,
-        timestamp_type=0,
-        key=b"shop",
-        value=value,
-        checksum=None,
-        serialized_key_size=4,
-        serialized_value_size=len(value),
-        headers=(),
-    )
+    return consumed("deliveries.table", value, offset, b"shop")
 
 
 async def test_writes_rows_once_creates_tables_and_dead_letters_alone(

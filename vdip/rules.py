@@ -43,12 +43,9 @@ async def snapshot(conn: asyncpg.Connection, app_id: str) -> AppRules:
     return AppRules(app_id=app_id, rules=await list_rules(conn, app_id, include_inactive=True))
 
 
-async def insert_rule(conn: asyncpg.Connection, fields: RuleFields) -> RoutingRule:
-    row = await conn.fetchrow(
-        f"""INSERT INTO routing_rules (app_id, rule_name, event_type_filter, condition, destination_type,
-                                       destination_config, priority, is_active)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}""",
-        fields.app_id,
+def _settable(fields: RuleFields) -> tuple[Any, ...]:
+    """A rule's values after app_id, in the column order both statements use."""
+    return (
         fields.rule_name,
         fields.event_type_filter,
         fields.condition,
@@ -56,6 +53,16 @@ async def insert_rule(conn: asyncpg.Connection, fields: RuleFields) -> RoutingRu
         fields.destination_config,
         fields.priority,
         fields.is_active,
+    )
+
+
+async def insert_rule(conn: asyncpg.Connection, fields: RuleFields) -> RoutingRule:
+    row = await conn.fetchrow(
+        f"""INSERT INTO routing_rules (app_id, rule_name, event_type_filter, condition, destination_type,
+                                       destination_config, priority, is_active)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}""",
+        fields.app_id,
+        *_settable(fields),
     )
     return _rule(row)
 
@@ -67,13 +74,7 @@ async def update_rule(conn: asyncpg.Connection, rule_id: int, fields: RuleFields
                    updated_at = now()
             WHERE rule_id = $1 RETURNING {_COLUMNS}""",
         rule_id,
-        fields.rule_name,
-        fields.event_type_filter,
-        fields.condition,
-        fields.destination_type,
-        fields.destination_config,
-        fields.priority,
-        fields.is_active,
+        *_settable(fields),
     )
     return _rule(row) if row else None
 
