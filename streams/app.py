@@ -15,6 +15,7 @@ after the producer flushed what the agent sent. Every effect downstream is keyed
 or ``delivery_id``, so a replay after a crash changes nothing.
 """
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from pydantic import ValidationError
 
 from schemas import EventStatus, RoutedEvent, RoutingSummary
@@ -160,15 +162,19 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
-async def read_compacted(bootstrap: str, topic: str) -> dict[bytes, bytes]:
-    """The latest value of every key of ``topic``, read from its start to its current end."""
+async def partitions_of(bootstrap: str, *topics: str) -> list[TopicPartition]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        (described,) = await admin.describe_topics([topic])
+        described = await admin.describe_topics(list(topics))
     finally:
         await admin.close()
-    partitions = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+    return [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
+
+
+async def read_compacted(bootstrap: str, topic: str) -> dict[bytes, bytes]:
+    """The latest value of every key of ``topic``, read from its start to its current end."""
+    partitions = await partitions_of(bootstrap, topic)
     latest: dict[bytes, bytes] = {}
     if not partitions:
         return latest
@@ -192,8 +198,53 @@ async def read_compacted(bootstrap: str, topic: str) -> dict[bytes, bytes]:
     return latest
 
 
+async def commit_start_offsets(bootstrap: str, group: str, topics: list[str]) -> dict[TopicPartition, int]:
+    """Commit, in ``group``, the start of every partition of ``topics`` that has no committed offset.
+
+    faust resumes a newly assigned partition before it seeks it to its committed offset; where
+    there is none, records fetched in between are routed and the partition then goes on from
+    wherever the fetcher was, past records never routed, whose offsets faust later commits (a
+    worker killed before its first commit lost events this way). With a committed offset, the
+    seek lands where the fetch began: at worst records are routed twice. Done before the worker
+    joins its group; a group that already has members committed its offsets itself.
+    """
+    partitions = await partitions_of(bootstrap, *topics)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        missing = [tp for tp in partitions if await consumer.committed(tp) is None]
+        if not missing:
+            return {}
+        starts: dict[TopicPartition, int] = await consumer.beginning_offsets(missing)
+        consumer.assign(missing)
+        try:
+            await consumer.commit(starts)
+        except KafkaError as exc:  # the group has members: they commit for themselves
+            log.warning("could not commit start offsets for %s: %r", group, exc)
+            return {}
+        log.info("committed start offsets for %s: %s", group, starts)
+        return starts
+    finally:
+        await consumer.stop()
+
+
+async def prepare_group(settings: Settings) -> None:
+    """Commit start offsets for the worker's group, waiting for the broker if it is not up yet."""
+    sources = [settings.topic("events"), settings.topic("routing-rules")]
+    while True:
+        try:
+            await commit_start_offsets(settings.kafka_bootstrap, settings.worker_id, sources)
+            return
+        except (KafkaConnectionError, KafkaTimeoutError) as exc:
+            log.warning("Kafka unavailable (%r); retrying in 2 s", exc)
+            await asyncio.sleep(2)
+
+
 def run(settings: Settings, loglevel: str = "info") -> None:
     """Run the worker in the foreground until SIGTERM/SIGINT."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # the worker below runs on it
+    loop.run_until_complete(prepare_group(settings))
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False)
     worker.execute_from_commandline()

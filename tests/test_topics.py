@@ -75,3 +75,36 @@ async def test_apply_creates_missing_and_reports_drift(services: Services, tmp_p
     finally:
         await admin.delete_topics([t for t in await admin.list_topics() if t.startswith(prefix)])
         await admin.close()
+
+
+async def test_worker_group_gets_start_offsets_where_it_has_none(services: Services) -> None:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    from streams.app import commit_start_offsets
+
+    topic, group = f"offsets-{uuid.uuid4().hex[:8]}", f"group-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 2, 1, topic_configs={"retention.ms": "600000"})])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=services.kafka_bootstrap)
+    await producer.start()
+    try:
+        for _ in range(5):
+            await producer.send_and_wait(topic, b"x", partition=0)
+        await producer.send_and_wait(topic, b"x", partition=1)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=services.kafka_bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        p0, p1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+        consumer.assign([p0])
+        await consumer.commit({p0: 3})  # p0 was read up to 3; p1 never
+        assert await commit_start_offsets(services.kafka_bootstrap, group, [topic]) == {p1: 0}
+        assert (await consumer.committed(p0), await consumer.committed(p1)) == (3, 0)
+        assert await commit_start_offsets(services.kafka_bootstrap, group, [topic]) == {}
+    finally:
+        await consumer.stop()
