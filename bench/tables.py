@@ -72,7 +72,7 @@ def deliveries(count: int, table: str) -> list[ConsumerRecord[bytes, bytes]]:
 
 
 async def sink(pool: asyncpg.Pool, records: list[ConsumerRecord[bytes, bytes]], batch: int) -> float:
-    writer = TableWriter(pool, None, "unused", SCHEMA)  # type: ignore[arg-type]  # nothing is refused here
+    writer = TableWriter(pool, None, "unused", SCHEMA)  # nothing is refused here
     started = time.perf_counter()
     for i in range(0, len(records), batch):
         await writer.write(records[i : i + batch])
