@@ -165,6 +165,17 @@ class IngestRequest(BaseModel):
     )
 
 
+DestinationType = Literal["queue", "webhook", "database_table"]
+
+
+class DeliveryRef(BaseModel):
+    """One delivery the router made for an event: the event store records it as under way."""
+
+    delivery_id: UUID
+    rule_id: int
+    destination_type: DestinationType
+
+
 class RoutingSummary(BaseModel):
     """What the router decided for one event."""
 
@@ -172,6 +183,7 @@ class RoutingSummary(BaseModel):
 
     rules_evaluated: int = Field(default=0, description="Active rules whose event_type_filter applied.")
     matched_rules: list[int] = Field(default_factory=list, description="Ids of the rules that matched.")
+    deliveries: list[DeliveryRef] = Field(default_factory=list, description="One per matched rule.")
     error: str | None = Field(default=None, description="Why routing failed (the event is then failed).")
     routed_at: UtcDatetime
 

@@ -2,14 +2,13 @@
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.events import AppId, EventEnvelope
+from schemas.events import AppId, DestinationType, EventEnvelope
 
-DestinationType = Literal["queue", "webhook", "database_table"]
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
@@ -53,6 +52,19 @@ class RoutingRule(RuleFields):
     rule_id: int
     created_at: datetime
     updated_at: datetime
+    destination_disabled_at: datetime | None = Field(
+        default=None, description="Set when the webhook dispatcher gave up on the endpoint; a PUT clears it."
+    )
+    destination_disabled_reason: str | None = None
+
+
+class SavedRule(RoutingRule):
+    """A rule just created, replaced or given a new secret."""
+
+    webhook_secret: str | None = Field(
+        default=None,
+        description="The webhook signing secret (Standard Webhooks, whsec_...): shown only when it is made.",
+    )
 
 
 class AppRules(BaseModel):

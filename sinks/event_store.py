@@ -17,11 +17,23 @@ from schemas import RoutedEvent
 from sinks.batching import Record, Records, dead_letter, insert_rows, run_until_signalled, serve_sink
 from vdip.settings import Settings
 
+# The event and its deliveries, in one statement: a delivery to a queue was done when the
+# router's produce was acknowledged; the others are pending until their sink says otherwise.
 INSERT = """
-INSERT INTO data_events (event_id, app_id, event_type, payload, metadata, received_at,
-                         occurred_at, occurred_at_clamped, schema_version, status, routing)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-ON CONFLICT (event_id) DO NOTHING
+WITH event AS (
+    INSERT INTO data_events (event_id, app_id, event_type, payload, metadata, received_at,
+                             occurred_at, occurred_at_clamped, schema_version, status, routing)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+    ON CONFLICT (event_id) DO NOTHING
+)
+INSERT INTO deliveries (delivery_id, event_id, rule_id, destination_type, status, attempts, delivered_at)
+SELECT d.delivery_id, $1, d.rule_id, d.destination_type,
+       CASE WHEN d.destination_type = 'queue' THEN 'delivered' ELSE 'pending' END,
+       CASE WHEN d.destination_type = 'queue' THEN 1 ELSE 0 END,
+       CASE WHEN d.destination_type = 'queue' THEN $12::timestamptz END
+FROM jsonb_to_recordset($11::jsonb -> 'deliveries')
+     AS d(delivery_id uuid, rule_id bigint, destination_type text)
+ON CONFLICT (delivery_id) DO NOTHING
 """
 
 
@@ -39,6 +51,7 @@ def to_row(routed: RoutedEvent) -> tuple[Any, ...]:
         event.schema_version,
         routed.status.value,
         routed.routing.model_dump(mode="json"),
+        routed.routing.routed_at,
     )
 
 

@@ -41,10 +41,27 @@ def create_statements(schema: str, table: str) -> list[str]:
 
 
 def insert_statement(schema: str, table: str) -> str:
-    return f"""INSERT INTO {quote_ident(schema)}.{quote_ident(table)}
-                   (event_id, rule_id, app_id, event_type, payload, metadata, received_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)
-               ON CONFLICT (event_id, rule_id) DO NOTHING"""
+    """The row, and its delivery recorded as delivered, in one statement."""
+    return f"""WITH written AS (
+                   INSERT INTO {quote_ident(schema)}.{quote_ident(table)}
+                       (event_id, rule_id, app_id, event_type, payload, metadata, received_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)
+                   ON CONFLICT (event_id, rule_id) DO NOTHING)
+               {DELIVERED}"""
+
+
+DELIVERED = """INSERT INTO deliveries
+                   (delivery_id, event_id, rule_id, destination_type, status, attempts, delivered_at)
+               VALUES ($8, $1, $2, 'database_table', 'delivered', 1, now())
+               ON CONFLICT (delivery_id) DO UPDATE SET status = 'delivered', last_error = NULL,
+                   attempts = deliveries.attempts + 1, updated_at = now(),
+                   delivered_at = coalesce(deliveries.delivered_at, now())"""
+
+FAILED = """INSERT INTO deliveries
+                (delivery_id, event_id, rule_id, destination_type, status, attempts, last_error)
+            VALUES ($1, $2, $3, 'database_table', 'failed', 1, $4)
+            ON CONFLICT (delivery_id) DO UPDATE SET status = 'failed', last_error = $4,
+                attempts = deliveries.attempts + 1, updated_at = now()"""
 
 
 def to_row(delivery: Delivery) -> tuple[Any, ...]:
@@ -57,6 +74,7 @@ def to_row(delivery: Delivery) -> tuple[Any, ...]:
         event.payload,
         event.metadata.model_dump(mode="json"),
         event.received_at,
+        delivery.delivery_id,
     )
 
 
@@ -99,6 +117,13 @@ class TableWriter:
 
     async def _refused(self, record: Record, reason: str) -> None:
         await dead_letter(self.producer, self.dlq_topic, record, "table-sink", reason)
+        try:
+            delivery = Delivery.model_validate_json(record.value)
+        except ValidationError:
+            return  # no delivery to speak of
+        await self.pool.execute(
+            FAILED, delivery.delivery_id, delivery.event.event_id, delivery.rule_id, reason[:1000]
+        )
 
 
 def run(settings: Settings) -> None:

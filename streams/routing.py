@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from schemas import EventEnvelope, EventStatus, RoutedEvent, RoutingSummary
+from schemas.events import DeliveryRef
 from schemas.rules import AppRules, Delivery, RoutingRule
 from streams.conditions import compile_condition, matches
 
@@ -75,6 +76,10 @@ def route(
     summary = RoutingSummary(
         rules_evaluated=len(evaluated),
         matched_rules=[rule.rule_id for rule in matched],
+        deliveries=[
+            DeliveryRef(delivery_id=d.delivery_id, rule_id=d.rule_id, destination_type=d.destination_type)
+            for d in deliveries
+        ],
         routed_at=now or datetime.now(UTC),
     )
     status = EventStatus.PROCESSED if done else EventStatus.PENDING

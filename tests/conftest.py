@@ -23,6 +23,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
@@ -98,6 +99,10 @@ def services() -> Iterator[Services]:
         container.stop()  # type: ignore[attr-defined]
 
 
+# Webhooks in the tests go to a receiver on this loopback address, the only one they allow.
+WEBHOOK_RECEIVER_HOST = "127.0.0.2"
+
+
 @pytest.fixture(scope="session")
 def run_id() -> str:
     return uuid.uuid4().hex[:8]
@@ -125,6 +130,10 @@ async def settings(
         worker_datadir=tmp_path_factory.mktemp("worker"),
         sink_group_id=f"test-{run_id}.event-store",
         table_sink_group_id=f"test-{run_id}.table-sink",
+        webhook_group_id=f"test-{run_id}.webhooks",
+        webhook_allowed_networks=[WEBHOOK_RECEIVER_HOST + "/32"],  # the tests' receiver, nothing else
+        webhook_retry_schedule_s=[0.5, 1.0, 1.0],
+        webhook_timeout_s=15.0,
         gateway_port=_free_port(),
         produce_timeout_s=3.0,
         admin_token=f"admin-{run_id}",
@@ -228,6 +237,10 @@ class Process:
             "VDIP_WORKER_DATADIR": str(s.worker_datadir),
             "VDIP_SINK_GROUP_ID": s.sink_group_id,
             "VDIP_TABLE_SINK_GROUP_ID": s.table_sink_group_id,
+            "VDIP_WEBHOOK_GROUP_ID": s.webhook_group_id,
+            "VDIP_WEBHOOK_ALLOWED_NETWORKS": orjson.dumps(s.webhook_allowed_networks).decode(),
+            "VDIP_WEBHOOK_RETRY_SCHEDULE_S": orjson.dumps(s.webhook_retry_schedule_s).decode(),
+            "VDIP_WEBHOOK_TIMEOUT_S": str(s.webhook_timeout_s),
             "VDIP_GATEWAY_PORT": str(s.gateway_port),
             "VDIP_PRODUCE_TIMEOUT_S": str(s.produce_timeout_s),
             "VDIP_ADMIN_TOKEN": s.admin_token.get_secret_value() if s.admin_token else "",
@@ -273,6 +286,7 @@ class Pipeline:
     worker: Process
     sink: Process
     table_sink: Process
+    webhooks: Process
 
     @property
     def base_url(self) -> str:
@@ -324,14 +338,16 @@ async def pipeline(settings: Settings, log_dir: Path) -> AsyncIterator[Pipeline]
         worker=Process("worker", settings, log_dir),
         sink=Process("sink", settings, log_dir, {"VDIP_SINK_BATCH_SIZE": "100"}),
         table_sink=Process("table-sink", settings, log_dir, {"VDIP_SINK_BATCH_SIZE": "100"}),
+        webhooks=Process("webhooks", settings, log_dir),
     )
     found.worker.start()
     found.sink.start()
     found.table_sink.start()
+    found.webhooks.start()
     await start_gateway(found.gateway)
     await _wait_until_flowing(found)
     yield found
-    for process in (found.gateway, found.worker, found.sink, found.table_sink):
+    for process in (found.gateway, found.worker, found.sink, found.table_sink, found.webhooks):
         process.stop()
 
 

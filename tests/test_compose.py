@@ -7,6 +7,7 @@ import yaml
 
 from tests.conftest import ROOT
 from vdip import stack
+from vdip.cli import PROCESSES
 from vdip.settings import Settings
 
 
@@ -34,8 +35,8 @@ def test_same_kafka_version_and_single_node_settings(tmp_path: Path) -> None:
 def test_every_process_of_the_cli_runs_in_compose() -> None:
     services = compose()["services"]
     commands = {tuple(s["command"]) for s in services.values() if "command" in s}
-    assert commands == {("gateway",), ("worker",), ("sink",), ("table-sink",)}
-    for name in ("gateway", "worker", "sink", "table-sink", "setup"):
+    assert commands == {(name,) for name in PROCESSES}
+    for name in (*PROCESSES, "setup"):
         env = services[name]["environment"]
         assert env["VDIP_KAFKA_BOOTSTRAP"] == "kafka:9092"
         assert env["VDIP_DATABASE_URL"].startswith("postgresql://vdip:vdip@postgres:5432/")

@@ -14,7 +14,7 @@ from vdip import stack
 from vdip.errors import VdipError
 from vdip.settings import Settings, get_settings
 
-PROCESSES = ("gateway", "worker", "sink", "table-sink")
+PROCESSES = ("gateway", "worker", "sink", "table-sink", "webhooks")
 
 
 def _configure_logging(level: str) -> None:
@@ -105,6 +105,14 @@ def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_table_sink(settings: Settings, args: argparse.Namespace) -> int:
     from sinks.tables import run
+
+    _configure_logging(args.log_level)
+    run(settings)
+    return 0
+
+
+def cmd_webhooks(settings: Settings, args: argparse.Namespace) -> int:
+    from sinks.webhooks import run
 
     _configure_logging(args.log_level)
     run(settings)
@@ -216,7 +224,7 @@ Versatile Data Ingestion Platform is running ({time.monotonic() - started:.1f} s
   Demo app:     demo
   Demo API key: {key}
   Admin token:  {admin_token(settings)}  (management API: Authorization: Bearer <token>)
-  Logs:         {_run_dir(settings)}/{{gateway,worker,sink,table-sink}}.log
+  Logs:         {_run_dir(settings)}/{{gateway,worker,sink,table-sink,webhooks}}.log
 
 Send an event:
   curl -s -X POST {base}/api/ingest/demo -H 'X-API-Key: {key}' \\
@@ -279,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("worker", cmd_worker, "Run the stream worker (routing agent) in the foreground")
     add("sink", cmd_sink, "Run the event store sink in the foreground")
     add("table-sink", cmd_table_sink, "Run the sink of database_table destinations in the foreground")
+    add("webhooks", cmd_webhooks, "Run the webhook dispatcher in the foreground")
     p = add("app", cmd_app, "Create an application, or rotate its API key")
     p.add_argument("action", choices=["create", "rotate-key"])
     p.add_argument("app_id")

@@ -6,6 +6,7 @@
   - ``TopicError``: topics.yaml is invalid or could not be applied.
   - ``BrokerUnavailable``: Kafka did not acknowledge a record in time (the gateway answers 503).
   - ``DatabaseUnavailable``: PostgreSQL could not be reached (the gateway answers 503).
+  - ``AddressRefused``: a webhook would have connected to a refused address (SSRF protection).
 """
 
 
@@ -31,3 +32,7 @@ class BrokerUnavailable(VdipError):
 
 class DatabaseUnavailable(VdipError):
     """PostgreSQL could not be reached."""
+
+
+class AddressRefused(VdipError):
+    """A webhook URL resolves to an address webhooks may not reach (private, loopback...)."""

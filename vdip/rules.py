@@ -2,18 +2,31 @@
 application's whole rule set to the compacted ``routing-rules`` topic before it commits, so that
 PostgreSQL and the router never disagree for long (see ``gateway/routes/rules.py``)."""
 
+import base64
+import secrets
 from typing import Any
 
 import asyncpg
 
-from schemas.rules import AppRules, RoutingRule, RuleFields
+from schemas.rules import AppRules, RoutingRule, RuleFields, SavedRule
 
 _COLUMNS = """rule_id, app_id, rule_name, event_type_filter, condition, destination_type,
-              destination_config, priority, is_active, created_at, updated_at"""
+              destination_config, priority, is_active, created_at, updated_at,
+              destination_disabled_at, destination_disabled_reason"""
 
 
 def _rule(row: Any) -> RoutingRule:
     return RoutingRule.model_validate(dict(row))
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks secret: ``whsec_`` and 24 random bytes in base64."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def _saved(row: Any, secret: str | None) -> SavedRule:
+    values = {k: v for k, v in dict(row).items() if k != "webhook_secret"}
+    return SavedRule.model_validate({**values, "webhook_secret": secret})
 
 
 async def get_rule(db: asyncpg.Pool | asyncpg.Connection, rule_id: int) -> RoutingRule | None:
@@ -56,27 +69,55 @@ def _settable(fields: RuleFields) -> tuple[Any, ...]:
     )
 
 
-async def insert_rule(conn: asyncpg.Connection, fields: RuleFields) -> RoutingRule:
+async def insert_rule(conn: asyncpg.Connection, fields: RuleFields) -> SavedRule:
+    """The new rule; a webhook rule gets its signing secret, returned this once."""
+    secret = new_webhook_secret() if fields.destination_type == "webhook" else None
     row = await conn.fetchrow(
         f"""INSERT INTO routing_rules (app_id, rule_name, event_type_filter, condition, destination_type,
-                                       destination_config, priority, is_active)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}""",
+                                       destination_config, priority, is_active, webhook_secret)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {_COLUMNS}""",
         fields.app_id,
         *_settable(fields),
+        secret,
     )
-    return _rule(row)
+    return _saved(row, secret)
 
 
-async def update_rule(conn: asyncpg.Connection, rule_id: int, fields: RuleFields) -> RoutingRule | None:
+async def update_rule(conn: asyncpg.Connection, rule_id: int, fields: RuleFields) -> SavedRule | None:
+    """Replace a rule's fields and re-enable its destination; a rule that becomes a webhook gets a
+    secret (returned), a webhook rule keeps its own."""
+    candidate = new_webhook_secret()
     row = await conn.fetchrow(
         f"""UPDATE routing_rules SET rule_name = $2, event_type_filter = $3, condition = $4,
                    destination_type = $5, destination_config = $6, priority = $7, is_active = $8,
-                   updated_at = now()
-            WHERE rule_id = $1 RETURNING {_COLUMNS}""",
+                   webhook_secret = CASE WHEN $5 = 'webhook' THEN coalesce(webhook_secret, $9) END,
+                   destination_failing_since = NULL, destination_disabled_at = NULL,
+                   destination_disabled_reason = NULL, updated_at = now()
+            WHERE rule_id = $1 RETURNING {_COLUMNS}, webhook_secret""",
         rule_id,
         *_settable(fields),
+        candidate,
     )
-    return _rule(row) if row else None
+    if row is None:
+        return None
+    return _saved(row, candidate if row["webhook_secret"] == candidate else None)
+
+
+async def rotate_secret(
+    conn: asyncpg.Pool | asyncpg.Connection, rule_id: int, grace_s: float
+) -> SavedRule | None:
+    """A new secret for a webhook rule; the previous one still signs for ``grace_s`` seconds."""
+    secret = new_webhook_secret()
+    row = await conn.fetchrow(
+        f"""UPDATE routing_rules SET previous_webhook_secret = webhook_secret,
+                   previous_secret_expires_at = now() + make_interval(secs => $3),
+                   webhook_secret = $2, updated_at = now()
+            WHERE rule_id = $1 AND destination_type = 'webhook' RETURNING {_COLUMNS}""",
+        rule_id,
+        secret,
+        grace_s,
+    )
+    return _saved(row, secret) if row else None
 
 
 async def toggle_rule(conn: asyncpg.Connection, rule_id: int) -> RoutingRule | None:

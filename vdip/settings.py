@@ -80,6 +80,27 @@ class Settings(BaseSettings):
         description="Where table destinations live.",
     )
 
+    # Webhook dispatcher
+    webhook_group_id: str = "vdip-webhooks"
+    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Per attempt, connect to last byte.")
+    webhook_retry_schedule_s: list[float] = Field(
+        default=[5, 300, 1800, 7200, 18000, 36000, 36000],
+        description="Wait before each retry (±20 % jitter); once exhausted the delivery has failed.",
+    )
+    webhook_max_retry_after_s: float = Field(
+        default=86_400, gt=0, description="Cap on a receiver's Retry-After."
+    )
+    webhook_disable_after_s: float = Field(
+        default=5 * 86_400, gt=0, description="An endpoint failing continuously this long is disabled."
+    )
+    webhook_concurrency_per_endpoint: int = Field(default=4, ge=1, description="Requests in flight per rule.")
+    webhook_secret_grace_s: float = Field(default=86_400, ge=0, description="The old secret signs this long.")
+    webhook_allowed_networks: list[str] = Field(
+        default=[],
+        description="CIDRs webhooks may reach although private or reserved (e.g. 127.0.0.1/32 for tests).",
+    )
+    webhook_poll_interval_s: float = Field(default=0.2, gt=0)
+
     # Local stack
     stack_dir: Path = Path(".stack")
     kafka_version: str = "4.1.1"

@@ -1,24 +1,42 @@
-"""Read API for stored events: plain SQL over ``data_events``."""
+"""Read API for stored events and their deliveries: plain SQL over ``data_events`` and ``deliveries``.
+
+An event's status is computed by the database function ``event_status`` (migration 0003), the
+one definition everything uses: failed if routing failed or a delivery failed for good, pending
+while a delivery is under way, processed otherwise.
+"""
 
 import base64
 import binascii
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
+import asyncpg
 import orjson
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime, BaseModel, Field
 
-from gateway.deps import ApplicationsDep, AppReader, PoolDep, PresentedKey, SettingsDep, authorize_app
+from gateway.deps import (
+    ApplicationCache,
+    ApplicationsDep,
+    AppReader,
+    PoolDep,
+    PresentedKey,
+    SettingsDep,
+    authorize_app,
+)
 from gateway.errors import ApiError
 from gateway.responses import errors
 from schemas import ErrorDetail, EventStatus, SuccessResponse
+from vdip.settings import Settings
 
 router = APIRouter(tags=["events"])
 
 _COLUMNS = """event_id, app_id, event_type, payload, metadata, received_at, occurred_at,
-              occurred_at_clamped, schema_version, status, routing, stored_at"""
+              occurred_at_clamped, schema_version, event_status(status, event_id) AS status, routing,
+              stored_at"""
+_DELIVERY_COLUMNS = """delivery_id, event_id, rule_id, destination_type, status, attempts, last_status_code,
+                       last_error, last_latency_ms, next_attempt_at, created_at, updated_at, delivered_at"""
 
 
 class StoredEvent(BaseModel):
@@ -34,6 +52,26 @@ class StoredEvent(BaseModel):
     status: EventStatus
     routing: dict[str, Any] | None
     stored_at: datetime
+
+
+class DeliveryOutcome(BaseModel):
+    delivery_id: uuid.UUID
+    event_id: uuid.UUID
+    rule_id: int
+    destination_type: str
+    status: Literal["pending", "retrying", "delivered", "failed"]
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    last_latency_ms: float | None
+    next_attempt_at: datetime | None = Field(description="When a pending or retrying webhook is tried next.")
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+
+
+class EventWithDeliveries(StoredEvent):
+    deliveries: list[DeliveryOutcome]
 
 
 class EventPage(BaseModel):
@@ -77,7 +115,7 @@ async def list_events(
         f"""SELECT {_COLUMNS} FROM data_events
             WHERE app_id = $1
               AND ($2::text IS NULL OR event_type = $2)
-              AND ($3::text IS NULL OR status = $3)
+              AND ($3::text IS NULL OR event_status(status, event_id) = $3)
               AND ($4::timestamptz IS NULL OR received_at >= $4)
               AND ($5::timestamptz IS NULL OR received_at < $5)
               AND ($6::timestamptz IS NULL OR (received_at, event_id) < ($6, $7::uuid))
@@ -99,18 +137,13 @@ async def list_events(
     )
 
 
-@router.get(
-    "/api/events/{event_id}",
-    summary="One stored event, with its status and routing summary",
-    responses=errors(401, 404, 422),
-)
-async def get_event(
+async def _readable_event(
+    pool: asyncpg.Pool,
     event_id: uuid.UUID,
-    pool: PoolDep,
-    key: PresentedKey,
-    applications: ApplicationsDep,
-    settings: SettingsDep,
-) -> SuccessResponse[StoredEvent]:
+    key: str | None,
+    applications: ApplicationCache,
+    settings: Settings,
+) -> asyncpg.Record:
     row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM data_events WHERE event_id = $1", event_id)
     if row is None:
         raise ApiError(
@@ -119,4 +152,89 @@ async def get_event(
             [ErrorDetail(field="path.event_id", reason="unknown event")],
         )
     await authorize_app(applications, settings, row["app_id"], key, ingest=False)
-    return SuccessResponse(message="Event found", data=StoredEvent(**dict(row)))
+    return row
+
+
+async def _deliveries(pool: asyncpg.Pool, event_id: uuid.UUID) -> list[DeliveryOutcome]:
+    rows = await pool.fetch(
+        f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE event_id = $1 ORDER BY rule_id", event_id
+    )
+    return [DeliveryOutcome(**dict(row)) for row in rows]
+
+
+@router.get(
+    "/api/events/{event_id}",
+    summary="One stored event, with its status, routing summary and deliveries",
+    responses=errors(401, 404, 422),
+)
+async def get_event(
+    event_id: uuid.UUID,
+    pool: PoolDep,
+    key: PresentedKey,
+    applications: ApplicationsDep,
+    settings: SettingsDep,
+) -> SuccessResponse[EventWithDeliveries]:
+    row = await _readable_event(pool, event_id, key, applications, settings)
+    found = EventWithDeliveries(**dict(row), deliveries=await _deliveries(pool, event_id))
+    return SuccessResponse(message="Event found", data=found)
+
+
+@router.get(
+    "/api/events/{event_id}/deliveries",
+    summary="Where an event was delivered: one outcome per matching rule",
+    responses=errors(401, 404, 422),
+)
+async def list_deliveries(
+    event_id: uuid.UUID,
+    pool: PoolDep,
+    key: PresentedKey,
+    applications: ApplicationsDep,
+    settings: SettingsDep,
+) -> SuccessResponse[list[DeliveryOutcome]]:
+    await _readable_event(pool, event_id, key, applications, settings)
+    found = await _deliveries(pool, event_id)
+    return SuccessResponse(message=f"{len(found)} deliverie(s)", data=found)
+
+
+@router.post(
+    "/api/events/{event_id}/deliveries/{delivery_id}/redeliver",
+    status_code=202,
+    summary="Send a failed webhook delivery again",
+    responses=errors(401, 404, 409, 422),
+)
+async def redeliver(
+    event_id: uuid.UUID,
+    delivery_id: uuid.UUID,
+    pool: PoolDep,
+    key: PresentedKey,
+    applications: ApplicationsDep,
+    settings: SettingsDep,
+) -> SuccessResponse[DeliveryOutcome]:
+    """The delivery goes back to the dispatcher's queue, due now, with the same ``webhook-id``. A
+    destination the dispatcher disabled stays disabled until its rule is replaced (PUT)."""
+    await _readable_event(pool, event_id, key, applications, settings)
+    row = await pool.fetchrow(
+        f"""UPDATE deliveries SET status = 'pending', next_attempt_at = now(), claimed_until = NULL,
+                   updated_at = now()
+            WHERE delivery_id = $1 AND event_id = $2 AND status = 'failed' AND destination_type = 'webhook'
+            RETURNING {_DELIVERY_COLUMNS}""",
+        delivery_id,
+        event_id,
+    )
+    if row is not None:
+        return SuccessResponse(message="Delivery queued again", data=DeliveryOutcome(**dict(row)))
+    current = next((d for d in await _deliveries(pool, event_id) if d.delivery_id == delivery_id), None)
+    if current is None:
+        raise ApiError(
+            404,
+            f"Event '{event_id}' has no delivery '{delivery_id}'",
+            [ErrorDetail(field="path.delivery_id", reason="unknown delivery")],
+        )
+    reason = (
+        "only a webhook delivery can be sent again (failed table rows are in events.dlq)"
+        if current.destination_type != "webhook"
+        else f"the delivery is {current.status}, not failed"
+    )
+    raise ApiError(
+        409, "This delivery cannot be redelivered", [ErrorDetail(field="path.delivery_id", reason=reason)]
+    )

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import asyncpg
 from fastapi import APIRouter, Depends
@@ -31,7 +31,7 @@ from gateway.producer import EventProducer
 from gateway.responses import errors
 from schemas import ErrorDetail, EventEnvelope, EventMetadata, IngestRequest, SuccessResponse
 from schemas.events import AppId
-from schemas.rules import RoutingRule, RuleFields, destination_problems
+from schemas.rules import RoutingRule, RuleFields, SavedRule, destination_problems
 from streams.conditions import ConditionLimits, compile_condition, explain, matches, validate
 from streams.routing import as_document
 from vdip import rules as store
@@ -39,6 +39,7 @@ from vdip.settings import Settings
 from vdip.topics import load_topics
 
 router = APIRouter(tags=["routing rules"])
+R = TypeVar("R", bound=RoutingRule)
 
 
 def _problems(fields: RuleFields, settings: Settings) -> list[ErrorDetail]:
@@ -93,8 +94,8 @@ async def _write(
     producer: EventProducer,
     settings: Settings,
     app_id: str,
-    change: Callable[[asyncpg.Connection], Awaitable[RoutingRule | None]],
-) -> RoutingRule | None:
+    change: Callable[[asyncpg.Connection], Awaitable[R | None]],
+) -> R | None:
     """Apply ``change`` and publish the app's rules in one transaction (see the module's doc)."""
     async with pool.acquire() as conn:
         try:
@@ -136,11 +137,12 @@ async def create_rule(
     settings: SettingsDep,
     applications: ApplicationsDep,
     key: PresentedKey,
-) -> SuccessResponse[RoutingRule]:
+) -> SuccessResponse[SavedRule]:
+    """A webhook rule's signing secret is in the response, and only there: keep it."""
     await authorize_app(applications, settings, body.app_id, key, ingest=False)
     _check(body, settings)
 
-    async def insert(conn: asyncpg.Connection) -> RoutingRule:
+    async def insert(conn: asyncpg.Connection) -> SavedRule:
         return await store.insert_rule(conn, body)
 
     rule = await _write(pool, producer, settings, body.app_id, insert)
@@ -184,8 +186,8 @@ class RuleChanges:
         return await _authorized_rule(self.pool, self.applications, self.settings, rule_id, self.key)
 
     async def apply(
-        self, rule: RoutingRule, change: Callable[[asyncpg.Connection], Awaitable[RoutingRule | None]]
-    ) -> RoutingRule:
+        self, rule: RoutingRule, change: Callable[[asyncpg.Connection], Awaitable[R | None]]
+    ) -> R:
         changed = await _write(self.pool, self.producer, self.settings, rule.app_id, change)
         if changed is None:  # deleted meanwhile
             raise _not_found(rule.rule_id)
@@ -212,7 +214,9 @@ RuleChangesDep = Annotated[RuleChanges, Depends(_rule_changes)]
 )
 async def replace_rule(
     rule_id: RuleId, body: RuleFields, rules: RuleChangesDep
-) -> SuccessResponse[RoutingRule]:
+) -> SuccessResponse[SavedRule]:
+    """Also re-enables a destination the webhook dispatcher disabled. A rule that becomes a
+    webhook gets a signing secret, in this response only."""
     current = await rules.current(rule_id)
     if body.app_id != current.app_id:
         raise ApiError(
@@ -243,6 +247,27 @@ async def toggle_rule(rule_id: RuleId, rules: RuleChangesDep) -> SuccessResponse
 async def delete_rule(rule_id: RuleId, rules: RuleChangesDep) -> SuccessResponse[RoutingRule]:
     rule = await rules.apply(await rules.current(rule_id), lambda conn: store.delete_rule(conn, rule_id))
     return SuccessResponse(message="Routing rule deleted", data=rule)
+
+
+@router.post(
+    "/api/routing-rules/{rule_id}/rotate-secret",
+    summary="A new webhook signing secret; the previous one keeps signing for a grace period",
+    responses=errors(401, 404, 409, 422),
+)
+async def rotate_secret(rule_id: RuleId, rules: RuleChangesDep) -> SuccessResponse[SavedRule]:
+    """During the grace period (``VDIP_WEBHOOK_SECRET_GRACE_S``) every delivery carries both
+    signatures, so receivers can switch to the new secret whenever they like."""
+    current = await rules.current(rule_id)
+    if current.destination_type != "webhook":
+        raise ApiError(
+            409,
+            "Only a webhook rule has a signing secret",
+            [ErrorDetail(field="path.rule_id", reason=f"is a {current.destination_type} rule")],
+        )
+    rule = await store.rotate_secret(rules.pool, rule_id, rules.settings.webhook_secret_grace_s)
+    if rule is None:
+        raise _not_found(rule_id)
+    return SuccessResponse(message="Signing secret rotated", data=rule)
 
 
 # ---------------------------------------------------------------------------------- dry run
