@@ -305,7 +305,7 @@ class Dispatcher:
                 status, wait = "failed", None
             elif outcome.status_code == 410:
                 status, wait = "failed", None
-                await conn.execute(DISABLE, rule_id, "the endpoint answered 410 Gone")
+                await self.disable(conn, rule_id, "the endpoint answered 410 Gone")
             else:
                 failing_s = await conn.fetchval(FAILING, rule_id)
                 wait = retry_delay(
@@ -319,7 +319,7 @@ class Dispatcher:
                 if failing_s is not None and float(failing_s) >= self.settings.webhook_disable_after_s:
                     status, wait = "failed", None
                     reason = f"failing without a success for {timedelta(seconds=int(failing_s))}"
-                    await conn.execute(DISABLE, rule_id, reason)
+                    await self.disable(conn, rule_id, reason)
             await conn.execute(
                 SET_OUTCOME,
                 delivery.delivery_id,
@@ -338,6 +338,10 @@ class Dispatcher:
             attempts + tried,
             outcome.status_code or outcome.error,
         )
+
+    async def disable(self, conn: asyncpg.Connection, rule_id: int, reason: str) -> None:
+        if await conn.execute(DISABLE, rule_id, reason) == "UPDATE 1":
+            log.warning("rule %s: webhook destination disabled: %s", rule_id, reason)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

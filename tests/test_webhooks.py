@@ -17,17 +17,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import standardwebhooks
 
-from schemas.rules import Delivery
+from schemas.rules import Delivery, RuleFields
 from sinks.addresses import GuardedBackend, networks, refusal
-from sinks.webhooks import parse_retry_after, request_body, request_headers, retry_delay
+from sinks.webhooks import (
+    Dispatcher,
+    Outcome,
+    parse_retry_after,
+    request_body,
+    request_headers,
+    retry_delay,
+)
 from tests.conftest import WEBHOOK_RECEIVER_HOST, AppKey, Pipeline, wait_until
 from tests.test_rules import rule_body, send
 from vdip.errors import AddressRefused
-from vdip.rules import new_webhook_secret
+from vdip.rules import insert_rule, new_webhook_secret
+from vdip.settings import Settings
 
 # ------------------------------------------------------------------------------ address checks
 
@@ -434,3 +443,73 @@ async def test_table_and_queue_deliveries_are_recorded(
     ]
     assert await event_status(client, app, event_id) == "processed"
     assert datetime.now(UTC) - datetime.fromisoformat(outcomes[0]["delivered_at"]) < timedelta(minutes=5)
+
+
+async def test_an_endpoint_failing_for_too_long_is_disabled(
+    pool: asyncpg.Pool, app: AppKey, settings: Settings
+) -> None:
+    """The dispatcher's bookkeeping against the real database, with a receiver that always fails."""
+    fields = RuleFields.model_validate(
+        rule_body(app, destination_type="webhook", destination_config={"url": "http://x/"}, condition={})
+    )
+    async with pool.acquire() as conn:
+        rule = await insert_rule(conn, fields)
+    strict = settings.model_copy(update={"webhook_disable_after_s": 3600.0})
+    dispatcher = Dispatcher(pool, httpx.AsyncClient(), strict)
+
+    async def failing_for(hours: float) -> None:
+        await pool.execute(
+            "UPDATE routing_rules SET destination_failing_since = now() - make_interval(hours => $2)"
+            " WHERE rule_id = $1",
+            rule.rule_id,
+            hours,
+        )
+
+    async def outcome_of(delivery: Delivery, result: Outcome) -> tuple[str, str | None]:
+        await pool.execute(
+            "INSERT INTO deliveries (delivery_id, event_id, rule_id, destination_type, status)"
+            " VALUES ($1, $2, $3, 'webhook', 'pending')",
+            delivery.delivery_id,
+            delivery.event.event_id,
+            rule.rule_id,
+        )
+        await dispatcher.finish(delivery, 0, result)
+        status = await pool.fetchval(
+            "SELECT status FROM deliveries WHERE delivery_id = $1", delivery.delivery_id
+        )
+        reason = await pool.fetchval(
+            "SELECT destination_disabled_reason FROM routing_rules WHERE rule_id = $1", rule.rule_id
+        )
+        return status, reason
+
+    def delivery() -> Delivery:
+        return Delivery.model_validate(
+            {
+                "delivery_id": uuid.uuid4(),
+                "rule_id": rule.rule_id,
+                "destination_type": "webhook",
+                "destination_config": {"url": "http://x/"},
+                "event": {
+                    "event_id": uuid.uuid4(),
+                    "app_id": app.app_id,
+                    "event_type": "t",
+                    "payload": {},
+                    "received_at": datetime.now(UTC),
+                },
+            }
+        )
+
+    await failing_for(0.5)
+    assert await outcome_of(delivery(), Outcome(500, "HTTP 500")) == ("retrying", None)
+    assert await outcome_of(delivery(), Outcome(200)) == ("delivered", None)  # a success resets the clock
+    assert (
+        await pool.fetchval(
+            "SELECT destination_failing_since FROM routing_rules WHERE rule_id = $1", rule.rule_id
+        )
+        is None
+    )
+    await failing_for(2)
+    status, reason = await outcome_of(delivery(), Outcome(None, "ConnectError: refused"))
+    assert (
+        status == "failed" and reason is not None and reason.startswith("failing without a success for 2:00")
+    )
