@@ -20,6 +20,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -35,6 +36,8 @@ from streams.routing import (
     rejection_reason,
     route,
 )
+from vdip import statistics
+from vdip.db import create_pool
 from vdip.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -158,6 +161,18 @@ def create_app(settings: Settings) -> faust.App:
                     routing=RoutingSummary(error=reason[:1000], routed_at=datetime.now(UTC)),
                 )
                 await routed.send(key=key, value=failed.model_dump_json().encode())  # stored, as failed
+
+    pools: list[asyncpg.Pool] = []
+
+    @app.timer(interval=settings.statistics_interval_s)  # type: ignore[untyped-decorator]
+    async def fold_statistics() -> None:
+        """Fold the changes counted since the last tick into event_statistics (see vdip/statistics.py)."""
+        try:
+            if not pools:
+                pools.append(await create_pool(settings.database_url, min_size=1, max_size=1))
+            await statistics.fold(pools[0])
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("folding statistics failed, next tick retries: %r", exc)
 
     return app
 

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     worker_web_port: int = 6066
     worker_datadir: Path = Path(".stack/worker")
 
+    statistics_interval_s: float = Field(
+        default=1.0, gt=0, description="How often the worker folds counted changes into event_statistics."
+    )
+
     # Event store sink
     sink_group_id: str = "vdip-event-store"
     sink_batch_size: int = Field(default=500, ge=1)

@@ -1,0 +1,205 @@
+"""Statistics API: plain SQL over ``event_statistics`` (kept exact by the database, see
+``vdip/statistics.py``), a dashboard summary, and a refresh that repairs drift from ``data_events``.
+
+Ranges: ``start_date`` and ``end_date`` are ISO 8601 with a time zone; whole buckets are returned
+(the bucket of ``start_date`` up to the one holding ``end_date``). Without them: the last 24 hours
+(hourly), 30 days (daily) or 12 weeks (weekly), up to now.
+"""
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import AwareDatetime, BaseModel
+
+from gateway.deps import AppReader, PoolDep
+from gateway.errors import ApiError
+from gateway.responses import errors
+from schemas import ErrorDetail, SuccessResponse
+from vdip import statistics
+from vdip.statistics import STEP, Period, bucket_range
+
+router = APIRouter(tags=["statistics"])
+
+DEFAULT_SPAN = {"hourly": timedelta(hours=24), "daily": timedelta(days=30), "weekly": timedelta(weeks=12)}
+MAX_BUCKETS = 5000
+
+PeriodQuery = Annotated[Period, Query(description="hourly, daily or weekly (UTC; weeks start on Monday)")]
+StartQuery = Annotated[AwareDatetime | None, Query(description="ISO 8601 with a time zone")]
+EndQuery = Annotated[AwareDatetime | None, Query(description="ISO 8601 with a time zone; default: now")]
+
+
+class Bucket(BaseModel):
+    event_type: str
+    time_period: Period
+    time_bucket: datetime
+    total_events: int
+    processed_events: int
+    failed_events: int
+    pending_events: int
+    updated_at: datetime
+
+
+class Totals(BaseModel):
+    total_events: int = 0
+    processed_events: int = 0
+    failed_events: int = 0
+    pending_events: int = 0
+
+    def add(self, row: Bucket) -> None:
+        self.total_events += row.total_events
+        self.processed_events += row.processed_events
+        self.failed_events += row.failed_events
+        self.pending_events += row.pending_events
+
+
+class Point(Totals):
+    time_bucket: datetime
+
+
+class Dashboard(BaseModel):
+    time_period: Period
+    start: datetime
+    end: datetime
+    totals: Totals
+    by_event_type: dict[str, Totals]
+    series: list[Point]
+
+
+class Refreshed(BaseModel):
+    start: datetime
+    end: datetime
+    changed: list[dict[str, object]]
+
+
+def _range(period: Period, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+    end = end or datetime.now(UTC)
+    start = start or end - DEFAULT_SPAN[period]
+    if start >= end:
+        raise ApiError(
+            422,
+            "The range is empty",
+            [ErrorDetail(field="query.start_date", reason="must be before end_date")],
+        )
+    low, high = bucket_range(start, end, period)
+    if (high - low) / STEP[period] > MAX_BUCKETS:
+        raise ApiError(
+            422,
+            "The range is too long for this period",
+            [ErrorDetail(field="query.start_date", reason=f"at most {MAX_BUCKETS} {period} buckets")],
+        )
+    return low, high
+
+
+async def _buckets(
+    pool: PoolDep, app_id: str, period: Period, event_type: str | None, low: datetime, high: datetime
+) -> list[Bucket]:
+    rows = await pool.fetch(
+        """SELECT event_type, time_period, time_bucket, total_events, processed_events, failed_events,
+                  pending_events, updated_at
+           FROM event_statistics
+           WHERE app_id = $1 AND time_period = $2 AND ($3::text IS NULL OR event_type = $3)
+             AND time_bucket >= $4 AND time_bucket < $5
+           ORDER BY time_bucket, event_type""",
+        app_id,
+        period,
+        event_type,
+        low,
+        high,
+    )
+    return [Bucket(**dict(row)) for row in rows]
+
+
+@router.get(
+    "/api/statistics/{app_id}",
+    summary="An application's event counts per event type and bucket",
+    responses=errors(401, 404, 422),
+)
+async def get_statistics(
+    caller: AppReader,
+    pool: PoolDep,
+    time_period: PeriodQuery = "daily",
+    event_type: str | None = None,
+    start_date: StartQuery = None,
+    end_date: EndQuery = None,
+) -> SuccessResponse[list[Bucket]]:
+    assert caller.application is not None
+    low, high = _range(time_period, start_date, end_date)
+    found = await _buckets(pool, caller.application.app_id, time_period, event_type, low, high)
+    return SuccessResponse(message=f"{len(found)} bucket(s)", data=found)
+
+
+@router.get(
+    "/api/statistics/dashboard/{app_id}",
+    summary="Totals per event type and overall, and a time series with every bucket of the range",
+    responses=errors(401, 404, 422),
+)
+async def dashboard(
+    caller: AppReader,
+    pool: PoolDep,
+    time_period: PeriodQuery = "hourly",
+    start_date: StartQuery = None,
+    end_date: EndQuery = None,
+) -> SuccessResponse[Dashboard]:
+    assert caller.application is not None
+    low, high = _range(time_period, start_date, end_date)
+    rows = await _buckets(pool, caller.application.app_id, time_period, None, low, high)
+    totals, by_type = Totals(), dict[str, Totals]()
+    points: dict[datetime, Point] = {}
+    at = low
+    while at < high:  # every bucket, the empty ones too: ready to plot
+        points[at] = Point(time_bucket=at)
+        at += STEP[time_period]
+    for row in rows:
+        totals.add(row)
+        by_type.setdefault(row.event_type, Totals()).add(row)
+        points[row.time_bucket].add(row)
+    summary = Dashboard(
+        time_period=time_period,
+        start=low,
+        end=high,
+        totals=totals,
+        by_event_type=by_type,
+        series=list(points.values()),
+    )
+    return SuccessResponse(message="Dashboard", data=summary)
+
+
+@router.post(
+    "/api/statistics/refresh/{app_id}",
+    summary="Recompute an application's statistics from its stored events, repairing any drift",
+    responses=errors(401, 404, 422),
+)
+async def refresh(
+    caller: AppReader, pool: PoolDep, start_date: StartQuery = None, end_date: EndQuery = None
+) -> SuccessResponse[Refreshed]:
+    """Default range: from the application's first stored event to now. Reports every bucket that
+    was wrong, with what it held and what it holds now (total, processed, failed)."""
+    assert caller.application is not None
+    app_id = caller.application.app_id
+    end = end_date or datetime.now(UTC) + timedelta(minutes=2)  # occurred_at may run a minute ahead
+    start = (
+        start_date
+        or await pool.fetchval("SELECT min(received_at) FROM data_events WHERE app_id = $1", app_id)
+        or end - timedelta(hours=1)
+    )
+    if start >= end:
+        raise ApiError(
+            422,
+            "The range is empty",
+            [ErrorDetail(field="query.start_date", reason="must be before end_date")],
+        )
+    changed = await statistics.recompute(pool, app_id, start, end)
+    report = [
+        {
+            "event_type": d.event_type,
+            "time_period": d.time_period,
+            "time_bucket": d.time_bucket,
+            "was": d.stored,
+            "now": d.actual or (0, 0, 0),
+        }
+        for d in changed
+    ]
+    return SuccessResponse(
+        message=f"{len(report)} bucket(s) repaired", data=Refreshed(start=start, end=end, changed=report)
+    )
