@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from gateway.deps import ApplicationCache
 from gateway.errors import install_error_handlers
 from gateway.limits import RateLimiter
-from gateway.middleware import BodySizeLimitMiddleware, CorrelationIdMiddleware
+from gateway.middleware import BodySizeLimitMiddleware, CorrelationIdMiddleware, IngestMetricsMiddleware
 from gateway.producer import EventProducer
 from gateway.routes import applications, events, health, ingest, rules, statistics
 from vdip.db import create_pool, migrate_url
@@ -41,7 +41,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.rate_limiter = RateLimiter(settings.rate_limit)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(CorrelationIdMiddleware)  # outermost: the 413 above carries the id too
+    app.add_middleware(CorrelationIdMiddleware)  # the 413 above carries the id too
+    app.add_middleware(IngestMetricsMiddleware)  # outermost: counts the 413 too
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(ingest.router)

@@ -1,4 +1,4 @@
-"""ASGI middleware: the request body size limit, and the correlation id of each request.
+"""ASGI middleware: the request body size limit, the correlation id of each request, ingest metrics.
 
 The correlation id (``X-Correlation-ID``, or a new one) lives in a context variable for the
 request's task only, is echoed in the response, and ``CorrelationIdFilter`` adds it to every log
@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import ApiError, render_error
 from schemas import ErrorDetail
+from vdip import metrics
 
 correlation_id: ContextVar[str] = ContextVar("correlation_id", default="-")
 
@@ -86,3 +87,41 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+REJECTED_BECAUSE = {
+    400: "malformed",
+    401: "unauthorized",
+    403: "disabled_app",
+    404: "unknown_app",
+    413: "too_large",
+    422: "invalid",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+class IngestMetricsMiddleware:
+    """Counts ingest requests by outcome, and refused ones by reason (events are counted by the
+    routes, which know how many a request carried)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith(("/api/ingest/", "/api/messages/")):
+            await self.app(scope, receive, send)
+            return
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if status >= 400:
+                    reason = REJECTED_BECAUSE.get(status, str(status))
+                    metrics.INGEST_REQUESTS.labels("rejected", reason).inc()
+                else:
+                    metrics.INGEST_REQUESTS.labels("partial" if status == 207 else "accepted", "").inc()
+            await send(message)
+
+        await self.app(scope, receive, counting_send)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 
 from schemas import EventEnvelope
+from vdip import metrics
 from vdip.errors import BrokerUnavailable
 from vdip.settings import Settings
 
@@ -78,7 +79,8 @@ class EventProducer:
         timeout = self._settings.produce_timeout_s
         self._inflight += len(envelopes)
         try:
-            return await asyncio.wait_for(self._produce(producer, topic, envelopes), timeout)
+            with metrics.PRODUCE_SECONDS.time():
+                return await asyncio.wait_for(self._produce(producer, topic, envelopes), timeout)
         except TimeoutError:
             error = BrokerUnavailable(f"Kafka did not acknowledge within {timeout} s")
             return [error] * len(envelopes)

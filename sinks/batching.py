@@ -10,6 +10,7 @@ committed; the new owner replays it.
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeAlias
 
@@ -17,6 +18,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 
+from vdip import metrics
 from vdip.db import create_pool, migrate_url
 from vdip.settings import Settings
 
@@ -67,9 +69,16 @@ async def write_with_retry(
 
 
 async def run_batches(
-    consumer: AIOKafkaConsumer, write: WriteBatch, stop: asyncio.Event, *, max_records: int, timeout_ms: int
+    consumer: AIOKafkaConsumer,
+    write: WriteBatch,
+    stop: asyncio.Event,
+    *,
+    max_records: int,
+    timeout_ms: int,
+    name: str = "sink",
 ) -> None:
-    """Consume, write and commit until ``stop`` is set. The consumer must be started."""
+    """Consume, write and commit until ``stop`` is set. The consumer must be started. ``name``
+    labels the metrics (the consumer group)."""
     while not stop.is_set():
         batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = await consumer.getmany(
             timeout_ms=timeout_ms, max_records=max_records
@@ -77,8 +86,15 @@ async def run_batches(
         records = [record for partition in batches.values() for record in partition]
         if not records:
             continue
+        started = time.perf_counter()
         if not await write_with_retry(write, records, stop):
             return  # stopping before the batch was written: it will be consumed again
+        metrics.SINK_WRITE_SECONDS.labels(name).observe(time.perf_counter() - started)
+        metrics.SINK_BATCH_RECORDS.labels(name).observe(len(records))
+        for tp, partition in batches.items():
+            end = consumer.highwater(tp)
+            if end is not None:
+                metrics.CONSUMER_LAG.labels(name, tp.topic, tp.partition).set(end - partition[-1].offset - 1)
         offsets = {tp: partition[-1].offset + 1 for tp, partition in batches.items()}
         try:
             await consumer.commit(offsets)
@@ -91,6 +107,7 @@ async def dead_letter(
 ) -> None:
     """Send ``record`` unchanged to the dead-letter ``topic``, the reason and origin in headers."""
     log.error("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+    metrics.DEAD_LETTERS.labels(stage).inc()
     await producer.send_and_wait(
         topic,
         key=record.key,
@@ -152,6 +169,7 @@ async def serve_sink(
             stop,
             max_records=settings.sink_batch_size,
             timeout_ms=settings.sink_batch_timeout_ms,
+            name=group_id,
         )
     finally:
         await consumer.stop()

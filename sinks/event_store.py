@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from schemas import RoutedEvent
 from sinks.batching import Record, Records, dead_letter, insert_rows, run_until_signalled, serve_sink
+from vdip import metrics
 from vdip.settings import Settings
 
 # The event and its deliveries, in one statement: a delivery to a queue was done when the
@@ -78,6 +79,7 @@ class EventStore:
 
 def run(settings: Settings) -> None:
     """Run the event store sink in the foreground until SIGTERM/SIGINT."""
+    metrics.serve(settings.sink_metrics_port, settings.metrics_host)
     run_until_signalled(
         lambda stop: serve_sink(
             settings,

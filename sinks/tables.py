@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from schemas.rules import TABLE_NAME, Delivery
 from sinks.batching import Record, Records, dead_letter, insert_rows, run_until_signalled, serve_sink
+from vdip import metrics
 from vdip.settings import Settings
 
 
@@ -128,6 +129,7 @@ class TableWriter:
 
 def run(settings: Settings) -> None:
     """Run the table sink in the foreground until SIGTERM/SIGINT."""
+    metrics.serve(settings.table_sink_metrics_port, settings.metrics_host)
     run_until_signalled(
         lambda stop: serve_sink(
             settings,

@@ -44,6 +44,7 @@ from pydantic import ValidationError
 from schemas.rules import Delivery
 from sinks.addresses import guarded_client, networks
 from sinks.batching import Record, Records, dead_letter, insert_rows, run_until_signalled, serve_sink
+from vdip import metrics
 from vdip.db import create_pool
 from vdip.errors import AddressRefused
 from vdip.settings import Settings
@@ -330,6 +331,9 @@ class Dispatcher:
                 outcome.latency_ms if tried else None,
                 wait,
             )
+        metrics.WEBHOOK_ATTEMPTS.labels(status).inc()
+        if tried:
+            metrics.WEBHOOK_SECONDS.observe(outcome.latency_ms / 1000)
         log.info(
             "delivery %s (rule %s): %s after attempt %d (%s)",
             delivery.delivery_id,
@@ -367,4 +371,5 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
 def run(settings: Settings) -> None:
     """Run the webhook dispatcher in the foreground until SIGTERM/SIGINT."""
+    metrics.serve(settings.webhooks_metrics_port, settings.metrics_host)
     run_until_signalled(lambda stop: serve(settings, stop))

@@ -36,7 +36,7 @@ from streams.routing import (
     rejection_reason,
     route,
 )
-from vdip import statistics
+from vdip import metrics, statistics
 from vdip.db import create_pool
 from vdip.settings import Settings
 
@@ -98,6 +98,13 @@ def create_app(settings: Settings) -> faust.App:
                 continue
             # A tombstone is kept as b"" (no rules), not popped: "absent" means "not seen yet".
             rules_table[record.key] = record.value or b""
+            try:
+                newest = max((r.updated_at for r in parse_app_rules(record.value or None)), default=None)
+            except ValidationError:
+                continue  # the router dead-letters the events of an app whose rules it cannot read
+            metrics.RULES_VERSION.labels(record.key.decode(errors="replace")).set(
+                newest.timestamp() if newest else 0
+            )
             log.info("rules of %s updated", record.key.decode(errors="replace"))
 
     # Every rule set published before this worker started, read to the end of the compacted topic
@@ -120,6 +127,7 @@ def create_app(settings: Settings) -> faust.App:
     async def dead_letter(record: Any, stage: str, reason: str) -> None:
         message = record.message
         log.warning("dead-lettering %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
+        metrics.DEAD_LETTERS.labels(stage).inc()
         await dlq.send(
             key=record.key,
             value=record.value,
@@ -136,10 +144,17 @@ def create_app(settings: Settings) -> faust.App:
     async def router(stream: Any) -> None:
         snapshot.update(await read_compacted(settings.kafka_bootstrap, settings.topic("routing-rules")))
         async for record in stream.events():
+            message = record.message
+            end = app.consumer.highwater(message.tp)
+            if end is not None:
+                metrics.CONSUMER_LAG.labels(app.conf.id, message.topic, message.partition).set(
+                    end - message.offset - 1
+                )
             try:
                 event = parse_envelope(record.value)
             except ValidationError as exc:
                 await dead_letter(record, "validation", rejection_reason(exc))
+                metrics.ROUTER_EVENTS.labels("invalid").inc()
                 continue
             try:
                 key = event.app_id.encode()
@@ -151,6 +166,9 @@ def create_app(settings: Settings) -> faust.App:
                         topic = sink_topics[delivery.destination_type]
                     await topic.send(key=key, value=delivery.model_dump_json().encode())
                 await routed.send(key=key, value=result.model_dump_json().encode())
+                metrics.ROUTER_EVENTS.labels("routed").inc()
+                for delivery in deliveries:
+                    metrics.RULE_MATCHES.labels(event.app_id, str(delivery.rule_id)).inc()
             except Exception as exc:  # never skip an event silently, never stop the worker
                 log.exception("routing failed")
                 reason = f"{type(exc).__name__}: {exc}"
@@ -161,6 +179,7 @@ def create_app(settings: Settings) -> faust.App:
                     routing=RoutingSummary(error=reason[:1000], routed_at=datetime.now(UTC)),
                 )
                 await routed.send(key=key, value=failed.model_dump_json().encode())  # stored, as failed
+                metrics.ROUTER_EVENTS.labels("failed").inc()
 
     pools: list[asyncpg.Pool] = []
 
@@ -260,6 +279,7 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)  # the worker below runs on it
     loop.run_until_complete(prepare_group(settings))
+    metrics.serve(settings.worker_metrics_port, settings.metrics_host)
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,10 @@ async def settings(
         webhook_retry_schedule_s=[0.5, 1.0, 1.0],
         webhook_timeout_s=15.0,
         gateway_port=_free_port(),
+        worker_metrics_port=_free_port(),
+        sink_metrics_port=_free_port(),
+        table_sink_metrics_port=_free_port(),
+        webhooks_metrics_port=_free_port(),
         produce_timeout_s=3.0,
         admin_token=f"admin-{run_id}",
         rate_limit="100000/second",
@@ -242,6 +247,10 @@ class Process:
             "VDIP_WEBHOOK_RETRY_SCHEDULE_S": orjson.dumps(s.webhook_retry_schedule_s).decode(),
             "VDIP_WEBHOOK_TIMEOUT_S": str(s.webhook_timeout_s),
             "VDIP_GATEWAY_PORT": str(s.gateway_port),
+            "VDIP_WORKER_METRICS_PORT": str(s.worker_metrics_port),
+            "VDIP_SINK_METRICS_PORT": str(s.sink_metrics_port),
+            "VDIP_TABLE_SINK_METRICS_PORT": str(s.table_sink_metrics_port),
+            "VDIP_WEBHOOKS_METRICS_PORT": str(s.webhooks_metrics_port),
             "VDIP_PRODUCE_TIMEOUT_S": str(s.produce_timeout_s),
             "VDIP_ADMIN_TOKEN": s.admin_token.get_secret_value() if s.admin_token else "",
             "VDIP_RATE_LIMIT": s.rate_limit,
@@ -429,3 +438,19 @@ async def consume_all(
     finally:
         await consumer.stop()
     return records
+
+
+async def rule_applied(pipeline: Pipeline, rule: dict[str, Any]) -> None:
+    """Wait until the worker routes with ``rule`` (its rules version metric reached the rule's
+    updated_at): a rule applies to events ingested after that, not to those sent the same instant."""
+    url = f"http://127.0.0.1:{pipeline.settings.worker_metrics_port}/metrics"
+    wanted = datetime.fromisoformat(rule["updated_at"]).timestamp()
+    series = f'vdip_rules_version_seconds{{app_id="{rule["app_id"]}"}}'
+
+    async def applied() -> bool:
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(url)).text
+        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series)]
+        return bool(values) and values[0] >= wanted - 1e-3
+
+    await wait_until(applied, 30, message=f"rule {rule['rule_id']} applied by the worker")

@@ -181,7 +181,7 @@ async def test_a_status_change_moves_counts_between_counters(
 
     now = datetime.now(UTC)
     async with receiving(reply) as receiver:
-        await webhook_rule(client, app, receiver.url("/stats"))
+        await webhook_rule(pipeline, client, app, receiver.url("/stats"))
         event_id = await send(client, app, 10)
         (outcome,) = await settled(client, app, event_id)
         assert outcome["status"] == "failed"

@@ -32,7 +32,7 @@ from sinks.webhooks import (
     request_headers,
     retry_delay,
 )
-from tests.conftest import WEBHOOK_RECEIVER_HOST, AppKey, Pipeline, wait_until
+from tests.conftest import WEBHOOK_RECEIVER_HOST, AppKey, Pipeline, rule_applied, wait_until
 from tests.test_rules import rule_body, send
 from vdip.errors import AddressRefused
 from vdip.rules import insert_rule, new_webhook_secret
@@ -213,12 +213,16 @@ async def ok(_: Received) -> tuple[int, dict[str, str]]:
     return 200, {}
 
 
-async def webhook_rule(client: httpx.AsyncClient, app: AppKey, url: str, **fields: Any) -> dict[str, Any]:
+async def webhook_rule(
+    pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey, url: str, **fields: Any
+) -> dict[str, Any]:
+    """A webhook rule for every event, applied by the worker when this returns."""
     body = rule_body(app, destination_type="webhook", destination_config={"url": url}, condition={}, **fields)
     response = await client.post("/api/routing-rules", json=body, headers=app.headers)
     assert response.status_code == 201, response.text
     rule: dict[str, Any] = response.json()["data"]
     assert rule["webhook_secret"].startswith("whsec_")
+    await rule_applied(pipeline, rule)
     return rule
 
 
@@ -259,7 +263,7 @@ async def test_signed_delivery_retried_with_the_same_id_until_2xx(
         return (500, {}) if len(receiver.requests) <= 2 else (200, {})
 
     async with receiving(flaky) as receiver:
-        rule = await webhook_rule(client, app, receiver.url("/hook"))
+        rule = await webhook_rule(pipeline, client, app, receiver.url("/hook"))
         event_id = await send(client, app, 10)
         (outcome,) = await settled(client, app, event_id)
     assert outcome["status"] == "delivered" and outcome["attempts"] == 3
@@ -281,7 +285,7 @@ async def test_retry_after_is_honoured_and_exhaustion_fails_the_event(
         return 503, {"retry-after": "2"}
 
     async with receiving(busy) as receiver:
-        await webhook_rule(client, app, receiver.url("/busy"))
+        await webhook_rule(pipeline, client, app, receiver.url("/busy"))
         event_id = await send(client, app, 10)
         (outcome,) = await settled(client, app, event_id)
     assert outcome["status"] == "failed" and outcome["attempts"] == 4  # 1 + 3 retries
@@ -302,7 +306,7 @@ async def test_410_disables_the_destination_until_the_rule_is_replaced(
         return (410, {}) if gone else (200, {})
 
     async with receiving(reply) as receiver:
-        rule = await webhook_rule(client, app, receiver.url("/gone"))
+        rule = await webhook_rule(pipeline, client, app, receiver.url("/gone"))
         first = await send(client, app, 10)
         (outcome,) = await settled(client, app, first)
         assert outcome["status"] == "failed" and outcome["attempts"] == 1
@@ -347,8 +351,8 @@ async def test_a_hanging_endpoint_does_not_delay_a_healthy_one(
         return 200, {}
 
     async with receiving(reply) as receiver:
-        await webhook_rule(client, app, receiver.url("/hang"))
-        await webhook_rule(client, app, receiver.url("/healthy"))
+        await webhook_rule(pipeline, client, app, receiver.url("/hang"))
+        await webhook_rule(pipeline, client, app, receiver.url("/healthy"))
         sent = [await send(client, app, n) for n in range(12)]
 
         async def healthy_all_delivered() -> bool:
@@ -391,7 +395,7 @@ async def test_ssrf_loopback_forms_and_redirects_never_reach_the_canary(
                 receiver.url("/redirect"),
             ]
             for url in urls:
-                await webhook_rule(client, app, url)
+                await webhook_rule(pipeline, client, app, url)
             event_id = await send(client, app, 10)
             outcomes = await settled(client, app, event_id, count=len(urls))
     finally:
@@ -408,7 +412,7 @@ async def test_rotation_signs_with_both_secrets(
     pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey
 ) -> None:
     async with receiving(ok) as receiver:
-        rule = await webhook_rule(client, app, receiver.url("/rotate"))
+        rule = await webhook_rule(pipeline, client, app, receiver.url("/rotate"))
         rotated = await client.post(
             f"/api/routing-rules/{rule['rule_id']}/rotate-secret", headers=app.headers
         )
@@ -434,7 +438,9 @@ async def test_table_and_queue_deliveries_are_recorded(
     table = f"t_{uuid.uuid4().hex[:8]}"
     for kind, config in (("database_table", {"table": table}), ("queue", {"topic": f"q-{table}"})):
         body = rule_body(app, destination_type=kind, destination_config=config, condition={})
-        assert (await client.post("/api/routing-rules", json=body, headers=app.headers)).status_code == 201
+        created = await client.post("/api/routing-rules", json=body, headers=app.headers)
+        assert created.status_code == 201
+    await rule_applied(pipeline, created.json()["data"])
     event_id = await send(client, app, 10)
     outcomes = await settled(client, app, event_id, count=2)
     assert sorted((o["destination_type"], o["status"]) for o in outcomes) == [

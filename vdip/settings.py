@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     )
     webhook_poll_interval_s: float = Field(default=0.2, gt=0)
 
+    # Metrics: the gateway serves /metrics on its own port; the other processes on these (0: off)
+    metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    sink_metrics_port: int = Field(default=9102, ge=0, le=65535)
+    table_sink_metrics_port: int = Field(default=9103, ge=0, le=65535)
+    webhooks_metrics_port: int = Field(default=9104, ge=0, le=65535)
+
     # Local stack
     stack_dir: Path = Path(".stack")
     kafka_version: str = "4.1.1"

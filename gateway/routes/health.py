@@ -4,7 +4,8 @@ import asyncio
 from typing import Literal
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from gateway.deps import PoolDep, ProducerDep
@@ -71,3 +72,9 @@ async def ready(pool: PoolDep, producer: ProducerDep) -> JSONResponse:
         success=readiness.ready, message="ready" if readiness.ready else "not ready", data=readiness
     )
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if readiness.ready else 503)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def prometheus_metrics() -> Response:
+    """The gateway's Prometheus metrics (see vdip/metrics.py), in the text exposition format."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

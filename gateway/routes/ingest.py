@@ -23,6 +23,7 @@ from gateway.limits import Limits, check_event
 from gateway.middleware import correlation_id
 from gateway.responses import errors
 from schemas import ErrorDetail, EventEnvelope, EventMetadata, EventSource, IngestRequest, SuccessResponse
+from vdip import metrics
 from vdip.settings import Settings
 
 router = APIRouter(tags=["ingest"])
@@ -178,7 +179,10 @@ async def ingest(
         app_id, body, _metadata(request, settings), datetime.now(UTC), idempotency_key, None
     )
     await ingest.producer.send(envelope)
-    log.info("accepted event %s for %s", envelope.event_id, app_id)
+    metrics.INGEST_EVENTS.labels("accepted").inc()
+    log.info(
+        "accepted event %s for %s", envelope.event_id, app_id, extra={"event_id": str(envelope.event_id)}
+    )
     return SuccessResponse(message="Event accepted", data=IngestAccepted(event_id=envelope.event_id))
 
 
@@ -297,6 +301,8 @@ async def ingest_batch(
             )
     results.sort(key=lambda r: r.index)
     accepted = sum(r.status == "accepted" for r in results)
+    metrics.INGEST_EVENTS.labels("accepted").inc(accepted)
+    metrics.INGEST_EVENTS.labels("rejected").inc(len(results) - accepted)
     response.status_code = 202 if accepted == len(results) else 207
     log.info("accepted %d of %d events for %s", accepted, len(results), app_id)
     return SuccessResponse(

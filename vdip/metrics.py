@@ -1,0 +1,64 @@
+"""Every Prometheus metric of the platform, in one place (``prometheus_client``).
+
+Each process exposes the ones it moves: the gateway at ``/metrics`` on its own port, the worker
+and the sinks on ``VDIP_<PROCESS>_METRICS_PORT`` (see ``serve``). Names end in ``_total``
+(counters), ``_seconds`` or ``_records`` (histograms) as Prometheus expects.
+"""
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+# Gateway
+INGEST_REQUESTS = Counter(
+    "vdip_ingest_requests",
+    "Ingest requests by outcome (accepted, partial, rejected) and reason",
+    ["outcome", "reason"],
+)
+INGEST_EVENTS = Counter("vdip_ingest_events", "Events accepted, or rejected inside a batch", ["outcome"])
+PRODUCE_SECONDS = Histogram("vdip_produce_seconds", "From produce to Kafka's acknowledgement, per send")
+
+# Worker
+ROUTER_EVENTS = Counter("vdip_router_events", "Events the router handled, by outcome", ["outcome"])
+RULE_MATCHES = Counter("vdip_rule_matches", "Events each rule matched", ["app_id", "rule_id"])
+RULES_VERSION = Gauge(
+    "vdip_rules_version_seconds",
+    "updated_at of the newest rule the router applies, per application",
+    ["app_id"],
+)
+
+# Every consumer
+CONSUMER_LAG = Gauge(
+    "vdip_consumer_lag_records",
+    "Records between a partition's end and what was handled",
+    ["group", "topic", "partition"],
+)
+
+# Sinks
+SINK_BATCH_RECORDS = Histogram(
+    "vdip_sink_batch_records", "Records per batch written", ["sink"], buckets=(1, 10, 50, 100, 250, 500, 1000)
+)
+SINK_WRITE_SECONDS = Histogram(
+    "vdip_sink_write_seconds", "Time to write one batch, retries included", ["sink"]
+)
+DEAD_LETTERS = Counter("vdip_dead_letters", "Records sent to events.dlq, by stage", ["stage"])
+
+# Webhooks
+WEBHOOK_ATTEMPTS = Counter(
+    "vdip_webhook_attempts", "Webhook deliveries settled by an attempt, by outcome", ["outcome"]
+)
+WEBHOOK_SECONDS = Histogram("vdip_webhook_seconds", "Webhook request latency")
+
+
+def serve(port: int, host: str = "127.0.0.1") -> None:
+    """Expose this process's metrics on ``host:port`` (0: not at all)."""
+    if not port:
+        return
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:  # a second copy of a process on one machine: it runs, unobserved
+        log.error("metrics not served: %s:%d is taken (%s)", host, port, exc)
+        return
+    log.info("metrics on http://%s:%d/metrics", host, port)
