@@ -1,14 +1,12 @@
 """ASGI middleware: the request body size limit, the correlation id of each request, ingest metrics.
 
 The correlation id (``X-Correlation-ID``, or a new one) lives in a context variable for the
-request's task only, is echoed in the response, and ``CorrelationIdFilter`` adds it to every log
+request's task only (``vdip.logs.correlation_id``), is echoed in the response, and is in every log
 record written while the request is handled.
 """
 
-import logging
 import re
 import uuid
-from contextvars import ContextVar
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,16 +14,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.errors import ApiError, render_error
 from schemas import ErrorDetail
 from vdip import metrics
-
-correlation_id: ContextVar[str] = ContextVar("correlation_id", default="-")
+from vdip.logs import correlation_id
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,200}$")
-
-
-class CorrelationIdFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.correlation_id = correlation_id.get()
-        return True
 
 
 class CorrelationIdMiddleware:

@@ -47,6 +47,7 @@ from sinks.batching import Record, Records, dead_letter, insert_rows, run_until_
 from vdip import metrics
 from vdip.db import create_pool
 from vdip.errors import AddressRefused
+from vdip.logs import event_context
 from vdip.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -341,6 +342,7 @@ class Dispatcher:
             status,
             attempts + tried,
             outcome.status_code or outcome.error,
+            extra=event_context(delivery.event),
         )
 
     async def disable(self, conn: asyncpg.Connection, rule_id: int, reason: str) -> None:

@@ -38,6 +38,7 @@ from streams.routing import (
 )
 from vdip import metrics, statistics
 from vdip.db import create_pool
+from vdip.logs import event_context
 from vdip.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -167,10 +168,11 @@ def create_app(settings: Settings) -> faust.App:
                     await topic.send(key=key, value=delivery.model_dump_json().encode())
                 await routed.send(key=key, value=result.model_dump_json().encode())
                 metrics.ROUTER_EVENTS.labels("routed").inc()
+                log.debug("routed to %d destination(s)", len(deliveries), extra=event_context(event))
                 for delivery in deliveries:
                     metrics.RULE_MATCHES.labels(event.app_id, str(delivery.rule_id)).inc()
             except Exception as exc:  # never skip an event silently, never stop the worker
-                log.exception("routing failed")
+                log.exception("routing failed", extra=event_context(event))
                 reason = f"{type(exc).__name__}: {exc}"
                 await dead_letter(record, "routing", reason)
                 failed = RoutedEvent(
@@ -274,12 +276,13 @@ async def prepare_group(settings: Settings) -> None:
             await asyncio.sleep(2)
 
 
-def run(settings: Settings, loglevel: str = "info") -> None:
+def run(settings: Settings, logging_config: dict[str, Any]) -> None:
     """Run the worker in the foreground until SIGTERM/SIGINT."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)  # the worker below runs on it
     loop.run_until_complete(prepare_group(settings))
     metrics.serve(settings.worker_metrics_port, settings.metrics_host)
     app = create_app(settings)
-    worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False)
+    level = logging_config["root"]["level"]
+    worker = faust.Worker(app, loglevel=level, logging_config=logging_config, redirect_stdouts=False)
     worker.execute_from_commandline()

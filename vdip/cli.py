@@ -2,7 +2,6 @@
 
 import argparse
 import asyncio
-import logging
 import os
 import secrets
 import sys
@@ -10,17 +9,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from vdip import stack
+from vdip import logs, stack
 from vdip.errors import VdipError
 from vdip.settings import Settings, get_settings
 
 PROCESSES = ("gateway", "worker", "sink", "table-sink", "webhooks")
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+def _configure_logging(args: argparse.Namespace) -> None:
+    logs.configure(args.log_level, args.pretty, args.command)
 
 
 # ------------------------------------------------------------------------------------ commands
@@ -94,15 +91,8 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.main import create_app
-    from gateway.middleware import CorrelationIdFilter
 
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s [%(correlation_id)s]: %(message)s",
-        stream=sys.stderr,
-    )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(CorrelationIdFilter())
+    _configure_logging(args)
     uvicorn.run(
         create_app(settings),
         host=settings.gateway_host,
@@ -118,14 +108,14 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from streams.app import run
 
-    run(settings, loglevel=args.log_level.lower())
+    run(settings, logs.logging_config(args.log_level, args.pretty, "worker"))
     return 0
 
 
 def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
     from sinks.event_store import run
 
-    _configure_logging(args.log_level)
+    _configure_logging(args)
     run(settings)
     return 0
 
@@ -133,7 +123,7 @@ def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_table_sink(settings: Settings, args: argparse.Namespace) -> int:
     from sinks.tables import run
 
-    _configure_logging(args.log_level)
+    _configure_logging(args)
     run(settings)
     return 0
 
@@ -141,7 +131,7 @@ def cmd_table_sink(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_webhooks(settings: Settings, args: argparse.Namespace) -> int:
     from sinks.webhooks import run
 
-    _configure_logging(args.log_level)
+    _configure_logging(args)
     run(settings)
     return 0
 
@@ -292,6 +282,12 @@ def cmd_down(settings: Settings, _: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vdip", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("VDIP_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--pretty",
+        action="store_true",
+        default=os.environ.get("VDIP_LOG_PRETTY", "") not in ("", "0"),
+        help="log lines for humans instead of JSON (or VDIP_LOG_PRETTY=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(

@@ -20,10 +20,10 @@ from uuid6 import uuid7
 from gateway.deps import IngestDep
 from gateway.errors import ApiError
 from gateway.limits import Limits, check_event
-from gateway.middleware import correlation_id
 from gateway.responses import errors
 from schemas import ErrorDetail, EventEnvelope, EventMetadata, EventSource, IngestRequest, SuccessResponse
 from vdip import metrics
+from vdip.logs import correlation_id
 from vdip.settings import Settings
 
 router = APIRouter(tags=["ingest"])
