@@ -116,10 +116,10 @@ async def counts_match(
     return True
 
 
-def stats_check(pipeline: Pipeline, app: AppKey) -> subprocess.CompletedProcess[str]:
+def stats_check(pipeline: Pipeline, app: AppKey, action: str = "check") -> subprocess.CompletedProcess[str]:
     env = {**pipeline.gateway.env()}
     return subprocess.run(
-        [sys.executable, "-m", "vdip.cli", "stats", "check", "--app", app.app_id],
+        [sys.executable, "-m", "vdip.cli", "stats", action, "--app", app.app_id],
         capture_output=True,
         text=True,
         env=env,
@@ -228,6 +228,14 @@ async def test_refresh_repairs_drift_and_the_check_reports_it(
     assert changed["time_period"] == "daily" and changed["was"][0] == 99 and changed["now"][0] == 3
     assert await counted()
     assert stats_check(pipeline, app).returncode == 0
+
+    await pool.execute(
+        "DELETE FROM event_statistics WHERE app_id = $1 AND time_period = 'hourly'", app.app_id
+    )
+    repaired = stats_check(pipeline, app, "refresh")
+    assert repaired.returncode == 0 and "1 bucket(s) repaired" in repaired.stdout, repaired.stdout
+    assert f"[1/1] {app.app_id}: 1 bucket(s) off" in repaired.stderr
+    assert await counted()
 
 
 async def test_statistics_parameters_are_checked(client: httpx.AsyncClient, app: AppKey) -> None:

@@ -46,30 +46,42 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
-    """Compare event_statistics with counts computed from data_events; print every difference."""
+    """check: compare event_statistics with counts computed from data_events, print every
+    difference (exit 1 if any). refresh: repair them. Progress per application on stderr."""
     from datetime import UTC, datetime, timedelta
 
+    from vdip import statistics
     from vdip.db import create_pool
-    from vdip.statistics import check
 
-    async def differences() -> list[str]:
+    async def run() -> list[statistics.Difference]:
         pool = await create_pool(settings.database_url, min_size=1, max_size=1)
         try:
             end = datetime.now(UTC) + timedelta(minutes=2)
-            found = await check(pool, args.app, end - timedelta(days=args.days), end)
+            start = end - timedelta(days=args.days)
+            apps = [args.app] if args.app else await statistics.applications(pool)
+            found: list[statistics.Difference] = []
+            for number, app_id in enumerate(apps, 1):
+                if args.action == "refresh":
+                    wrong = await statistics.recompute(pool, app_id, start, end)
+                else:
+                    wrong = await statistics.check(pool, app_id, start, end)
+                print(f"[{number}/{len(apps)}] {app_id}: {len(wrong)} bucket(s) off", file=sys.stderr)
+                found += wrong
+            return found
         finally:
             await pool.close()
-        return [
-            f"{d.app_id} {d.event_type!r} {d.time_period} {d.time_bucket.isoformat()}: "
-            f"stored {d.stored or (0, 0, 0)} != actual {d.actual or (0, 0, 0)} (total, processed, failed)"
-            for d in found
-        ]
 
-    lines = asyncio.run(differences())
-    for line in lines:
-        print(line)
-    print(f"{len(lines)} difference(s)" if lines else "statistics match the stored events")
-    return 1 if lines else 0
+    found = asyncio.run(run())
+    for d in found:
+        print(
+            f"{d.app_id} {d.event_type!r} {d.time_period} {d.time_bucket.isoformat()}: "
+            f"stored {d.stored or (0, 0, 0)}, actual {d.actual or (0, 0, 0)} (total, processed, failed)"
+        )
+    if args.action == "refresh":
+        print(f"{len(found)} bucket(s) repaired")
+        return 0
+    print(f"{len(found)} difference(s)" if found else "statistics match the stored events")
+    return 1 if found else 0
 
 
 def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
@@ -303,8 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("stack", cmd_stack, "Start, stop or check the local Kafka and PostgreSQL")
     p.add_argument("action", choices=["up", "down", "status"])
     add("migrate", cmd_migrate, "Apply the SQL migrations not applied yet")
-    p = add("stats", cmd_stats, "Check event_statistics against the stored events (exit 1 on a difference)")
-    p.add_argument("action", choices=["check"])
+    p = add(
+        "stats",
+        cmd_stats,
+        "Check event_statistics against the stored events (exit 1 if they differ), or repair it",
+    )
+    p.add_argument("action", choices=["check", "refresh"])
     p.add_argument("--app", help="one application (default: all)")
     p.add_argument("--days", type=float, default=400, help="how far back (default: 400 days)")
     p = add("topics", cmd_topics, "Create the topics of topics.yaml that are missing; report drift")

@@ -161,10 +161,14 @@ async def recompute(pool: asyncpg.Pool, app_id: str, start: datetime, end: datet
         return found
 
 
-async def check(pool: asyncpg.Pool, app_id: str | None, start: datetime, end: datetime) -> list[Difference]:
-    """Every difference between ``event_statistics`` and the stored events (all apps by default)."""
+async def applications(pool: asyncpg.Pool) -> list[str]:
+    """Every application with stored events or statistics."""
+    rows = await pool.fetch("SELECT app_id FROM data_events UNION SELECT app_id FROM event_statistics")
+    return sorted(r["app_id"] for r in rows)
+
+
+async def check(pool: asyncpg.Pool, app_id: str, start: datetime, end: datetime) -> list[Difference]:
+    """Every difference between ``app_id``'s statistics and its stored events, in whole buckets."""
     async with pool.acquire() as conn:
         await fold(conn)
-        every = "SELECT app_id FROM data_events UNION SELECT app_id FROM event_statistics"
-        apps = [app_id] if app_id else [r["app_id"] for r in await conn.fetch(every)]
-        return [d for app in apps for period in PERIODS for d in await compare(conn, app, period, start, end)]
+        return [d for period in PERIODS for d in await compare(conn, app_id, period, start, end)]
