@@ -11,7 +11,7 @@ from gateway.errors import install_error_handlers
 from gateway.limits import RateLimiter
 from gateway.middleware import BodySizeLimitMiddleware, CorrelationIdMiddleware, IngestMetricsMiddleware
 from gateway.producer import EventProducer
-from gateway.routes import applications, events, health, ingest, rules, statistics
+from gateway.routes import applications, dashboard, events, health, ingest, rules, statistics
 from vdip.db import create_pool, migrate_url
 from vdip.settings import Settings, get_settings
 
@@ -50,6 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(applications.router)
     app.include_router(rules.router)
     app.include_router(statistics.router)
+    app.include_router(dashboard.router)
+    app.mount("/dashboard", dashboard.PAGE, name="dashboard")
     _document_limits(app, settings)
     return app
 

@@ -23,7 +23,6 @@ from typing import Any
 import asyncpg
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from pydantic import ValidationError
 
@@ -40,6 +39,7 @@ from vdip import metrics, statistics
 from vdip.db import create_pool
 from vdip.logs import event_context
 from vdip.settings import Settings
+from vdip.topics import partitions_of
 
 log = logging.getLogger(__name__)
 
@@ -196,16 +196,6 @@ def create_app(settings: Settings) -> faust.App:
             log.warning("folding statistics failed, next tick retries: %r", exc)
 
     return app
-
-
-async def partitions_of(bootstrap: str, *topics: str) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_topics(list(topics))
-    finally:
-        await admin.close()
-    return [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
 
 
 async def read_compacted(bootstrap: str, topic: str) -> dict[bytes, bytes]:

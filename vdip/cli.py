@@ -28,6 +28,8 @@ def cmd_stack(settings: Settings, args: argparse.Namespace) -> int:
         stack.up(settings)
     elif args.action == "down":
         stack.down(settings)
+    elif args.action == "browser":
+        stack.install_browser()
     else:
         kafka = asyncio.run(stack.kafka_answers(settings.kafka_bootstrap, 3))
         print(f"kafka {settings.kafka_bootstrap}: {'up' if kafka else 'down'}")
@@ -248,7 +250,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     print(f"""
 Versatile Data Ingestion Platform is running ({time.monotonic() - started:.1f} s).
   API:          {base}/
+  Dashboard:    {base}/dashboard/  (app id: demo, with the key below)
   OpenAPI docs: {base}/docs
+  Metrics:      {base}/metrics and 127.0.0.1:{settings.worker_metrics_port}-{settings.webhooks_metrics_port}
   Readiness:    {base}/health/ready
   Demo app:     demo
   Demo API key: {key}
@@ -312,8 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("up", cmd_up, "Start everything: Kafka, PostgreSQL, schema, topics, gateway, worker, sink")
     p.add_argument("--file", default="topics.yaml")
     add("down", cmd_down, "Stop the pipeline's processes, Kafka and PostgreSQL")
-    p = add("stack", cmd_stack, "Start, stop or check the local Kafka and PostgreSQL")
-    p.add_argument("action", choices=["up", "down", "status"])
+    p = add(
+        "stack", cmd_stack, "Start, stop or check the local Kafka and PostgreSQL (browser: install chromium)"
+    )
+    p.add_argument("action", choices=["up", "down", "status", "browser"])
     add("migrate", cmd_migrate, "Apply the SQL migrations not applied yet")
     p = add(
         "stats",

@@ -370,6 +370,12 @@ def _clusters() -> list[Cluster]:
     return clusters
 
 
+def install_browser() -> None:
+    """Debian's chromium, for the dashboard's browser test (idempotent)."""
+    if shutil.which("chromium") is None:
+        _apt_install("chromium")
+
+
 def install_postgres() -> None:
     if shutil.which("pg_lsclusters") is None or not Path("/usr/lib/postgresql").exists():
         _apt_install("postgresql")

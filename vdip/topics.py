@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -124,3 +125,14 @@ async def _check_drift(admin: AIOKafkaAdminClient, specs: list[TopicSpec], repor
             report.drift.append(f"{spec.name}: " + "; ".join(problems))
         else:
             report.unchanged.append(spec.name)
+
+
+async def partitions_of(bootstrap: str, *topics: str) -> list[TopicPartition]:
+    """Every partition of ``topics`` (none for a topic that does not exist)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    return [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]

@@ -1,0 +1,106 @@
+"""What the dashboard needs beyond the other APIs: rule match counts, recent dead letters, and the
+page itself (static files in ``gateway/dashboard/``, no build step)."""
+
+from pathlib import Path
+from typing import Annotated
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from fastapi import APIRouter, Query
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from gateway.deps import AppReader, PoolDep, SettingsDep
+from gateway.responses import errors
+from schemas import SuccessResponse
+from vdip.topics import partitions_of
+
+router = APIRouter(tags=["dashboard"])
+PAGE = StaticFiles(directory=Path(__file__).resolve().parent.parent / "dashboard", html=True)
+
+
+class RuleActivity(BaseModel):
+    rule_id: int
+    rule_name: str
+    destination_type: str
+    is_active: bool
+    matches: int
+    delivered: int
+    failed: int
+
+
+@router.get(
+    "/api/statistics/rules/{app_id}",
+    summary="Each of an application's rules with how many events it matched, delivered and failed",
+    responses=errors(401, 404, 422),
+)
+async def rule_activity(caller: AppReader, pool: PoolDep) -> SuccessResponse[list[RuleActivity]]:
+    assert caller.application is not None
+    rows = await pool.fetch(
+        """SELECT r.rule_id, r.rule_name, r.destination_type, r.is_active,
+                  count(d.delivery_id) AS matches,
+                  count(d.delivery_id) FILTER (WHERE d.status = 'delivered') AS delivered,
+                  count(d.delivery_id) FILTER (WHERE d.status = 'failed') AS failed
+           FROM routing_rules r LEFT JOIN deliveries d ON d.rule_id = r.rule_id
+           WHERE r.app_id = $1
+           GROUP BY r.rule_id ORDER BY r.priority DESC, r.rule_id""",
+        caller.application.app_id,
+    )
+    return SuccessResponse(message=f"{len(rows)} rule(s)", data=[RuleActivity(**dict(r)) for r in rows])
+
+
+class DeadLetter(BaseModel):
+    partition: int
+    offset: int
+    timestamp_ms: int
+    stage: str | None
+    error: str | None
+    source: str | None
+    value: str
+
+
+@router.get(
+    "/api/dead-letters/app/{app_id}",
+    summary="An application's most recent records in events.dlq, newest first",
+    responses=errors(401, 404, 422),
+)
+async def dead_letters(
+    caller: AppReader, settings: SettingsDep, limit: Annotated[int, Query(ge=1, le=200)] = 20
+) -> SuccessResponse[list[DeadLetter]]:
+    """Reads the last ``10 * limit`` records of each partition (records keyed by this app_id)."""
+    assert caller.application is not None
+    key = caller.application.app_id.encode()
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    found: list[DeadLetter] = []
+    try:
+        topic = settings.topic("events.dlq")
+        partitions = await partitions_of(settings.kafka_bootstrap, topic)
+        if partitions:
+            consumer.assign(partitions)
+            ends = await consumer.end_offsets(partitions)
+            starts = await consumer.beginning_offsets(partitions)
+            for tp in partitions:
+                consumer.seek(tp, max(starts[tp], ends[tp] - 10 * limit))
+            while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
+                for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                    found += [_dead_letter(r) for r in records if r.key == key and r.offset < ends[tp]]
+    finally:
+        await consumer.stop()
+    found.sort(key=lambda d: d.timestamp_ms, reverse=True)
+    return SuccessResponse(message=f"{len(found[:limit])} dead letter(s)", data=found[:limit])
+
+
+def _dead_letter(record: ConsumerRecord[bytes, bytes]) -> DeadLetter:
+    headers = {name: value.decode(errors="replace") for name, value in record.headers or ()}
+    source = headers.get("source.topic")
+    if source is not None:
+        source = f"{source}[{headers.get('source.partition')}]@{headers.get('source.offset')}"
+    return DeadLetter(
+        partition=record.partition,
+        offset=record.offset,
+        timestamp_ms=record.timestamp,
+        stage=headers.get("error.stage"),
+        error=headers.get("error"),
+        source=source,
+        value=(record.value or b"").decode(errors="replace")[:2000],
+    )
