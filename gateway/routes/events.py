@@ -13,22 +13,13 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import AwareDatetime, BaseModel, Field
 
-from gateway.deps import (
-    ApplicationCache,
-    ApplicationsDep,
-    AppReader,
-    PoolDep,
-    PresentedKey,
-    SettingsDep,
-    authorize_app,
-)
+from gateway.deps import ApplicationsDep, AppReader, PoolDep, PresentedKey, SettingsDep, authorize_app
 from gateway.errors import ApiError
 from gateway.responses import errors
 from schemas import ErrorDetail, EventStatus, SuccessResponse
-from vdip.settings import Settings
 
 router = APIRouter(tags=["events"])
 
@@ -138,12 +129,13 @@ async def list_events(
 
 
 async def _readable_event(
-    pool: asyncpg.Pool,
     event_id: uuid.UUID,
-    key: str | None,
-    applications: ApplicationCache,
-    settings: Settings,
+    pool: PoolDep,
+    key: PresentedKey,
+    applications: ApplicationsDep,
+    settings: SettingsDep,
 ) -> asyncpg.Record:
+    """The stored event of the path, if the caller may read its application's data."""
     row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM data_events WHERE event_id = $1", event_id)
     if row is None:
         raise ApiError(
@@ -153,6 +145,9 @@ async def _readable_event(
         )
     await authorize_app(applications, settings, row["app_id"], key, ingest=False)
     return row
+
+
+ReadableEvent = Annotated[asyncpg.Record, Depends(_readable_event)]
 
 
 async def _deliveries(pool: asyncpg.Pool, event_id: uuid.UUID) -> list[DeliveryOutcome]:
@@ -167,15 +162,8 @@ async def _deliveries(pool: asyncpg.Pool, event_id: uuid.UUID) -> list[DeliveryO
     summary="One stored event, with its status, routing summary and deliveries",
     responses=errors(401, 404, 422),
 )
-async def get_event(
-    event_id: uuid.UUID,
-    pool: PoolDep,
-    key: PresentedKey,
-    applications: ApplicationsDep,
-    settings: SettingsDep,
-) -> SuccessResponse[EventWithDeliveries]:
-    row = await _readable_event(pool, event_id, key, applications, settings)
-    found = EventWithDeliveries(**dict(row), deliveries=await _deliveries(pool, event_id))
+async def get_event(event: ReadableEvent, pool: PoolDep) -> SuccessResponse[EventWithDeliveries]:
+    found = EventWithDeliveries(**dict(event), deliveries=await _deliveries(pool, event["event_id"]))
     return SuccessResponse(message="Event found", data=found)
 
 
@@ -184,15 +172,8 @@ async def get_event(
     summary="Where an event was delivered: one outcome per matching rule",
     responses=errors(401, 404, 422),
 )
-async def list_deliveries(
-    event_id: uuid.UUID,
-    pool: PoolDep,
-    key: PresentedKey,
-    applications: ApplicationsDep,
-    settings: SettingsDep,
-) -> SuccessResponse[list[DeliveryOutcome]]:
-    await _readable_event(pool, event_id, key, applications, settings)
-    found = await _deliveries(pool, event_id)
+async def list_deliveries(event: ReadableEvent, pool: PoolDep) -> SuccessResponse[list[DeliveryOutcome]]:
+    found = await _deliveries(pool, event["event_id"])
     return SuccessResponse(message=f"{len(found)} deliverie(s)", data=found)
 
 
@@ -203,16 +184,11 @@ async def list_deliveries(
     responses=errors(401, 404, 409, 422),
 )
 async def redeliver(
-    event_id: uuid.UUID,
-    delivery_id: uuid.UUID,
-    pool: PoolDep,
-    key: PresentedKey,
-    applications: ApplicationsDep,
-    settings: SettingsDep,
+    event: ReadableEvent, delivery_id: uuid.UUID, pool: PoolDep
 ) -> SuccessResponse[DeliveryOutcome]:
     """The delivery goes back to the dispatcher's queue, due now, with the same ``webhook-id``. A
     destination the dispatcher disabled stays disabled until its rule is replaced (PUT)."""
-    await _readable_event(pool, event_id, key, applications, settings)
+    event_id = event["event_id"]
     row = await pool.fetchrow(
         f"""UPDATE deliveries SET status = 'pending', next_attempt_at = now(), claimed_until = NULL,
                    updated_at = now()
