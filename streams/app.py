@@ -17,6 +17,8 @@ or ``delivery_id``, so a replay after a crash changes nothing.
 
 import asyncio
 import logging
+import math
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -185,12 +187,18 @@ def create_app(settings: Settings) -> faust.App:
 
     pools: list[asyncpg.Pool] = []
 
+    retention_applied = [-math.inf]
+
     @app.timer(interval=settings.statistics_interval_s)  # type: ignore[untyped-decorator]
     async def fold_statistics() -> None:
-        """Fold the changes counted since the last tick into event_statistics (see vdip/statistics.py)."""
+        """Fold the changes counted since the last tick into event_statistics; apply the live
+        retention at the first tick and hourly (see vdip/statistics.py)."""
         try:
             if not pools:
                 pools.append(await create_pool(settings.database_url, min_size=1, max_size=1))
+            if time.monotonic() - retention_applied[0] > 3600:
+                await statistics.set_live_retention(pools[0], settings.statistics_live_retention_days)
+                retention_applied[0] = time.monotonic()
             await statistics.fold(pools[0])
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("folding statistics failed, next tick retries: %r", exc)

@@ -298,3 +298,26 @@ async def test_worker_killed_twice_and_batches_resubmitted_leave_no_difference(
     )
     check = stats_check(pipeline, app)
     assert check.returncode == 0 and "match" in check.stdout, check.stdout + check.stderr
+
+
+async def test_events_beyond_the_live_retention_are_counted_by_a_refresh(
+    pipeline: Pipeline, client: httpx.AsyncClient, producer: AIOKafkaProducer, pool: asyncpg.Pool, app: AppKey
+) -> None:
+    now = datetime.now(UTC)
+    retention = timedelta(days=pipeline.settings.statistics_live_retention_days)
+    old = envelope(app.app_id, received_at=(now - retention - timedelta(days=5)).isoformat())
+    topic = pipeline.settings.topic("events")
+    await producer.send_and_wait(topic, orjson.dumps(old), key=app.app_id.encode())
+    await send(client, app, 1, event_type="direct")
+
+    async def live_counted() -> bool:
+        found = await api_counts(client, app, "weekly", now - retention * 2, now + timedelta(hours=1))
+        return sum(c[0] for c in found.values()) == 1
+
+    await wait_until(live_counted, 20, message="the recent event counted")
+    assert await pool.fetchval("SELECT count(*) FROM data_events WHERE app_id = $1", app.app_id) == 2
+    assert stats_check(pipeline, app).returncode == 1  # the old one: stored, not counted live
+    response = await client.post(f"/api/statistics/refresh/{app.app_id}", headers=app.headers)
+    assert {c["time_period"] for c in response.json()["data"]["changed"]} == {"hourly", "daily", "weekly"}
+    assert await counts_match(client, pool, app, now - retention * 2, now + timedelta(hours=1))
+    assert stats_check(pipeline, app).returncode == 0

@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     statistics_interval_s: float = Field(
         default=1.0, gt=0, description="How often the worker folds counted changes into event_statistics."
     )
+    statistics_live_retention_days: float = Field(
+        default=35,
+        gt=0,
+        description="Events received this recently are counted live; older late changes need a refresh.",
+    )
 
     # Event store sink
     sink_group_id: str = "vdip-event-store"

@@ -4,7 +4,9 @@ Counting itself happens in PostgreSQL, in the transaction that changes an event'
 (migration 0004: ``count_event``); this module folds the counted changes into the table the API
 reads (``fold``, run every second by the stream worker), recomputes statistics from the stored
 events (``recompute``: the refresh endpoint and the reconciliation check), and buckets times the
-way the database does (``bucket_start``).
+way the database does (``bucket_start``). Live counting covers events received within
+``statistics_live_retention_days`` (the worker sets it, and forgets older events' counted
+status, every hour); ``event_statistics`` keeps every bucket, and a refresh recounts any range.
 """
 
 from dataclasses import dataclass
@@ -61,6 +63,14 @@ WHERE NOT EXISTS (
     WHERE (u.app_id, u.event_type, u.time_bucket, u.time_period)
         = (m.app_id, m.event_type, m.time_bucket, m.time_period))
 """
+
+
+async def set_live_retention(db: asyncpg.Pool | asyncpg.Connection, days: float) -> None:
+    """How far back live counting goes; forget how events older than that were counted."""
+    await db.execute("UPDATE statistics_live SET retention = make_interval(secs => $1)", days * 86_400)
+    await db.execute(
+        "DELETE FROM event_counted WHERE received_at < now() - (SELECT retention FROM statistics_live)"
+    )
 
 
 async def fold(db: asyncpg.Pool | asyncpg.Connection) -> None:

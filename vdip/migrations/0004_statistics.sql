@@ -3,6 +3,14 @@
 -- statistics_changes; the statistics agent folds them into event_statistics every second.
 -- event_counted remembers the status each event is counted under, so a replayed write, a retry
 -- or a crash never counts an event twice, and a status change moves it between counters.
+-- Live counting covers events received within the live retention (statistics_live, set by the
+-- worker from VDIP_STATISTICS_LIVE_RETENTION_DAYS); older ones are counted by a refresh.
+
+CREATE TABLE statistics_live (
+    only_row   boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    retention  interval NOT NULL
+);
+INSERT INTO statistics_live (retention) VALUES (interval '35 days');
 
 -- The start of an event's bucket: hour, day or ISO week (Monday 00:00), all in UTC.
 CREATE FUNCTION stat_bucket(period text, at timestamptz) RETURNS timestamptz
@@ -44,6 +52,9 @@ BEGIN
     SELECT * INTO e FROM data_events WHERE event_id = id;
     IF NOT FOUND THEN
         RETURN;  -- a delivery outcome ahead of its event: the event store counts it
+    END IF;
+    IF e.received_at < now() - (SELECT retention FROM statistics_live) THEN
+        RETURN;  -- beyond the live retention: a refresh counts it
     END IF;
     SELECT status INTO counted FROM event_counted WHERE event_id = id FOR UPDATE;
     now_status := event_status(e.status, id);
