@@ -15,7 +15,15 @@ from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from schemas.rules import TABLE_NAME, Delivery
-from sinks.batching import Record, Records, dead_letter, insert_rows, run_until_signalled, serve_sink
+from sinks.batching import (
+    Record,
+    Records,
+    dead_letter,
+    deliveries_of,
+    insert_rows,
+    run_until_signalled,
+    serve_sink,
+)
 from vdip import metrics
 from vdip.settings import Settings
 
@@ -89,16 +97,8 @@ class TableWriter:
 
     async def write(self, records: Records) -> None:
         by_table: dict[str, list[tuple[Record, tuple[Any, ...]]]] = {}
-        for record in records:
-            try:
-                delivery = Delivery.model_validate_json(record.value)
-            except ValidationError as exc:
-                await self._refused(record, str(exc))
-                continue
-            table = delivery.destination_config.get("table")
-            if delivery.destination_type != "database_table" or not isinstance(table, str):
-                await self._refused(record, "not a database_table delivery")
-            elif not TABLE_NAME.fullmatch(table):
+        for record, delivery, table in await deliveries_of(records, "database_table", "table", self._refused):
+            if not TABLE_NAME.fullmatch(table):
                 await self._refused(record, f"invalid table name {table!r}")
             else:
                 by_table.setdefault(table, []).append((record, to_row(delivery)))

@@ -39,11 +39,18 @@ import asyncpg
 import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
-from pydantic import ValidationError
 
 from schemas.rules import Delivery
 from sinks.addresses import guarded_client, networks
-from sinks.batching import Record, Records, dead_letter, insert_rows, run_until_signalled, serve_sink
+from sinks.batching import (
+    Record,
+    Records,
+    dead_letter,
+    deliveries_of,
+    insert_rows,
+    run_until_signalled,
+    serve_sink,
+)
 from vdip import metrics
 from vdip.db import create_pool
 from vdip.errors import AddressRefused
@@ -171,20 +178,10 @@ class Intake:
         self.dlq_topic = dlq_topic
 
     async def write(self, records: Records) -> None:
-        rows: list[tuple[Record, tuple[Any, ...]]] = []
-        for record in records:
-            try:
-                delivery = Delivery.model_validate_json(record.value)
-            except ValidationError as exc:
-                await self._refused(record, str(exc))
-                continue
-            if delivery.destination_type != "webhook" or not isinstance(
-                delivery.destination_config.get("url"), str
-            ):
-                await self._refused(record, "not a webhook delivery")
-                continue
-            message = delivery.model_dump(mode="json")
-            rows.append((record, (delivery.delivery_id, delivery.event.event_id, delivery.rule_id, message)))
+        rows = [
+            (record, (d.delivery_id, d.event.event_id, d.rule_id, d.model_dump(mode="json")))
+            for record, d, _ in await deliveries_of(records, "webhook", "url", self._refused)
+        ]
         await insert_rows(self.pool, RECORD, rows, self._refused)
 
     async def _refused(self, record: Record, reason: str) -> None:
