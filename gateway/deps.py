@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import asyncpg
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Header, Path, Query, Request
 
 from gateway.errors import ApiError
 from gateway.limits import RateLimiter
@@ -203,3 +203,9 @@ async def _admin(settings: SettingsDep, key: PresentedKey) -> None:
 IngestDep = Annotated[Ingest, Depends(_ingest)]
 AppReader = Annotated[Caller, Depends(_app_reader)]
 RequireAdmin = Depends(_admin)
+
+# A filter on event_type: what an event type can be (no control characters; PostgreSQL refuses NUL).
+EventTypeFilter = Annotated[
+    str | None,
+    Query(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$", description="Only this type."),
+]

@@ -2,6 +2,7 @@
 document and checks every answer against it (no 5xx, documented status codes, bodies and headers
 that match their schemas). Runs against the real pipeline with a bounded budget per operation."""
 
+import os
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.conftest import AppKey, Pipeline
 
-EXAMPLES_PER_OPERATION = 30
+EXAMPLES_PER_OPERATION = int(os.environ.get("VDIP_FUZZ_EXAMPLES", "30"))
 
 
 def test_api_conforms_to_its_openapi(pipeline: Pipeline, app: AppKey, admin: dict[str, str]) -> None:

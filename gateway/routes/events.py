@@ -16,7 +16,15 @@ import orjson
 from fastapi import APIRouter, Depends, Query
 from pydantic import AwareDatetime, BaseModel, Field
 
-from gateway.deps import ApplicationsDep, AppReader, PoolDep, PresentedKey, SettingsDep, authorize_app
+from gateway.deps import (
+    ApplicationsDep,
+    AppReader,
+    EventTypeFilter,
+    PoolDep,
+    PresentedKey,
+    SettingsDep,
+    authorize_app,
+)
 from gateway.errors import ApiError
 from gateway.responses import errors
 from schemas import ErrorDetail, EventStatus, SuccessResponse
@@ -94,7 +102,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 async def list_events(
     caller: AppReader,
     pool: PoolDep,
-    event_type: str | None = None,
+    event_type: EventTypeFilter = None,
     status: EventStatus | None = None,
     start_date: Annotated[AwareDatetime | None, Query(description="received_at >= this")] = None,
     end_date: Annotated[AwareDatetime | None, Query(description="received_at < this")] = None,

@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel
 
-from gateway.deps import AppReader, PoolDep
+from gateway.deps import AppReader, EventTypeFilter, PoolDep
 from gateway.errors import ApiError
 from gateway.responses import errors
 from schemas import ErrorDetail, SuccessResponse
@@ -72,9 +72,22 @@ class Refreshed(BaseModel):
     changed: list[dict[str, object]]
 
 
+EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _within(value: datetime | None, field: str) -> datetime | None:
+    if value is not None and not EARLIEST <= value < LATEST:
+        raise ApiError(
+            422,
+            "A date is out of range",
+            [ErrorDetail(field=f"query.{field}", reason="between 1970 and 9000")],
+        )
+    return value
+
+
 def _range(period: Period, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
-    end = end or datetime.now(UTC)
-    start = start or end - DEFAULT_SPAN[period]
+    end = _within(end, "end_date") or datetime.now(UTC)
+    start = _within(start, "start_date") or end - DEFAULT_SPAN[period]
     if start >= end:
         raise ApiError(
             422,
@@ -119,7 +132,7 @@ async def get_statistics(
     caller: AppReader,
     pool: PoolDep,
     time_period: PeriodQuery = "daily",
-    event_type: str | None = None,
+    event_type: EventTypeFilter = None,
     start_date: StartQuery = None,
     end_date: EndQuery = None,
 ) -> SuccessResponse[list[Bucket]]:
@@ -177,12 +190,14 @@ async def refresh(
     was wrong, with what it held and what it holds now (total, processed, failed)."""
     assert caller.application is not None
     app_id = caller.application.app_id
-    end = end_date or datetime.now(UTC) + timedelta(minutes=2)  # occurred_at may run a minute ahead
+    end = _within(end_date, "end_date") or datetime.now(UTC) + timedelta(minutes=2)  # clocks differ a little
+    start_date = _within(start_date, "start_date")
     start = (
         start_date
         or await pool.fetchval("SELECT min(received_at) FROM data_events WHERE app_id = $1", app_id)
         or end - timedelta(hours=1)
     )
+    start = max(start, EARLIEST)  # events a direct producer dated before 1970 are not bucketed
     if start >= end:
         raise ApiError(
             422,
