@@ -246,6 +246,8 @@ async def test_statistics_parameters_are_checked(client: httpx.AsyncClient, app:
         ({"end_date": "2026-13-01T00:00:00Z"}, "query.end_date"),
         ({"start_date": "2026-01-02T00:00:00Z", "end_date": "2026-01-01T00:00:00Z"}, "query.start_date"),
         ({"time_period": "hourly", "start_date": "2000-01-01T00:00:00Z"}, "query.start_date"),
+        ({"end_date": "9999-12-31T23:59:59Z"}, "query.end_date"),
+        ({"event_type": "a\x00b"}, "query.event_type"),
     ]
     for params, field in cases:
         response = await client.get(base, params=params, headers=app.headers)
