@@ -1,8 +1,12 @@
-"""The faust application: its settings, its topics, the rules table and the routing agent.
+"""The faust application: its settings, its topics, the rules agent and the routing agent.
 
 - ``rules`` agent: reads the compacted ``routing-rules`` topic (key app_id, value all of that
-  app's rules) into the ``rules`` table, so a rule written through the API applies to the next
-  events without a restart, and survives restarts (the table recovers from its changelog).
+  app's rules) into memory, so a rule written through the API applies to the next events without
+  a restart. At start, the router reads that topic to its end before routing anything, so the
+  rules survive restarts without a faust table. (A table would be worse than redundant: while
+  faust restores a changelog it already fetches, and it resumes the stream partitions before it
+  seeks them to their committed offsets; records fetched in between were routed and then skipped
+  past, losing events when the worker was killed and restarted.)
 - ``router`` agent: consumes ``events`` raw and validates each record against the envelope. What
   is not an envelope, and any event whose routing raised, goes to ``events.dlq`` unchanged with
   the reason and origin in headers (an event whose routing raised is also stored, as ``failed``).
@@ -91,7 +95,7 @@ def create_app(settings: Settings) -> faust.App:
         "database_table": app.topic(settings.topic("deliveries.table"), value_type=bytes, key_type=bytes),
     }
     queues: dict[str, Any] = {}
-    rules_table = app.Table("rules", default=None, partitions=3, key_type=bytes, value_type=bytes)
+    latest: dict[bytes, bytes] = {}  # rule sets read by the rules agent since this worker started
     cache = RuleCache()
 
     @app.agent(rule_updates, name="rules")
@@ -100,7 +104,7 @@ def create_app(settings: Settings) -> faust.App:
             if record.key is None:
                 continue
             # A tombstone is kept as b"" (no rules), not popped: "absent" means "not seen yet".
-            rules_table[record.key] = record.value or b""
+            latest[record.key] = record.value or b""
             try:
                 newest = max((r.updated_at for r in parse_app_rules(record.value or None)), default=None)
             except ValidationError:
@@ -111,12 +115,11 @@ def create_app(settings: Settings) -> faust.App:
             log.info("rules of %s updated", record.key.decode(errors="replace"))
 
     # Every rule set published before this worker started, read to the end of the compacted topic
-    # before the first event is routed. The table may lack the newest of them for a moment after
-    # a crash (its changelog write lost, the record about to be replayed): this fills the gap.
+    # before the first event is routed; what the rules agent reads afterwards takes precedence.
     snapshot: dict[bytes, bytes] = {}
 
     def rules_for(key: bytes) -> list[CompiledRule]:
-        value = rules_table.get(key)
+        value = latest.get(key)
         return cache.get(key, snapshot.get(key) if value is None else value or None)
 
     async def queue_topic(name: str) -> Any:
