@@ -199,6 +199,21 @@ async def serve_sink(
         await pool.close()
 
 
+def run_sink(
+    settings: Settings,
+    *,
+    topic: str,
+    group_id: str,
+    metrics_port: int,
+    make_write: Callable[[asyncpg.Pool, AIOKafkaProducer], WriteBatch],
+) -> None:
+    """Serve this process's metrics and run one sink in the foreground until SIGTERM/SIGINT."""
+    metrics.serve(metrics_port, settings.metrics_host)
+    run_until_signalled(
+        lambda stop: serve_sink(settings, topic=topic, group_id=group_id, make_write=make_write, stop=stop)
+    )
+
+
 def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``serve(stop)`` in the foreground; SIGTERM or SIGINT sets ``stop``."""
 

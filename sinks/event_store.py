@@ -14,8 +14,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from schemas import RoutedEvent
-from sinks.batching import Record, Records, dead_letter, insert_rows, run_until_signalled, serve_sink
-from vdip import metrics
+from sinks.batching import Record, Records, dead_letter, insert_rows, run_sink
 from vdip.settings import Settings
 
 # The event and its deliveries, in one statement: a delivery to a queue was done when the
@@ -79,13 +78,10 @@ class EventStore:
 
 def run(settings: Settings) -> None:
     """Run the event store sink in the foreground until SIGTERM/SIGINT."""
-    metrics.serve(settings.sink_metrics_port, settings.metrics_host)
-    run_until_signalled(
-        lambda stop: serve_sink(
-            settings,
-            topic=settings.topic("events.routed"),
-            group_id=settings.sink_group_id,
-            make_write=lambda pool, producer: EventStore(pool, producer, settings.topic("events.dlq")).write,
-            stop=stop,
-        )
+    run_sink(
+        settings,
+        topic=settings.topic("events.routed"),
+        group_id=settings.sink_group_id,
+        metrics_port=settings.sink_metrics_port,
+        make_write=lambda pool, producer: EventStore(pool, producer, settings.topic("events.dlq")).write,
     )

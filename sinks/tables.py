@@ -21,10 +21,8 @@ from sinks.batching import (
     dead_letter,
     deliveries_of,
     insert_rows,
-    run_until_signalled,
-    serve_sink,
+    run_sink,
 )
-from vdip import metrics
 from vdip.settings import Settings
 
 
@@ -129,15 +127,12 @@ class TableWriter:
 
 def run(settings: Settings) -> None:
     """Run the table sink in the foreground until SIGTERM/SIGINT."""
-    metrics.serve(settings.table_sink_metrics_port, settings.metrics_host)
-    run_until_signalled(
-        lambda stop: serve_sink(
-            settings,
-            topic=settings.topic("deliveries.table"),
-            group_id=settings.table_sink_group_id,
-            make_write=lambda pool, producer: (
-                TableWriter(pool, producer, settings.topic("events.dlq"), settings.tables_schema).write
-            ),
-            stop=stop,
-        )
+    run_sink(
+        settings,
+        topic=settings.topic("deliveries.table"),
+        group_id=settings.table_sink_group_id,
+        metrics_port=settings.table_sink_metrics_port,
+        make_write=lambda pool, producer: (
+            TableWriter(pool, producer, settings.topic("events.dlq"), settings.tables_schema).write
+        ),
     )
