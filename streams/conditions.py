@@ -15,10 +15,12 @@ Paths start with ``event_type``, ``app_id``, ``payload`` or ``metadata``; any ot
 inside ``payload`` (``total`` means ``payload.total``).
 
 Everything here is pure: ``validate`` checks a condition once, when its rule is saved;
-``compile_condition`` normalises its paths; ``matches`` and ``explain`` evaluate it.
+``compile_condition`` normalises its paths; ``compile_matcher`` turns it into one function of an
+event, built once per rule (closures, no interpretation per event); ``explain`` says why not.
 """
 
-from collections.abc import Iterator
+import operator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,52 +160,148 @@ def compile_condition(condition: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------- evaluation
 
+Matcher = Callable[[dict[str, Any]], bool]
+Test = Callable[[list[Any]], bool]  # on the values a path reaches
+
+
+def compile_matcher(condition: dict[str, Any]) -> Matcher:
+    """``condition`` (valid; paths rooted or not) as one function of an event document, built
+    once: evaluating it walks no operator names and splits no paths."""
+    clauses = [_compile_clause(key, value) for key, value in condition.items()]
+    if len(clauses) == 1:
+        return clauses[0]
+    return lambda document: all(clause(document) for clause in clauses)
+
 
 def matches(condition: dict[str, Any], document: dict[str, Any]) -> bool:
-    """Whether ``document`` (an event as a dict) meets the compiled ``condition``."""
-    return all(_clause(key, value, document) for key, value in condition.items())
+    """Whether ``document`` (an event as a dict) meets ``condition`` (compiles it each call:
+    to evaluate a condition often, keep ``compile_matcher(condition)``)."""
+    return compile_matcher(condition)(document)
 
 
 def explain(condition: dict[str, Any], document: dict[str, Any]) -> list[str]:
     """The top-level clauses the document fails, each with the values found (empty: it matches)."""
     reasons = []
-    for key, value in condition.items():
-        if not _clause(key, value, document):
-            if key in QUERY_OPERATORS:
-                reasons.append(f"{key} {orjson.dumps(value).decode()} is false")
-            else:
-                found = list(_values(document, key.split(".")))
-                seen = orjson.dumps(found[0] if len(found) == 1 else found).decode() if found else "missing"
-                reasons.append(f"{key} {orjson.dumps(value).decode()} is false (value: {seen})")
+    for key, value in compile_condition(condition).items():  # paths rooted, as they are read
+        if _compile_clause(key, value)(document):
+            continue
+        if key in QUERY_OPERATORS:
+            reasons.append(f"{key} {orjson.dumps(value).decode()} is false")
+        else:
+            found = _get(document, key.split("."))
+            seen = orjson.dumps(found[0] if len(found) == 1 else found).decode() if found else "missing"
+            reasons.append(f"{key} {orjson.dumps(value).decode()} is false (value: {seen})")
     return reasons
 
 
-def _clause(key: str, value: Any, document: dict[str, Any]) -> bool:
+def _compile_clause(key: str, value: Any) -> Matcher:
     if key == "$and":
-        return all(matches(sub, document) for sub in value)
+        subs = [compile_matcher(sub) for sub in value]
+        return lambda document: all(sub(document) for sub in subs)
     if key == "$or":
-        return any(matches(sub, document) for sub in value)
-    values = list(_values(document, key.split(".")))
+        subs = [compile_matcher(sub) for sub in value]
+        return lambda document: any(sub(document) for sub in subs)
+    parts = normalise_path(key).split(".")
     if _is_operator_doc(value):
-        return all(_operator(op, operand, values) for op, operand in value.items())
-    return _operator("$eq", value, values)
+        tests = [_compile_operator(op, operand) for op, operand in value.items()]
+    else:
+        tests = [_compile_operator("$eq", value)]
+    if len(tests) == 1:
+        (test,) = tests
+        return lambda document: test(_get(document, parts))
+
+    def clause(document: dict[str, Any]) -> bool:
+        found = _get(document, parts)
+        return all(test(found) for test in tests)
+
+    return clause
 
 
-def _values(value: Any, parts: list[str]) -> Iterator[Any]:
-    """Every value the path reaches, MongoDB-style (arrays of objects are walked into)."""
-    if not parts:
-        yield value
-        return
-    key, rest = parts[0], parts[1:]
-    if isinstance(value, dict):
-        if key in value:
-            yield from _values(value[key], rest)
-    elif isinstance(value, list):
-        if key.isdigit() and int(key) < len(value):
-            yield from _values(value[int(key)], rest)
-        for element in value:
-            if isinstance(element, dict):
-                yield from _values(element, parts)
+def _get(document: Any, parts: list[str]) -> list[Any]:
+    """Every value the path reaches, MongoDB-style: objects are walked into; an array is walked
+    into by position (``items.0``) and through each of its objects (``items.sku``)."""
+    found: list[Any] = []
+    _collect(document, parts, 0, found)
+    return found
+
+
+def _collect(value: Any, parts: list[str], at: int, found: list[Any]) -> None:
+    while at < len(parts):
+        kind = type(value)
+        if kind is dict:
+            if parts[at] not in value:
+                return
+            value = value[parts[at]]
+            at += 1
+        elif kind is list:
+            part = parts[at]
+            if part.isdecimal() and int(part) < len(value):
+                _collect(value[int(part)], parts, at + 1, found)
+            for element in value:
+                if type(element) is dict:
+                    _collect(element, parts, at, found)
+            return
+        else:
+            return
+    found.append(value)
+
+
+_ORDER: dict[str, Callable[[Any, Any], bool]] = {
+    "$gt": operator.gt,
+    "$gte": operator.ge,
+    "$lt": operator.lt,
+    "$lte": operator.le,
+}
+# The Python types of the JSON values that compare, by kind (exact types: a bool is no number).
+_TYPES: dict[str, tuple[type, ...]] = {"number": (int, float), "str": (str,)}
+
+
+def _compile_operator(op: str, operand: Any) -> Test:
+    if op == "$eq":
+        return _compile_eq(operand)
+    if op == "$ne":
+        eq = _compile_eq(operand)
+        return lambda values: not eq(values)
+    if op in ("$in", "$nin"):
+        items = [_compile_eq(item) for item in operand]
+        if op == "$in":
+            return lambda values: any(item(values) for item in items)
+        return lambda values: not any(item(values) for item in items)
+    if op == "$exists":
+        wanted = bool(operand)
+        return lambda values: bool(values) is wanted
+    if op == "$not":
+        subs = [_compile_operator(sub, sub_operand) for sub, sub_operand in operand.items()]
+        return lambda values: not all(sub(values) for sub in subs)
+    compare = _ORDER[op]
+    return _scalar_test(_TYPES[_kind(operand)], lambda candidate: compare(candidate, operand))
+
+
+def _compile_eq(operand: Any) -> Test:
+    kind = _kind(operand)
+    if kind in _TYPES:  # the common case: a number or a string, compared without recursion
+        return _scalar_test(_TYPES[kind], lambda candidate: bool(candidate == operand))
+    if operand is None:  # a missing field equals null
+        return lambda values: not values or any(candidate is None for candidate in _candidates(values))
+    return lambda values: any(equal(candidate, operand) for candidate in _candidates(values))
+
+
+def _scalar_test(types: tuple[type, ...], holds: Callable[[Any], bool]) -> Test:
+    """Whether a value, or an element of an array value, is of ``types`` and ``holds``."""
+
+    def test(values: list[Any]) -> bool:
+        for value in values:
+            kind = type(value)
+            if kind in types:
+                if holds(value):
+                    return True
+            elif kind is list:
+                for element in value:
+                    if type(element) in types and holds(element):
+                        return True
+        return False
+
+    return test
 
 
 def _candidates(values: list[Any]) -> Iterator[Any]:
@@ -211,28 +309,6 @@ def _candidates(values: list[Any]) -> Iterator[Any]:
         yield value
         if isinstance(value, list):
             yield from value
-
-
-def _operator(op: str, operand: Any, values: list[Any]) -> bool:
-    if op == "$eq":
-        return _eq_any(operand, values)
-    if op == "$ne":
-        return not _eq_any(operand, values)
-    if op == "$in":
-        return any(_eq_any(item, values) for item in operand)
-    if op == "$nin":
-        return not any(_eq_any(item, values) for item in operand)
-    if op == "$exists":
-        return bool(values) is bool(operand)
-    if op == "$not":
-        return not all(_operator(sub, sub_operand, values) for sub, sub_operand in operand.items())
-    return any(_compare(op, candidate, operand) for candidate in _candidates(values))
-
-
-def _eq_any(operand: Any, values: list[Any]) -> bool:
-    if operand is None and not values:
-        return True  # a missing field equals null
-    return any(equal(candidate, operand) for candidate in _candidates(values))
 
 
 def _kind(value: Any) -> str:
@@ -254,15 +330,3 @@ def equal(a: Any, b: Any) -> bool:
     if isinstance(a, dict):
         return list(a) == list(b) and all(equal(a[k], b[k]) for k in a)
     return bool(a == b)
-
-
-def _compare(op: str, value: Any, operand: Any) -> bool:
-    if _kind(value) != _kind(operand) or _kind(value) not in ("number", "str"):
-        return False
-    if op == "$gt":
-        return bool(value > operand)
-    if op == "$gte":
-        return bool(value >= operand)
-    if op == "$lt":
-        return bool(value < operand)
-    return bool(value <= operand)

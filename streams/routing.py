@@ -5,19 +5,23 @@ in priority order (higher first, then lower rule_id), and **every** matching rul
 rules fan an event out, they do not stop at the first match. An event that matches no rule, or
 only ``queue`` rules (delivered once the router's produce is acknowledged), is ``processed``; one
 with a webhook or table delivery is ``pending`` until its sinks report.
+
+``route_record`` is what the router does with one record of ``events``: it returns the records
+to send, already serialised (the event once, embedded in each), so the agent only sends them.
 """
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from schemas import EventEnvelope, EventStatus, RoutedEvent, RoutingSummary
-from schemas.events import DeliveryRef
-from schemas.rules import AppRules, Delivery, RoutingRule
-from streams.conditions import compile_condition, matches
+from schemas.rules import AppRules, RoutingRule
+from streams.conditions import Matcher, compile_matcher
 
 DELIVERY_NAMESPACE = uuid.UUID("0f5a3c52-8d3e-4b7a-a1c2-6a9e57e0b4d1")
 
@@ -25,16 +29,25 @@ DELIVERY_NAMESPACE = uuid.UUID("0f5a3c52-8d3e-4b7a-a1c2-6a9e57e0b4d1")
 @dataclass(frozen=True)
 class CompiledRule:
     rule: RoutingRule
-    condition: dict[str, Any]
+    matches: Matcher
 
     def applies_to(self, event_type: str) -> bool:
-        return self.rule.event_type_filter is None or self.rule.event_type_filter == event_type
+        return applies(self.rule.event_type_filter, event_type)
+
+
+def applies(event_type_filter: str | None, event_type: str) -> bool:
+    """Whether a rule with this ``event_type_filter`` evaluates events of ``event_type``."""
+    return event_type_filter is None or event_type_filter == event_type
+
+
+def compile_rule(rule: RoutingRule) -> CompiledRule:
+    return CompiledRule(rule, compile_matcher(rule.condition))
 
 
 def compile_rules(rules: list[RoutingRule]) -> list[CompiledRule]:
     """The active rules, compiled, in the order they are evaluated."""
     active = sorted((r for r in rules if r.is_active), key=lambda r: (-r.priority, r.rule_id))
-    return [CompiledRule(rule, compile_condition(rule.condition)) for rule in active]
+    return [compile_rule(rule) for rule in active]
 
 
 def parse_app_rules(value: bytes | None) -> list[RoutingRule]:
@@ -42,48 +55,92 @@ def parse_app_rules(value: bytes | None) -> list[RoutingRule]:
     return [] if value is None else AppRules.model_validate_json(value).rules
 
 
-def as_document(event: EventEnvelope) -> dict[str, Any]:
-    """The fields a condition can read."""
-    return {
-        "event_type": event.event_type,
-        "app_id": event.app_id,
-        "payload": event.payload,
-        "metadata": event.metadata.model_dump(mode="json"),
-    }
+def as_document(event_json: str | bytes) -> dict[str, Any]:
+    """What a condition reads: the event as it travels (``EventEnvelope`` as JSON). Conditions
+    reach only ``event_type``, ``app_id``, ``payload`` and ``metadata`` (see conditions.py)."""
+    document: dict[str, Any] = orjson.loads(event_json)
+    return document
 
 
 def delivery_id(event_id: uuid.UUID, rule_id: int) -> uuid.UUID:
     return uuid.uuid5(DELIVERY_NAMESPACE, f"{event_id}:{rule_id}")
 
 
-def route(
-    event: EventEnvelope, rules: list[CompiledRule], now: datetime | None = None
-) -> tuple[RoutedEvent, list[Delivery]]:
-    document = as_document(event)
-    evaluated = [rule for rule in rules if rule.applies_to(event.event_type)]
-    matched = [rule.rule for rule in evaluated if matches(rule.condition, document)]
-    deliveries = [
-        Delivery(
-            delivery_id=delivery_id(event.event_id, rule.rule_id),
-            rule_id=rule.rule_id,
-            destination_type=rule.destination_type,
-            destination_config=rule.destination_config,
-            event=event,
-        )
+RulesFor = Callable[[str], list[CompiledRule]]
+
+
+@dataclass
+class Routing:
+    """What routing one record of ``events`` gave: the records to send, serialised."""
+
+    outcome: str  # "routed", "invalid" (not an envelope) or "failed" (routing raised)
+    event: EventEnvelope | None = None
+    routed: bytes | None = None  # the value for events.routed
+    deliveries: list[tuple[RoutingRule, bytes]] = field(default_factory=list)  # one per match
+    rejection: tuple[str, str] | None = None  # (stage, reason): the record goes to events.dlq
+
+
+def route_record(value: bytes | None, rules_for: RulesFor, now: datetime | None = None) -> Routing:
+    """Validate one record of ``events`` and route it with its application's rules."""
+    try:
+        event = parse_envelope(value)
+    except ValidationError as exc:
+        return Routing("invalid", rejection=("validation", rejection_reason(exc)))
+    routed_at = now or datetime.now(UTC)
+    try:
+        return _route(event, rules_for(event.app_id), routed_at)
+    except Exception as exc:  # never skip an event silently: it is stored as failed, and dead-lettered
+        return routing_failed(event, exc, routed_at)
+
+
+def routing_failed(event: EventEnvelope, error: Exception, routed_at: datetime) -> Routing:
+    """An event whose routing raised: stored as failed, with the reason, and dead-lettered."""
+    reason = f"{type(error).__name__}: {error}"
+    summary = RoutingSummary(error=reason[:1000], routed_at=routed_at)
+    failed = RoutedEvent(event=event, status=EventStatus.FAILED, routing=summary)
+    return Routing("failed", event, failed.model_dump_json().encode(), rejection=("routing", reason))
+
+
+def _route(event: EventEnvelope, rules: list[CompiledRule], routed_at: datetime) -> Routing:
+    event_json = event.model_dump_json()  # serialised once, embedded in each record
+    document = as_document(event_json)
+    evaluated = 0
+    matched: list[RoutingRule] = []
+    for rule in rules:
+        if rule.applies_to(event.event_type):
+            evaluated += 1
+            if rule.matches(document):
+                matched.append(rule.rule)
+    fragment = orjson.Fragment(event_json)
+    refs = [
+        {
+            "delivery_id": delivery_id(event.event_id, rule.rule_id),
+            "rule_id": rule.rule_id,
+            "destination_type": rule.destination_type,
+        }
         for rule in matched
     ]
+    deliveries = [
+        (rule, _dumps({**ref, "destination_config": rule.destination_config, "event": fragment}))
+        for rule, ref in zip(matched, refs, strict=True)
+    ]
     done = all(rule.destination_type == "queue" for rule in matched)
-    summary = RoutingSummary(
-        rules_evaluated=len(evaluated),
-        matched_rules=[rule.rule_id for rule in matched],
-        deliveries=[
-            DeliveryRef(delivery_id=d.delivery_id, rule_id=d.rule_id, destination_type=d.destination_type)
-            for d in deliveries
-        ],
-        routed_at=now or datetime.now(UTC),
-    )
-    status = EventStatus.PROCESSED if done else EventStatus.PENDING
-    return RoutedEvent(event=event, status=status, routing=summary), deliveries
+    routed = {
+        "event": fragment,
+        "status": EventStatus.PROCESSED if done else EventStatus.PENDING,
+        "routing": {
+            "rules_evaluated": evaluated,
+            "matched_rules": [rule.rule_id for rule in matched],
+            "deliveries": refs,
+            "error": None,
+            "routed_at": routed_at,
+        },
+    }
+    return Routing("routed", event, _dumps(routed), deliveries)
+
+
+def _dumps(value: dict[str, Any]) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_UTC_Z)
 
 
 def rejection_reason(error: ValidationError) -> str:

@@ -8,9 +8,16 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from schemas import EventEnvelope, EventStatus
-from schemas.rules import AppRules, RoutingRule
-from streams.routing import compile_rules, parse_app_rules, parse_envelope, rejection_reason, route
+from schemas import EventEnvelope, EventStatus, RoutedEvent
+from schemas.rules import AppRules, Delivery, RoutingRule
+from streams.routing import (
+    CompiledRule,
+    compile_rules,
+    parse_app_rules,
+    parse_envelope,
+    rejection_reason,
+    route_record,
+)
 
 
 def record(**overrides: object) -> bytes:
@@ -48,10 +55,22 @@ def test_rejections_say_why(value: bytes | None, expected: str) -> None:
     assert len(reason) <= 1000
 
 
+def route(
+    value: bytes, rules: list[CompiledRule], now: datetime | None = None
+) -> tuple[RoutedEvent, list[Delivery]]:
+    """Route one record; its outputs read back through the schemas of their topics."""
+    routing = route_record(value, lambda app_id: rules, now)
+    assert routing.outcome == "routed" and routing.routed is not None and routing.rejection is None
+    deliveries = [Delivery.model_validate_json(value) for _, value in routing.deliveries]
+    assert [rule.rule_id for rule, _ in routing.deliveries] == [d.rule_id for d in deliveries]
+    return RoutedEvent.model_validate_json(routing.routed), deliveries
+
+
 def test_route_without_rules_marks_processed() -> None:
-    event = parse_envelope(record())
+    value = record()
+    event = parse_envelope(value)
     now = datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC)
-    routed, deliveries = route(event, [], now)
+    routed, deliveries = route(value, [], now)
     assert routed.event == event
     assert routed.status == EventStatus.PROCESSED
     assert (routed.routing.rules_evaluated, routed.routing.matched_rules) == (0, [])
@@ -77,7 +96,8 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def test_every_matching_active_rule_fires_in_priority_order() -> None:
-    event = parse_envelope(record(event_type="order", payload={"total": 80}))
+    value = record(event_type="order", payload={"total": 80})
+    event = parse_envelope(value)
     rules = compile_rules(
         [
             rule(1, condition={"total": {"$gt": 50}}),
@@ -88,23 +108,27 @@ def test_every_matching_active_rule_fires_in_priority_order() -> None:
             rule(6, event_type_filter="order", priority=10),
         ]
     )
-    routed, deliveries = route(event, rules)
+    routed, deliveries = route(value, rules)
+    assert routed.event == event
     assert routed.routing.matched_rules == [2, 6, 1]  # priority desc, then rule_id
     assert routed.routing.rules_evaluated == 4  # 1, 2, 3, 6
     assert routed.status == EventStatus.PROCESSED  # queues only: delivered once produced
     assert [d.destination_config["topic"] for d in deliveries] == ["q2", "q6", "q1"]
     assert all(d.event == event for d in deliveries)
-    again = route(event, rules)[1]
+    assert [(d.rule_id, d.destination_type) for d in deliveries] == [
+        (ref.rule_id, ref.destination_type) for ref in routed.routing.deliveries
+    ]
+    assert [d.delivery_id for d in deliveries] == [ref.delivery_id for ref in routed.routing.deliveries]
+    again = route(value, rules)[1]
     assert [d.delivery_id for d in again] == [d.delivery_id for d in deliveries]  # stable: dedupable
     assert len({d.delivery_id for d in deliveries}) == 3
 
 
 def test_webhook_or_table_delivery_leaves_the_event_pending() -> None:
-    event = parse_envelope(record())
     rules = compile_rules(
         [rule(1), rule(2, destination_type="webhook", destination_config={"url": "https://x.test/h"})]
     )
-    routed, deliveries = route(event, rules)
+    routed, deliveries = route(record(), rules)
     assert routed.status == EventStatus.PENDING
     assert [d.destination_type for d in deliveries] == ["queue", "webhook"]
 
@@ -120,3 +144,38 @@ def test_rule_sets_round_trip_through_the_topic_format() -> None:
     value = AppRules(app_id="shop", rules=rules).model_dump_json().encode()
     assert parse_app_rules(value) == rules
     assert parse_app_rules(None) == []
+
+
+def test_an_event_is_routed_as_normalised_by_its_schema() -> None:
+    """A direct producer's envelope travels on as the schema reads it (times in UTC, defaults)."""
+    value = record(received_at="2026-01-01T02:00:00+02:00", payload={"n": 1})
+    routed, _ = route(value, compile_rules([rule(1)]))
+    embedded = orjson.loads(route_record(value, lambda app_id: [], NOW).routed or b"")["event"]
+    assert embedded["received_at"] == "2026-01-01T00:00:00Z"
+    assert embedded["metadata"] == {
+        "ip_address": None,
+        "user_agent": None,
+        "correlation_id": None,
+        "source": "kafka",
+    }
+    assert routed.event.received_at == datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_invalid_records_and_failing_rules_are_rejected_with_a_stage() -> None:
+    invalid = route_record(b"{not json", lambda app_id: [])
+    assert (invalid.outcome, invalid.routed, invalid.rejection and invalid.rejection[0]) == (
+        "invalid",
+        None,
+        "validation",
+    )
+
+    def unreadable(app_id: str) -> list[CompiledRule]:
+        raise ValueError(f"rules of {app_id} unreadable")
+
+    failed = route_record(record(), unreadable)
+    assert failed.outcome == "failed" and failed.rejection is not None
+    assert failed.rejection == ("routing", "ValueError: rules of shop unreadable")
+    stored = RoutedEvent.model_validate_json(failed.routed or b"")
+    assert (
+        stored.status == EventStatus.FAILED and stored.routing.error == "ValueError: rules of shop unreadable"
+    )

@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import AppKey, Pipeline, consume_all, wait_until
+from tests.conftest import AppKey, Pipeline, Process, _free_port, consume_all, start_gateway, wait_until
 
 
 def rule_body(app: AppKey, **fields: Any) -> dict[str, Any]:
@@ -302,3 +302,34 @@ async def test_an_event_whose_routing_fails_is_dead_lettered_and_routing_goes_on
         "SELECT status, routing FROM data_events WHERE event_id = $1", uuid.UUID(doomed)
     )
     assert row["status"] == "failed" and "collides" in row["routing"]["error"]  # stored, as failed
+
+
+async def test_dry_run_and_saving_share_the_configured_limits(pipeline: Pipeline, app: AppKey) -> None:
+    gateway = Process(
+        "gateway",
+        pipeline.settings,
+        pipeline.gateway.log_path.parent,
+        {"VDIP_MAX_CONDITION_CLAUSES": "2", "VDIP_GATEWAY_PORT": str(_free_port())},
+        label="gateway-2-clauses",
+    )
+    base = await start_gateway(gateway)
+    condition = {"a": 1, "b": 2, "c": 3}
+    try:
+        async with httpx.AsyncClient(base_url=base) as client:
+            saved = await client.post(
+                "/api/routing-rules", json=rule_body(app, condition=condition), headers=app.headers
+            )
+            tried = await client.post(
+                "/api/routing-rules/test",
+                json={"app_id": app.app_id, "event": {"event_type": "o"}, "rule": {"condition": condition}},
+                headers=app.headers,
+            )
+    finally:
+        gateway.stop()
+    assert saved.status_code == tried.status_code == 422
+    assert (
+        saved.json()["errors"][0]["reason"]
+        == tried.json()["errors"][0]["reason"]
+        == ("has 3 clauses; the limit is 2")
+    )
+    assert tried.json()["errors"][0]["field"] == "body.rule.condition"

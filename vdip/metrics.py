@@ -28,6 +28,17 @@ RULES_VERSION = Gauge(
     "updated_at of the newest rule the router applies, per application",
     ["app_id"],
 )
+ROUTER_WAITING_FOR_RULES = Gauge(
+    "vdip_router_waiting_for_rules", "1 while routing waits to read the newest rules from Kafka"
+)
+ROUTER_SEND_FAILURES = Counter(
+    "vdip_router_send_failures", "Records Kafka did not acknowledge (sent again; no offset is committed)"
+)
+ROUTER_BATCH_RECORDS = Histogram(
+    "vdip_router_batch_records",
+    "Records of events per routed batch",
+    buckets=(1, 10, 50, 100, 250, 500, 1000),
+)
 
 # Every consumer
 CONSUMER_LAG = Gauge(

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     worker_id: str = "vdip-worker"
     worker_web_port: int = 6066
     worker_datadir: Path = Path(".stack/worker")
+    router_batch_size: int = Field(
+        default=500, ge=1, description="Records of events the router routes, sends and acknowledges together."
+    )
+    router_batch_wait_s: float = Field(
+        default=0.005, gt=0, description="How long the router waits for more records before routing a batch."
+    )
 
     statistics_interval_s: float = Field(
         default=1.0, gt=0, description="How often the worker folds counted changes into event_statistics."

@@ -32,8 +32,8 @@ from gateway.responses import errors
 from schemas import ErrorDetail, EventEnvelope, EventMetadata, IngestRequest, SuccessResponse
 from schemas.events import AppId
 from schemas.rules import RoutingRule, RuleFields, SavedRule, destination_problems
-from streams.conditions import ConditionLimits, compile_condition, explain, matches, validate
-from streams.routing import as_document
+from streams.conditions import ConditionLimits, compile_matcher, explain, validate
+from streams.routing import applies, as_document
 from vdip import rules as store
 from vdip.settings import Settings
 from vdip.topics import load_topics
@@ -42,14 +42,19 @@ router = APIRouter(tags=["routing rules"])
 R = TypeVar("R", bound=RoutingRule)
 
 
-def _problems(fields: RuleFields, settings: Settings) -> list[ErrorDetail]:
+def condition_problems(condition: dict[str, Any], settings: Settings, where: str) -> list[ErrorDetail]:
+    """What is wrong with a condition, under the configured limits (saving and dry runs alike)."""
     limits = ConditionLimits(
         settings.max_condition_depth, settings.max_condition_clauses, settings.max_rule_bytes
     )
-    found = [
-        ErrorDetail(field=f"body.condition.{p.where}".rstrip("."), reason=p.reason)
-        for p in validate(fields.condition, limits)
+    return [
+        ErrorDetail(field=f"{where}.{p.where}".rstrip("."), reason=p.reason)
+        for p in validate(condition, limits)
     ]
+
+
+def _problems(fields: RuleFields, settings: Settings) -> list[ErrorDetail]:
+    found = condition_problems(fields.condition, settings, "body.condition")
     found += [
         ErrorDetail(field=f"body.destination_config.{key}", reason=reason)
         for key, reason in destination_problems(fields.destination_type, fields.destination_config)
@@ -338,28 +343,20 @@ async def dry_run(
         metadata=body.event.metadata,
         received_at=datetime.now(UTC),
     )
-    document = as_document(event)
+    document = as_document(event.model_dump_json())
     verdicts = []
     for rule_id, name, type_filter, condition, where in candidates:
-        problems = validate(condition)
+        problems = condition_problems(condition, settings, f"{where}.condition")
         if problems:
-            raise ApiError(
-                422,
-                "The rule's condition is invalid",
-                [
-                    ErrorDetail(field=f"{where}.condition.{p.where}".rstrip("."), reason=p.reason)
-                    for p in problems
-                ],
-            )
-        compiled = compile_condition(condition)
-        applies = type_filter is None or type_filter == event.event_type
-        reasons = explain(compiled, document) if applies else [f"event_type_filter is {type_filter!r}"]
+            raise ApiError(422, "The rule's condition is invalid", problems)
+        applied = applies(type_filter, event.event_type)
+        reasons = explain(condition, document) if applied else [f"event_type_filter is {type_filter!r}"]
         verdicts.append(
             RuleVerdict(
                 rule_id=rule_id,
                 rule_name=name,
-                applies=applies,
-                matched=applies and matches(compiled, document),
+                applies=applied,
+                matched=applied and compile_matcher(condition)(document),
                 reasons=reasons,
             )
         )

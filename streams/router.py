@@ -1,0 +1,180 @@
+"""The routing agent: routes the records of ``events`` in batches, outputs before offsets.
+
+For each batch faust hands over (``noack_take``: nothing is acknowledged for us):
+
+1. the rule book catches up with every rule set published so far (it fails closed);
+2. each record is routed (``streams.routing.route_record``): the event with its routing summary
+   for ``events.routed``, one record per match for its destination's topic, and what is not a
+   valid envelope (or whose routing raised) for ``events.dlq``;
+3. every one of those records is sent, and the batch waits until Kafka acknowledged each of them
+   (``acks=all``): deliveries and dead letters first, then the routed events (the event store
+   records a queue delivery as done when it stores its event). A record Kafka refuses is sent
+   again, with a growing pause, until it is acknowledged: the batch never moves on without its
+   outputs;
+4. only then is each input record acknowledged to faust, which commits offsets of acknowledged
+   records only, in order.
+
+A crash anywhere before step 4 leaves the batch's offsets uncommitted: it is routed again, and
+every effect downstream is keyed by ``event_id`` or ``delivery_id``, so nothing is duplicated.
+While a refused record is retried, routing stops (``vdip_router_send_failures_total`` counts the
+refusals and the log names the topic and the error).
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from aiokafka.structs import RecordMetadata
+
+from schemas.rules import RoutingRule
+from streams.routing import Routing, route_record, routing_failed
+from streams.rulebook import RuleBook
+from vdip import metrics
+from vdip.logs import event_context
+from vdip.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers | None = None
+
+
+class Router:
+    """The routing agent's body (``run`` is the agent), with the topics it writes to."""
+
+    def __init__(self, app: faust.App, settings: Settings, rulebook: RuleBook) -> None:
+        self.app = app
+        self.settings = settings
+        self.rulebook = rulebook
+        self.routed = settings.topic("events.routed")
+        self.dlq = settings.topic("events.dlq")
+        self.sinks = {
+            "webhook": settings.topic("deliveries.webhook"),
+            "database_table": settings.topic("deliveries.table"),
+        }
+        self.queues: set[str] = set()  # queue topics known to exist
+
+    async def run(self, stream: Any) -> None:
+        await self.rulebook.start()
+        size, wait = self.settings.router_batch_size, self.settings.router_batch_wait_s
+        try:
+            async for batch in stream.noack_take(size, within=wait):
+                await self.route_batch(batch)
+                for event in batch:
+                    await stream.ack(event)
+        except Exception as exc:  # a bug: stop the worker rather than route on past a hole
+            log.critical("routing stopped: %r; the worker stops, unrouted records stay uncommitted", exc)
+            await self.app.crash(exc)
+            raise
+
+    async def route_batch(self, batch: list[Any]) -> None:
+        """Route a batch of faust events and return once every output is acknowledged."""
+        await self.rulebook.catch_up()
+        now = datetime.now(UTC)
+        outputs: list[Output] = []
+        counts = {"routed": 0, "invalid": 0, "failed": 0}
+        for event in batch:
+            routing = route_record(event.value, self.rulebook.rules_for, now)
+            try:
+                topics = [await self.topic_of(rule) for rule, _ in routing.deliveries]
+            except Exception as exc:  # a queue topic Kafka will not create: the event fails
+                assert routing.event is not None
+                routing, topics = routing_failed(routing.event, exc, now), []
+            counts[routing.outcome] += 1
+            outputs.extend(self.outputs_of(event.message, routing, topics))
+        # Deliveries (and dead letters) first: the event store records a queue delivery as done
+        # when it stores the routed event, so that must not be written before the delivery was.
+        await self.send_all([o for o in outputs if o.topic != self.routed])
+        await self.send_all([o for o in outputs if o.topic == self.routed])
+        metrics.ROUTER_BATCH_RECORDS.observe(len(batch))
+        for outcome, count in counts.items():
+            if count:
+                metrics.ROUTER_EVENTS.labels(outcome).inc(count)
+        last = {event.message.tp: event.message.offset for event in batch}
+        for tp, offset in last.items():
+            end = self.app.consumer.highwater(tp)
+            if end is not None:
+                metrics.CONSUMER_LAG.labels(self.app.conf.id, tp.topic, tp.partition).set(end - offset - 1)
+
+    def outputs_of(self, message: Any, routing: Routing, topics: list[str]) -> list[Output]:
+        """The records to send for one input record (``topics``: of its deliveries), in order."""
+        found: list[Output] = []
+        key = routing.event.app_id.encode() if routing.event else message.key
+        for (rule, value), topic in zip(routing.deliveries, topics, strict=True):
+            found.append(Output(topic, key, value))
+            metrics.RULE_MATCHES.labels(rule.app_id, str(rule.rule_id)).inc()
+        if routing.routed is not None:
+            found.append(Output(self.routed, key, routing.routed))
+        if routing.rejection is not None:
+            stage, reason = routing.rejection
+            context = event_context(routing.event) if routing.event else {}
+            log.warning(
+                "dead-lettering %s[%d]@%d: %s",
+                message.topic,
+                message.partition,
+                message.offset,
+                reason,
+                extra=context,
+            )
+            metrics.DEAD_LETTERS.labels(stage).inc()
+            headers = [
+                ("error", reason[:1000].encode()),
+                ("error.stage", stage.encode()),
+                ("source.topic", message.topic.encode()),
+                ("source.partition", str(message.partition).encode()),
+                ("source.offset", str(message.offset).encode()),
+            ]
+            found.append(Output(self.dlq, message.key, message.value, headers))
+        return found
+
+    async def topic_of(self, rule: RoutingRule) -> str:
+        """A delivery's topic; a queue destination's is created on first use (default partitions)."""
+        if rule.destination_type != "queue":
+            return self.sinks[rule.destination_type]
+        topic = self.settings.topic(rule.destination_config["topic"])
+        if topic not in self.queues:
+            await self.app.topic(topic, value_type=bytes, key_type=bytes).maybe_declare()
+            self.queues.add(topic)
+        return topic
+
+    async def send_all(self, outputs: list[Output], *, first_pause_s: float = 0.5) -> None:
+        """Send every output and return once Kafka acknowledged each; resend the refused ones."""
+        pending, pause = outputs, first_pause_s
+        while pending:
+            results = await asyncio.gather(*[await self._send(o) for o in pending], return_exceptions=True)
+            refused = [(o, r) for o, r in zip(pending, results, strict=True) if isinstance(r, BaseException)]
+            if not refused:
+                return
+            metrics.ROUTER_SEND_FAILURES.inc(len(refused))
+            output, error = refused[0]
+            log.error(
+                "Kafka refused %d record(s), e.g. to %s: %r; sending again in %.1f s (offsets stay put)",
+                len(refused),
+                output.topic,
+                error,
+                pause,
+            )
+            await asyncio.sleep(pause)
+            pending, pause = [o for o, _ in refused], min(pause * 2, 30.0)
+
+    async def _send(self, output: Output) -> Awaitable[RecordMetadata]:
+        try:
+            future: Awaitable[RecordMetadata] = await self.app.producer.send(
+                output.topic, output.key, output.value, None, None, output.headers
+            )
+        except Exception as exc:  # refused before it was buffered (e.g. too large for the client)
+            failed: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+        return future
