@@ -92,6 +92,15 @@ class Processes:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each running process used so far (Linux /proc; else empty)."""
+        found = {}
+        for label, process in self.started.items():
+            used = process_cpu_seconds(process.pid)
+            if used is not None:
+                found[label] = used
+        return found
+
     def stop(self, label: str, grace: float = 30) -> None:
         process = self.started.pop(label, None)
         if process is None or process.poll() is not None:
@@ -116,6 +125,26 @@ class Processes:
                 process.kill()
                 process.wait()
         self.started.clear()
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of ``pid`` from /proc (None where there is no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU time the whole machine spent not idle, summed over its cores (/proc/stat)."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    ticks = [int(v) for v in first[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 async def wait_ready(base_url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:

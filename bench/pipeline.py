@@ -15,8 +15,10 @@ an application and 10 active routing rules over HTTP: one queue rule matching ha
 
 After each run it waits until every acknowledged event is stored (capped: the router may fall
 behind), then reads the run's rows in `data_events`: latency is stored_at - received_at (p50, p99,
-max), the stored rate is rows / (last stored_at - first received_at). Events acknowledged but
-never stored are lost: the script names them and exits 1.
+max), the stored rate is rows / (last stored_at - first received_at), the store lag is the last
+stored_at - the last 202. An event acknowledged but not stored once nothing more was stored for
+--stall seconds is lost: the script names such events and exits 1. If the wait was capped
+(--drain-timeout) while events were still being stored, it says so and exits 2.
 
 Run: .venv/bin/python -m bench.pipeline [--rates 200,1000] [--duration 20] [--saturation 30] [--rounds N]
 """
@@ -40,7 +42,15 @@ import asyncpg
 import httpx
 import orjson
 
-from bench.common import Processes, apply_own_topics, delete_topics, free_port, process_env, wait_ready
+from bench.common import (
+    Processes,
+    apply_own_topics,
+    delete_topics,
+    free_port,
+    machine_busy_seconds,
+    process_env,
+    wait_ready,
+)
 from vdip.db import create_pool, migrate_url
 from vdip.settings import Settings
 
@@ -64,15 +74,17 @@ class Run:
     acked: list[str] = field(default_factory=list)  # event ids answered "accepted" (202/207)
     rejected: int = 0  # events not accepted (other statuses, rejected items, transport errors)
     statuses: Counter[str] = field(default_factory=Counter)
-    send_seconds: float = 0.0  # from the first request to the last answer
+    send_seconds: float = 0.0  # paced: the schedule's length; saturation: first request to last answer
     offered_actual: float | None = None  # events/s the schedule really sent (paced runs)
     schedule_lag: float = 0.0  # worst delay of a batch behind its schedule (s)
     last_accept: float = 0.0  # wall clock (epoch s) of the last 202/207
     backlog: int = 0  # acknowledged, not stored yet, when the last answer arrived
     wait_seconds: float = 0.0  # how long we waited for the store after sending
     drained: bool = False
+    stalled: bool = False  # the last wait ended because nothing more was being stored
     stats: dict[str, Any] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)  # phase -> process -> cores
 
     @property
     def accept_rate(self) -> float:
@@ -137,10 +149,9 @@ class Sender:
             await slots.acquire()
             run.schedule_lag = max(run.schedule_lag, time.monotonic() - due)
             tasks.append(asyncio.create_task(one()))
-        last_sent = time.monotonic()
+        run.send_seconds = time.monotonic() - start + interval  # as long as the schedule, or behind it
+        run.offered_actual = batches * BATCH / run.send_seconds
         await asyncio.gather(*tasks)
-        run.send_seconds = time.monotonic() - start
-        run.offered_actual = batches * BATCH / (last_sent - start + interval)
 
     async def saturate(self, run: Run, duration: float, inflight: int) -> None:
         """Closed loop: INFLIGHT senders, each posting its next batch when the previous is answered."""
@@ -153,6 +164,33 @@ class Sender:
 
         await asyncio.gather(*(sender() for _ in range(inflight)))
         run.send_seconds = time.monotonic() - start
+
+
+class CpuMeter:
+    """Cores each process used between two readings: the pipeline's processes, this script
+    ("bench") and everything else on the machine ("other": the broker, PostgreSQL, other users)."""
+
+    def __init__(self, processes: Processes) -> None:
+        self.processes = processes
+        self.mark = self.read()
+
+    def read(self) -> tuple[float, dict[str, float], float | None]:
+        return (
+            time.monotonic(),
+            {**self.processes.cpu_seconds(), "bench": time.process_time()},
+            machine_busy_seconds(),
+        )
+
+    def lap(self) -> dict[str, float]:
+        (t0, used0, busy0), (t1, used1, busy1) = self.mark, self.read()
+        self.mark = (t1, used1, busy1)
+        wall = t1 - t0
+        if wall < 1:
+            return {}  # too short to say
+        cores = {k: (v - used0[k]) / wall for k, v in used1.items() if k in used0}
+        if busy0 is not None and busy1 is not None:
+            cores["other"] = max(0.0, (busy1 - busy0) / wall - sum(cores.values()))
+        return cores
 
 
 # --------------------------------------------------------------------------- what was stored
@@ -192,12 +230,16 @@ async def wait_stored(
         if last < 0:
             run.backlog = max(0, len(run.acked) - count)
         if count >= len(run.acked):
-            run.drained = True
+            run.drained, run.stalled = True, False
             break
         now = time.monotonic()
         if count > last:
             last_progress, last = now, count
-        if now - last_progress > stall or now - started > cap:
+        if now - last_progress > stall:
+            run.stalled = True
+            break
+        if now - started > cap:
+            run.stalled = False  # still storing: a backlog, not (yet) a loss
             break
         check_alive(processes)
         await asyncio.sleep(1)
@@ -353,11 +395,14 @@ async def bench(args: argparse.Namespace, processes: Processes) -> int:
                     label = f"{rate:g}/s" if rate is not None else "saturation"
                     kind = f"rate{rate:g}" if rate is not None else "saturation"
                     run = Run(label, f"bench_r{round_}_{kind}", rate)
+                    meter = CpuMeter(processes)
                     if rate is None:
                         await sender.saturate(run, args.saturation, args.inflight)
                     else:
                         await sender.paced(run, rate, args.duration, args.inflight)
+                    run.cpu["sending"] = meter.lap()
                     await wait_stored(pool, app_id, run, args.drain_timeout, args.stall, processes)
+                    run.cpu["draining"] = meter.lap()
                     await measure_stored(pool, app_id, run)
                     runs.append(run)
                     print(f"round {round_} {line(run)}", flush=True)
@@ -396,6 +441,10 @@ def line(run: Run) -> str:
             f" max {s['worst']:.2f} s,"
         )
     parts.append(f"answers {dict(run.statuses)}")
+    for phase, cores in run.cpu.items():
+        if cores:
+            used = ", ".join(f"{k} {v:.2f}" for k, v in cores.items())
+            parts.append(f"\n    cores used while {phase}: {used}")
     return " ".join(parts)
 
 
@@ -426,11 +475,11 @@ def report(runs: list[Run], args: argparse.Namespace) -> int:
         f" {args.duration:g} s per offered rate, {args.saturation:g} s of saturation\n"
     )
     print(
-        "| run | offered events/s | accepted (202) events/s | acknowledged | stored | missing |"
-        " stored events/s | backlog at last 202 | store lag after last 202 (s) |"
+        "| run | offered events/s | accepted (202) events/s | acknowledged | not accepted | stored |"
+        " missing | stored events/s | backlog at last 202 | store lag after last 202 (s) |"
         " latency p50 (s) | p99 (s) | max (s) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     short = False
     for label in labels:
         mine = [r for r in runs if r.label == label]
@@ -445,6 +494,7 @@ def report(runs: list[Run], args: argparse.Namespace) -> int:
         print(
             f"| {label} | {offered} | {median([r.accept_rate for r in mine]):,.0f}"
             f" | {median([len(r.acked) for r in mine]):,.0f}"
+            f" | {median([r.rejected for r in mine]):,.0f}"
             f" | {median([r.stats.get('stored', 0) for r in mine]):,.0f}"
             f" | {sum(len(r.missing) for r in mine):,}"
             f" | {median([stored_rate(r) for r in stored]):,.0f}"
@@ -458,12 +508,22 @@ def report(runs: list[Run], args: argparse.Namespace) -> int:
         print("\n(short!): the load generator could not send at the offered rate (see max lag above)")
     failed = 0
     for run in runs:
-        if run.missing:
+        if run.missing and run.stalled:
             failed = 1
             print(
                 f"\n!!! LOST EVENTS: {len(run.missing)} of {len(run.acked)} events of run {run.event_type}"
-                f" were acknowledged (202) but are not in data_events after waiting"
-                f" {run.wait_seconds:.0f} s. First ids: {', '.join(run.missing[:10])}",
+                f" were acknowledged (202) but are not in data_events, and nothing more was stored for"
+                f" {args.stall:g} s (waited {run.wait_seconds:.0f} s in all). First ids:"
+                f" {', '.join(run.missing[:10])}",
+                file=sys.stderr,
+            )
+        elif run.missing:
+            failed = failed or 2
+            print(
+                f"\n!!! NOT VERIFIED: {len(run.missing)} of {len(run.acked)} acknowledged events of run"
+                f" {run.event_type} were still not stored when the wait was capped"
+                f" ({run.wait_seconds:.0f} s in all) although they were still being stored: a backlog"
+                " the pipeline did not drain in time (raise --drain-timeout), not proven lost",
                 file=sys.stderr,
             )
         if run.stats.get("misrouted"):
