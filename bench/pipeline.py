@@ -568,9 +568,13 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the run's database and topics")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, terminated)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
     processes = Processes()
     try:
         code = asyncio.run(bench(args, processes))
+    except KeyboardInterrupt as exc:
+        print(f"interrupted ({str(exc) or 'Ctrl-C'}); the run's processes are stopped", file=sys.stderr)
+        code = 130
     finally:
         processes.stop_all()
     sys.exit(code)
