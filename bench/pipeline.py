@@ -57,7 +57,7 @@ from vdip.settings import Settings
 BATCH = 100
 QUEUE_TOPIC = "bench.half"  # the queue rule's destination (under the run's prefix)
 ITEMS = [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}]
-PROCESSES = ("worker", "sink", "table-sink", "webhooks", "gateway")
+PROCESSES = ("gateway", "worker", "sink", "table-sink", "webhooks")
 
 
 # ------------------------------------------------------------------------------------ the runs
@@ -84,7 +84,7 @@ class Run:
     stalled: bool = False  # the last wait ended because nothing more was being stored
     stats: dict[str, Any] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
-    cpu: dict[str, dict[str, float]] = field(default_factory=dict)  # phase -> process -> cores
+    cpu: dict[str, tuple[float, dict[str, float]]] = field(default_factory=dict)  # phase -> (s, CPU s)
 
     @property
     def accept_rate(self) -> float:
@@ -167,7 +167,7 @@ class Sender:
 
 
 class CpuMeter:
-    """Cores each process used between two readings: the pipeline's processes, this script
+    """CPU seconds each process used between two readings: the pipeline's processes, this script
     ("bench") and everything else on the machine ("other": the broker, PostgreSQL, other users)."""
 
     def __init__(self, processes: Processes) -> None:
@@ -181,16 +181,24 @@ class CpuMeter:
             machine_busy_seconds(),
         )
 
-    def lap(self) -> dict[str, float]:
+    def lap(self) -> tuple[float, dict[str, float]]:
+        """Seconds since the previous reading, and the CPU seconds of each process in them."""
         (t0, used0, busy0), (t1, used1, busy1) = self.mark, self.read()
         self.mark = (t1, used1, busy1)
-        wall = t1 - t0
-        if wall < 1:
-            return {}  # too short to say
-        cores = {k: (v - used0[k]) / wall for k, v in used1.items() if k in used0}
+        used = {k: v - used0[k] for k, v in used1.items() if k in used0}
         if busy0 is not None and busy1 is not None:
-            cores["other"] = max(0.0, (busy1 - busy0) / wall - sum(cores.values()))
-        return cores
+            used["other"] = max(0.0, busy1 - busy0 - sum(used.values()))
+        return t1 - t0, used
+
+
+def cpu_per_event(run: Run) -> dict[str, float]:
+    """Milliseconds of CPU per acknowledged event, sending and draining together, per process."""
+    if not run.acked:
+        return {}
+    total: Counter[str] = Counter()
+    for _, used in run.cpu.values():
+        total.update(used)
+    return {k: 1000 * v / len(run.acked) for k, v in total.items() if k in PROCESSES}
 
 
 # --------------------------------------------------------------------------- what was stored
@@ -441,10 +449,12 @@ def line(run: Run) -> str:
             f" max {s['worst']:.2f} s,"
         )
     parts.append(f"answers {dict(run.statuses)}")
-    for phase, cores in run.cpu.items():
-        if cores:
-            used = ", ".join(f"{k} {v:.2f}" for k, v in cores.items())
-            parts.append(f"\n    cores used while {phase}: {used}")
+    for phase, (wall, used) in run.cpu.items():
+        if wall >= 1:
+            cores = ", ".join(f"{k} {v / wall:.2f}" for k, v in used.items())
+            parts.append(f"\n    cores used while {phase} ({wall:.0f} s): {cores}")
+    per_event = ", ".join(f"{k} {v:.2f}" for k, v in cpu_per_event(run).items())
+    parts.append(f"\n    CPU ms per acknowledged event: {per_event}")
     return " ".join(parts)
 
 
@@ -454,6 +464,12 @@ def stored_rate(run: Run) -> float:
         return 0.0
     window = (s["last_stored"] - s["first_received"]).total_seconds()
     return float(s["stored"]) / window if window > 0 else 0.0
+
+
+def other_cores(run: Run) -> float:
+    """Cores used on the machine by anything but this benchmark's processes, over the run."""
+    wall = sum(w for w, _ in run.cpu.values())
+    return sum(u.get("other", 0.0) for _, u in run.cpu.values()) / wall if wall else 0.0
 
 
 def store_lag(run: Run) -> float:
@@ -505,7 +521,20 @@ def report(runs: list[Run], args: argparse.Namespace) -> int:
             f" | {median([r.stats['worst'] for r in stored]):.2f} |"
         )
     if short:
-        print("\n(short!): the load generator could not send at the offered rate (see max lag above)")
+        print(
+            f"\n(short!): batches fell behind their schedule (max lag above): {args.inflight} requests"
+            " were pending (the gateway answered slower than the schedule) or this script was starved"
+        )
+    print(
+        "\nCPU per acknowledged event (ms; sending and draining; 'other' on the machine:"
+        f" {median([other_cores(r) for r in runs]):.2f} cores, median of the runs):\n"
+    )
+    print("| run | " + " | ".join(PROCESSES) + " | all five |")
+    print("|---|" + "---:|" * (len(PROCESSES) + 1))
+    for label in labels:
+        costs = [cpu_per_event(r) for r in runs if r.label == label]
+        cells = [median([c.get(name, float("nan")) for c in costs]) for name in PROCESSES]
+        print(f"| {label} | " + " | ".join(f"{v:.2f}" for v in cells) + f" | {sum(cells):.2f} |")
     failed = 0
     for run in runs:
         if run.missing and run.stalled:
