@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import itertools
 import secrets
+import shutil
 import signal
 import statistics
 import sys
@@ -235,8 +236,6 @@ async def wait_stored(
     last_progress, last = started, -1
     while True:
         count = await stored_count(pool, app_id, run.event_type)
-        if last < 0:
-            run.backlog = max(0, len(run.acked) - count)
         if count >= len(run.acked):
             run.drained, run.stalled = True, False
             break
@@ -409,6 +408,7 @@ async def bench(args: argparse.Namespace, processes: Processes) -> int:
                     else:
                         await sender.paced(run, rate, args.duration, args.inflight)
                     run.cpu["sending"] = meter.lap()
+                    run.backlog = max(0, len(run.acked) - await stored_count(pool, app_id, run.event_type))
                     await wait_stored(pool, app_id, run, args.drain_timeout, args.stall, processes)
                     run.cpu["draining"] = meter.lap()
                     await measure_stored(pool, app_id, run)
@@ -421,6 +421,7 @@ async def bench(args: argparse.Namespace, processes: Processes) -> int:
         return report(runs, args)
     finally:
         processes.stop_all()
+        shutil.rmtree(settings.worker_datadir, ignore_errors=True)
         if pool is not None:
             await pool.close()
         if not args.keep:
