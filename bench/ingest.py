@@ -12,35 +12,22 @@ Every number counts only events whose 202 (or ack) arrived. Run: .venv/bin/pytho
 
 import argparse
 import asyncio
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from bench.common import Processes, apply_own_topics, free_port, process_env, wait_ready
 from schemas import EventEnvelope, EventMetadata, EventSource
 from vdip.applications import create_application
 from vdip.db import create_pool, migrate_url
 from vdip.settings import Settings
-from vdip.topics import apply_topics, load_topics
 
-ROOT = Path(__file__).resolve().parent.parent
 PAYLOAD = {"order_id": 12345, "total": 99.5, "items": [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def envelope(app_id: str) -> bytes:
@@ -122,31 +109,17 @@ async def main(args: argparse.Namespace) -> None:
     run = uuid.uuid4().hex[:8]
     settings = Settings(topic_prefix=f"bench-{run}.", gateway_port=free_port(), rate_limit="1000000/second")
     await migrate_url(settings.database_url)
-    await apply_topics(settings.kafka_bootstrap, load_topics(ROOT / "topics.yaml", settings.topic_prefix))
+    await apply_own_topics(settings)
     pool = await create_pool(settings.database_url)
     created = await create_application(pool, f"bench-{run}", "benchmark")
     await pool.close()
     assert created is not None
     app_id, key = created[0].app_id, created[1]
-    env = {
-        **os.environ,
-        "VDIP_TOPIC_PREFIX": settings.topic_prefix,
-        "VDIP_GATEWAY_PORT": str(settings.gateway_port),
-        "VDIP_RATE_LIMIT": settings.rate_limit,
-        "VDIP_LOG_LEVEL": "WARNING",
-    }
-    gateway = subprocess.Popen([sys.executable, "-m", "vdip.cli", "gateway"], env=env, cwd=ROOT)
+    processes = Processes()
+    gateway = processes.vdip("gateway", process_env(settings, VDIP_LOG_LEVEL="WARNING"))
     base = f"http://127.0.0.1:{settings.gateway_port}"
     try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(100):
-                try:
-                    async with http.get(f"{base}/health/ready") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.2)
+        await wait_ready(base, gateway)
         results: dict[str, list[float]] = {"raw": [], "single": [], "batch": []}
         for round_ in range(args.rounds + 1):  # round 0 warms up and is not counted
             measured = {
@@ -160,8 +133,7 @@ async def main(args: argparse.Namespace) -> None:
                 for name, value in measured.items():
                     results[name].append(value)
     finally:
-        gateway.terminate()
-        gateway.wait(30)
+        processes.stop_all()
     medians = {name: statistics.median(values) for name, values in results.items()}
     print(f"\nmedians over {args.rounds} rounds (events/s):")
     print(f"  raw aiokafka producer ({args.concurrency} in flight): {medians['raw']:8.0f}")

@@ -15,10 +15,7 @@ Run: .venv/bin/python -m bench.router [--rounds 3] [--events 20000]
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -26,12 +23,11 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bench.common import Processes, apply_own_topics, free_port, process_env
 from schemas import EventEnvelope
 from schemas.rules import AppRules, RoutingRule
 from vdip.settings import Settings
-from vdip.topics import apply_topics, load_topics
 
-ROOT = Path(__file__).resolve().parent.parent
 APP = "bench"
 
 
@@ -144,21 +140,16 @@ async def measure(kind: str, rule_count: int, events: int) -> float:
         topic_prefix=f"bench-router-{run}.",
         worker_id=f"bench-router-{run}",
         worker_datadir=Path(f"/tmp/bench-router-{run}"),
+        worker_metrics_port=free_port(),
     )
-    await apply_topics(settings.kafka_bootstrap, load_topics(ROOT / "topics.yaml", settings.topic_prefix))
-    env = {
-        **os.environ,
-        "VDIP_TOPIC_PREFIX": settings.topic_prefix,
-        "VDIP_WORKER_ID": settings.worker_id,
-        "VDIP_WORKER_DATADIR": str(settings.worker_datadir),
-    }
+    await apply_own_topics(settings)
     log_path = Path(f"/tmp/bench-router-{run}.log")
     if kind == "relay":
-        argv = [sys.executable, "-m", "bench.router", "--relay"]
+        argv = ["-m", "bench.router", "--relay"]
     else:
-        argv = [sys.executable, "-m", "vdip.cli", "--log-level", "WARNING", "worker"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        argv = ["-m", "vdip.cli", "--log-level", "WARNING", "worker"]
+    processes = Processes()
+    processes.start(kind, argv, process_env(settings), log_path)
     try:
         if kind == "router":
             producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
@@ -173,8 +164,7 @@ async def measure(kind: str, rule_count: int, events: int) -> float:
         await produce_events(settings, events)
         return await output_rate(settings, "events.routed", events, timeout=300)
     finally:
-        process.terminate()
-        process.wait(30)
+        processes.stop_all()
 
 
 async def main(args: argparse.Namespace) -> None:
