@@ -13,7 +13,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from schemas import EventEnvelope, EventStatus, RoutedEvent, RoutingSummary
-from sinks.event_store import INSERT, EventStore, to_row
+from sinks.event_store import EventStore, to_row, write_rows
 from tests.conftest import consume_all, consumed
 from tests.test_schemas import json_values, texts
 from vdip.db import _init_connection
@@ -125,9 +125,10 @@ def test_any_valid_payload_comes_back_from_postgres_unchanged(
             events = [routed(app_id) for _ in payloads]
             for event, payload in zip(events, payloads, strict=True):
                 event.event.payload = payload
-            await conn.executemany(
-                INSERT, [to_row(RoutedEvent.model_validate_json(e.model_dump_json())) for e in events]
-            )
+            async with conn.transaction():
+                await write_rows(
+                    conn, [to_row(RoutedEvent.model_validate_json(e.model_dump_json())) for e in events]
+                )
             rows = await conn.fetch("SELECT event_id, payload FROM data_events WHERE app_id = $1", app_id)
             by_id = {r["event_id"]: r["payload"] for r in rows}
             return [by_id[e.event.event_id] for e in events]
