@@ -74,6 +74,77 @@ async def test_writes_rows_once_creates_tables_and_dead_letters_alone(
     assert b"CheckViolationError" in dict(dead[0].headers)["error"]
 
 
+async def test_a_delivery_twice_in_one_batch_is_written_once(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    table = f"twice_{uuid.uuid4().hex[:8]}"
+    writer = TableWriter(pool, producer, settings.topic("events.dlq"), settings.tables_schema)
+    first, other = delivery(table, total=1), delivery(table, total=2)
+    replayed = first.model_copy(deep=True)
+    replayed.event.payload = {"total": 3}
+    await writer.write(
+        [as_record(d.model_dump_json().encode(), i) for i, d in enumerate([first, other, replayed])]
+    )
+    rows = await pool.fetch(f'SELECT event_id, payload FROM vdip_tables."{table}"')
+    assert {r["event_id"]: r["payload"] for r in rows} == {
+        first.event.event_id: {"total": 1},
+        other.event.event_id: {"total": 2},
+    }
+    outcomes = await pool.fetch(
+        "SELECT status, attempts FROM deliveries WHERE delivery_id = ANY($1::uuid[])",
+        [first.delivery_id, other.delivery_id],
+    )
+    assert sorted(tuple(o) for o in outcomes) == [("delivered", 1), ("delivered", 1)]
+
+
+async def test_a_refused_row_is_dead_lettered_alone_and_its_delivery_failed(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    table = f"refused_{uuid.uuid4().hex[:8]}"
+    writer = TableWriter(pool, producer, settings.topic("events.dlq"), settings.tables_schema)
+    await writer.write([as_record(delivery(table, total=0).model_dump_json().encode(), 0)])  # creates it
+    await pool.execute(
+        f"ALTER TABLE vdip_tables.\"{table}\" ADD CONSTRAINT small CHECK ((payload->>'total')::int < 100)"
+    )
+    batch = [delivery(table, total=n) for n in (1, 2, 500, 3, 4)]
+    poison = batch[2]
+    # The event store recorded them as pending: the sink updates those rows.
+    for d in batch:
+        await pool.execute(
+            """INSERT INTO deliveries (delivery_id, event_id, rule_id, destination_type, status)
+               VALUES ($1, $2, $3, 'database_table', 'pending')""",
+            d.delivery_id,
+            d.event.event_id,
+            d.rule_id,
+        )
+    await writer.write([as_record(d.model_dump_json().encode(), 10 + i) for i, d in enumerate(batch)])
+
+    stored = {r["event_id"] for r in await pool.fetch(f'SELECT event_id FROM vdip_tables."{table}"')}
+    assert {d.event.event_id for d in batch} & stored == {d.event.event_id for d in batch if d != poison}
+    outcomes = {
+        r["delivery_id"]: r
+        for r in await pool.fetch(
+            """SELECT delivery_id, status, attempts, last_error FROM deliveries
+               WHERE delivery_id = ANY($1::uuid[])""",
+            [d.delivery_id for d in batch],
+        )
+    }
+    failed = outcomes.pop(poison.delivery_id)
+    assert (failed["status"], failed["attempts"]) == ("failed", 1)
+    assert "CheckViolationError" in failed["last_error"]
+    assert [(o["status"], o["attempts"], o["last_error"]) for o in outcomes.values()] == [
+        ("delivered", 1, None)
+    ] * 4
+
+    markers = {d.delivery_id: str(d.event.event_id).encode() for d in batch}
+    dlq = await consume_all(
+        settings, "events.dlq", until=lambda rs: any(markers[poison.delivery_id] in r.value for r in rs)
+    )
+    dead = [r for r in dlq if any(marker in r.value for marker in markers.values())]
+    assert len(dead) == 1 and markers[poison.delivery_id] in dead[0].value
+    assert dict(dead[0].headers)["source.offset"] == b"12"
+
+
 async def test_a_table_rule_receives_exactly_the_matching_events(
     pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey, pool: asyncpg.Pool
 ) -> None:
