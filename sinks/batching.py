@@ -151,7 +151,12 @@ async def stage(conn: asyncpg.Connection, table: str, columns: str, rows: list[t
     on first use; ``ON COMMIT DELETE ROWS`` empties it when the transaction ends). Call it inside
     a transaction, then move the rows on with ``INSERT ... SELECT``."""
     await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} ({columns}) ON COMMIT DELETE ROWS")
-    await conn.copy_records_to_table(table, records=rows)
+    try:
+        await conn.copy_records_to_table(table, records=rows)
+    except (OverflowError, TypeError, ValueError) as exc:
+        # A value asyncpg cannot encode (an integer out of range, say): refused, as executemany
+        # reports it, not a reason to retry the batch forever.
+        raise asyncpg.DataError(f"invalid input for COPY: {exc}") from exc
 
 
 def executing(statement: str) -> WriteRows:

@@ -11,7 +11,8 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from schemas import EventEnvelope
 from schemas.rules import Delivery
-from sinks.tables import TableWriter
+from sinks.batching import Record, insert_rows
+from sinks.tables import TableWriter, insert_statement, to_row, writer_of
 from streams.routing import delivery_id
 from tests.conftest import AppKey, Pipeline, consume_all, consumed, wait_until
 from vdip.settings import Settings
@@ -143,6 +144,27 @@ async def test_a_refused_row_is_dead_lettered_alone_and_its_delivery_failed(
     dead = [r for r in dlq if any(marker in r.value for marker in markers.values())]
     assert len(dead) == 1 and markers[poison.delivery_id] in dead[0].value
     assert dict(dead[0].headers)["source.offset"] == b"12"
+
+
+async def test_a_value_asyncpg_cannot_copy_is_refused_alone(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    table = f"overflow_{uuid.uuid4().hex[:8]}"
+    writer = TableWriter(pool, producer, settings.topic("events.dlq"), settings.tables_schema)
+    batch = [delivery(table, total=n) for n in range(4)]
+    await writer.write([as_record(batch[0].model_dump_json().encode(), 0)])  # creates the table
+    records = [as_record(d.model_dump_json().encode(), i) for i, d in enumerate(batch)]
+    rows = [(r, to_row(d)) for r, d in zip(records, batch, strict=True)]
+    rows[2] = (records[2], (batch[2].event.event_id, 2**70, *to_row(batch[2])[2:]))  # not a bigint
+    refused: list[tuple[Record, str]] = []
+
+    async def refuse(record: Record, reason: str) -> None:
+        refused.append((record, reason))
+
+    await insert_rows(pool, writer_of(insert_statement(settings.tables_schema, table)), rows, refuse)
+    assert [(r.offset, "out of int64 range" in reason) for r, reason in refused] == [(2, True)]
+    stored = {r["event_id"] for r in await pool.fetch(f'SELECT event_id FROM vdip_tables."{table}"')}
+    assert stored == {batch[n].event.event_id for n in (0, 1, 3)}
 
 
 async def test_a_table_rule_receives_exactly_the_matching_events(
