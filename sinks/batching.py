@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 Record: TypeAlias = ConsumerRecord[bytes, bytes]
 Records = Sequence[ConsumerRecord[Any, Any]]
 WriteBatch = Callable[[Records], Awaitable[None]]
+# Writes rows inside the caller's transaction.
+WriteRows = Callable[[asyncpg.Connection, list[tuple[Any, ...]]], Awaitable[None]]
 # Errors that belong to a row's values, not to the database being unreachable.
 REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
@@ -144,26 +146,50 @@ async def deliveries_of(
     return found
 
 
+async def stage(conn: asyncpg.Connection, table: str, columns: str, rows: list[tuple[Any, ...]]) -> None:
+    """COPY ``rows`` into this connection's temporary staging ``table`` (created with ``columns``
+    on first use; ``ON COMMIT DELETE ROWS`` empties it when the transaction ends). Call it inside
+    a transaction, then move the rows on with ``INSERT ... SELECT``."""
+    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} ({columns}) ON COMMIT DELETE ROWS")
+    try:
+        await conn.copy_records_to_table(table, records=rows)
+    except (OverflowError, TypeError, ValueError) as exc:
+        # A value asyncpg cannot encode (an integer out of range, say): refused, as executemany
+        # reports it, not a reason to retry the batch forever.
+        raise asyncpg.DataError(f"invalid input for COPY: {exc}") from exc
+
+
+def executing(statement: str) -> WriteRows:
+    """Writes rows by running ``statement`` once per row (``executemany``)."""
+
+    async def write(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+        await conn.executemany(statement, rows)
+
+    return write
+
+
 async def insert_rows(
     pool: asyncpg.Pool,
-    statement: str,
+    write: WriteRows,
     rows: Sequence[tuple[Record, tuple[Any, ...]]],
     refused: Callable[[Record, str], Awaitable[None]],
 ) -> None:
-    """Insert all rows in one transaction. When PostgreSQL refuses a value (never a connection
-    problem: that raises, and the batch is retried), write row by row and hand only the rows that
-    fail alone to ``refused``, as Kafka Connect's JDBC sink does."""
+    """``write`` all rows in one transaction. When PostgreSQL refuses a value (never a connection
+    problem: that raises, and the batch is retried), write each half again the same way, down to
+    single rows, and hand only the rows that fail alone to ``refused``: the outcome of going row
+    by row, as Kafka Connect's JDBC sink does, in a few transactions instead of one per row."""
     if not rows:
         return
     try:
         async with pool.acquire() as conn, conn.transaction():
-            await conn.executemany(statement, [row for _, row in rows])
-    except REFUSED:
-        for record, row in rows:
-            try:
-                await pool.execute(statement, *row)
-            except REFUSED as exc:
-                await refused(record, f"{type(exc).__name__}: {exc}")
+            await write(conn, [row for _, row in rows])
+    except REFUSED as exc:
+        if len(rows) == 1:
+            await refused(rows[0][0], f"{type(exc).__name__}: {exc}")
+            return
+        middle = len(rows) // 2
+        await insert_rows(pool, write, rows[:middle], refused)
+        await insert_rows(pool, write, rows[middle:], refused)
 
 
 async def serve_sink(

@@ -1,39 +1,54 @@
 """The event store: writes every routed event to ``data_events``, once.
 
-Consumes ``events.routed`` in batches and inserts each batch with one ``executemany`` in one
-transaction, ``ON CONFLICT (event_id) DO NOTHING``: a replayed record never duplicates a row nor
-overwrites a status that moved on since. A record that is not a ``RoutedEvent`` (which only a bug
-could produce), or a row PostgreSQL refuses, goes to ``events.dlq`` with the reason, so that it is
-never silently lost; the rest of its batch is written.
+Consumes ``events.routed`` in batches and writes each batch in one transaction: COPY into a
+temporary staging table, then one ``INSERT ... SELECT`` for the deliveries and one for the events,
+``ON CONFLICT DO NOTHING``: a replayed record never duplicates a row nor overwrites a status that
+moved on since, and a record that comes twice in one batch is written once (its first copy). A
+record that is not a ``RoutedEvent`` (which only a bug could produce), or a row PostgreSQL
+refuses, goes to ``events.dlq`` with the reason, so that it is never silently lost; the rest of
+its batch is written.
 """
 
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from schemas import RoutedEvent
-from sinks.batching import Record, Records, dead_letter, insert_rows, run_sink
+from sinks.batching import Record, Records, dead_letter, insert_rows, run_sink, stage
 from vdip.settings import Settings
 
-# The event and its deliveries, in one statement: a delivery to a queue was done when the
-# router's produce was acknowledged; the others are pending until their sink says otherwise.
-INSERT = """
-WITH event AS (
-    INSERT INTO data_events (event_id, app_id, event_type, payload, metadata, received_at,
-                             occurred_at, occurred_at_clamped, schema_version, status, routing)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-    ON CONFLICT (event_id) DO NOTHING
-)
+# One row per record, in batch order (ord); JSON travels as text and becomes jsonb in the INSERT.
+STAGE = "event_stage"
+STAGE_COLUMNS = """ord integer, event_id uuid, app_id text, event_type text, payload text, metadata text,
+    received_at timestamptz, occurred_at timestamptz, occurred_at_clamped boolean,
+    schema_version smallint, status text, routing text, routed_at timestamptz"""
+
+# Deliveries first: the statistics triggers then find no event yet and count each event once,
+# when it is inserted, under its final status. A delivery to a queue was done when the router's
+# produce was acknowledged; the others are pending until their sink says otherwise. stored_at is
+# the moment of the write (clock_timestamp), not the start of the transaction.
+INSERT = f"""
 INSERT INTO deliveries (delivery_id, event_id, rule_id, destination_type, status, attempts, delivered_at)
-SELECT d.delivery_id, $1, d.rule_id, d.destination_type,
+SELECT DISTINCT ON (d.delivery_id) d.delivery_id, s.event_id, d.rule_id, d.destination_type,
        CASE WHEN d.destination_type = 'queue' THEN 'delivered' ELSE 'pending' END,
        CASE WHEN d.destination_type = 'queue' THEN 1 ELSE 0 END,
-       CASE WHEN d.destination_type = 'queue' THEN $12::timestamptz END
-FROM jsonb_to_recordset($11::jsonb -> 'deliveries')
+       CASE WHEN d.destination_type = 'queue' THEN s.routed_at END
+FROM {STAGE} s, jsonb_to_recordset(s.routing::jsonb -> 'deliveries')
      AS d(delivery_id uuid, rule_id bigint, destination_type text)
-ON CONFLICT (delivery_id) DO NOTHING
+ORDER BY d.delivery_id, s.ord
+ON CONFLICT (delivery_id) DO NOTHING;
+
+INSERT INTO data_events (event_id, app_id, event_type, payload, metadata, received_at,
+                         occurred_at, occurred_at_clamped, schema_version, status, routing, stored_at)
+SELECT DISTINCT ON (event_id) event_id, app_id, event_type, payload::jsonb, metadata::jsonb,
+       received_at, occurred_at, occurred_at_clamped, schema_version, status, routing::jsonb,
+       clock_timestamp()
+FROM {STAGE}
+ORDER BY event_id, ord
+ON CONFLICT (event_id) DO NOTHING
 """
 
 
@@ -43,16 +58,22 @@ def to_row(routed: RoutedEvent) -> tuple[Any, ...]:
         event.event_id,
         event.app_id,
         event.event_type,
-        event.payload,
-        event.metadata.model_dump(mode="json"),
+        orjson.dumps(event.payload).decode(),
+        event.metadata.model_dump_json(),
         event.received_at,
         event.occurred_at,
         event.occurred_at_clamped,
         event.schema_version,
         routed.status.value,
-        routed.routing.model_dump(mode="json"),
+        routed.routing.model_dump_json(),
         routed.routing.routed_at,
     )
+
+
+async def write_rows(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Write ``to_row`` rows and their deliveries (inside the caller's transaction)."""
+    await stage(conn, STAGE, STAGE_COLUMNS, [(n, *row) for n, row in enumerate(rows)])
+    await conn.execute(INSERT)
 
 
 class EventStore:
@@ -70,7 +91,7 @@ class EventStore:
                 parsed.append((record, to_row(RoutedEvent.model_validate_json(record.value))))
             except ValidationError as exc:
                 await self._refused(record, str(exc))
-        await insert_rows(self.pool, INSERT, parsed, self._refused)
+        await insert_rows(self.pool, write_rows, parsed, self._refused)
 
     async def _refused(self, record: Record, reason: str) -> None:
         await dead_letter(self.producer, self.dlq_topic, record, "event-store", reason)

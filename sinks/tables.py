@@ -2,8 +2,10 @@
 
 Tables live in their own schema (``VDIP_TABLES_SCHEMA``, ``vdip_tables``) and are created on
 first use with the columns below. Names were validated when the rule was saved and are quoted as
-identifiers here all the same; no SQL is ever built from event data, which travels as parameters.
-Rows are idempotent on ``(event_id, rule_id)``: a replayed delivery changes nothing. A delivery
+identifiers here all the same; no SQL is ever built from event data, which travels as COPY data.
+Each batch is one transaction: COPY into a temporary staging table, then one ``INSERT ... SELECT``
+for the rows and their outcomes in ``deliveries``. Rows are idempotent on ``(event_id, rule_id)``:
+a replayed delivery adds no row, and one that comes twice in a batch is written once. A delivery
 that cannot be parsed, or whose row PostgreSQL refuses, goes to ``events.dlq`` alone; a database
 that cannot be reached pauses the sink (the batch is retried, no offset is committed).
 """
@@ -11,6 +13,7 @@ that cannot be reached pauses the sink (the batch is retried, no offset is commi
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
@@ -18,10 +21,12 @@ from schemas.rules import TABLE_NAME, Delivery
 from sinks.batching import (
     Record,
     Records,
+    WriteRows,
     dead_letter,
     deliveries_of,
     insert_rows,
     run_sink,
+    stage,
 )
 from vdip.settings import Settings
 
@@ -47,19 +52,30 @@ def create_statements(schema: str, table: str) -> list[str]:
     ]
 
 
+# One row per delivery, in batch order (ord); JSON travels as text and becomes jsonb in the INSERT.
+STAGE = "table_stage"
+STAGE_COLUMNS = """ord integer, event_id uuid, rule_id bigint, app_id text, event_type text,
+    payload text, metadata text, received_at timestamptz, delivery_id uuid"""
+
+
 def insert_statement(schema: str, table: str) -> str:
-    """The row, and its delivery recorded as delivered, in one statement."""
+    """The staged rows (each once: a record may come twice in a batch), and their deliveries
+    recorded as delivered, in one statement."""
     return f"""WITH written AS (
                    INSERT INTO {quote_ident(schema)}.{quote_ident(table)}
                        (event_id, rule_id, app_id, event_type, payload, metadata, received_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7)
+                   SELECT DISTINCT ON (event_id, rule_id) event_id, rule_id, app_id, event_type,
+                          payload::jsonb, metadata::jsonb, received_at
+                   FROM {STAGE} ORDER BY event_id, rule_id, ord
                    ON CONFLICT (event_id, rule_id) DO NOTHING)
                {DELIVERED}"""
 
 
-DELIVERED = """INSERT INTO deliveries
+DELIVERED = f"""INSERT INTO deliveries
                    (delivery_id, event_id, rule_id, destination_type, status, attempts, delivered_at)
-               VALUES ($8, $1, $2, 'database_table', 'delivered', 1, now())
+               SELECT DISTINCT ON (delivery_id) delivery_id, event_id, rule_id, 'database_table',
+                      'delivered', 1, now()
+               FROM {STAGE} ORDER BY delivery_id, ord
                ON CONFLICT (delivery_id) DO UPDATE SET status = 'delivered', last_error = NULL,
                    attempts = deliveries.attempts + 1, updated_at = now(),
                    delivered_at = coalesce(deliveries.delivered_at, now())"""
@@ -78,11 +94,21 @@ def to_row(delivery: Delivery) -> tuple[Any, ...]:
         delivery.rule_id,
         event.app_id,
         event.event_type,
-        event.payload,
-        event.metadata.model_dump(mode="json"),
+        orjson.dumps(event.payload).decode(),
+        event.metadata.model_dump_json(),
         event.received_at,
         delivery.delivery_id,
     )
+
+
+def writer_of(statement: str) -> WriteRows:
+    """Writes ``to_row`` rows with ``statement`` (inside the caller's transaction)."""
+
+    async def write_rows(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+        await stage(conn, STAGE, STAGE_COLUMNS, [(n, *row) for n, row in enumerate(rows)])
+        await conn.execute(statement)
+
+    return write_rows
 
 
 class TableWriter:
@@ -102,7 +128,7 @@ class TableWriter:
                 by_table.setdefault(table, []).append((record, to_row(delivery)))
         for table, rows in by_table.items():
             await self._create(table)
-            await insert_rows(self.pool, insert_statement(self.schema, table), rows, self._refused)
+            await insert_rows(self.pool, writer_of(insert_statement(self.schema, table)), rows, self._refused)
 
     async def _create(self, table: str) -> None:
         if table in self.created:

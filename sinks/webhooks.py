@@ -47,6 +47,7 @@ from sinks.batching import (
     Records,
     dead_letter,
     deliveries_of,
+    executing,
     insert_rows,
     run_until_signalled,
     serve_sink,
@@ -182,7 +183,7 @@ class Intake:
             (record, (d.delivery_id, d.event.event_id, d.rule_id, d.model_dump(mode="json")))
             for record, d, _ in await deliveries_of(records, "webhook", "url", self._refused)
         ]
-        await insert_rows(self.pool, RECORD, rows, self._refused)
+        await insert_rows(self.pool, executing(RECORD), rows, self._refused)
 
     async def _refused(self, record: Record, reason: str) -> None:
         await dead_letter(self.producer, self.dlq_topic, record, "webhooks", reason)

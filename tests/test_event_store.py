@@ -2,7 +2,7 @@
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -13,7 +13,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from schemas import EventEnvelope, EventStatus, RoutedEvent, RoutingSummary
-from sinks.event_store import INSERT, EventStore, to_row
+from schemas.events import DeliveryRef
+from sinks.event_store import EventStore, to_row, write_rows
 from tests.conftest import consume_all, consumed
 from tests.test_schemas import json_values, texts
 from vdip.db import _init_connection
@@ -44,6 +45,48 @@ async def test_batch_is_written_once_even_when_replayed(
     rows = await pool.fetch("SELECT event_id, status, payload FROM data_events WHERE app_id = $1", app_id)
     assert sorted(r["event_id"] for r in rows) == sorted(r.event.event_id for r in batch)
     assert all(r["payload"] == {"n": 1} and r["status"] == "processed" for r in rows)
+
+
+async def test_an_event_twice_in_one_batch_is_stored_once_its_first_version(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    app_id = f"store-{uuid.uuid4().hex[:8]}"
+    first = routed(app_id)
+    first.routing.deliveries = [DeliveryRef(delivery_id=uuid.uuid4(), rule_id=7, destination_type="queue")]
+    retry = first.model_copy(deep=True)
+    retry.event.payload = {"n": 2}
+    other = routed(app_id)
+    store = EventStore(pool, producer, settings.topic("events.dlq"))
+    await store.write(
+        [as_record(e.model_dump_json().encode(), i) for i, e in enumerate([first, other, retry])]
+    )
+    rows = await pool.fetch("SELECT event_id, payload FROM data_events WHERE app_id = $1", app_id)
+    assert {r["event_id"]: r["payload"] for r in rows} == {
+        first.event.event_id: {"n": 1},
+        other.event.event_id: {"n": 1},
+    }
+    (delivery,) = await pool.fetch(
+        "SELECT status, attempts, delivered_at FROM deliveries WHERE event_id = $1", first.event.event_id
+    )
+    assert (delivery["status"], delivery["attempts"]) == ("delivered", 1)
+    assert delivery["delivered_at"] == first.routing.routed_at
+
+
+async def test_stored_at_is_the_moment_of_the_write(settings: Settings) -> None:
+    """Not the start of the transaction: the latency from received_at to stored_at is not understated."""
+    event = routed(f"store-{uuid.uuid4().hex[:8]}")
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        async with conn.transaction():
+            started = await conn.fetchval("SELECT now()")
+            await asyncio.sleep(0.3)
+            await write_rows(conn, [to_row(event)])
+        stored_at = await conn.fetchval(
+            "SELECT stored_at FROM data_events WHERE event_id = $1", event.event.event_id
+        )
+    finally:
+        await conn.close()
+    assert stored_at - started >= timedelta(seconds=0.3)
 
 
 async def test_replay_does_not_overwrite_a_status_that_moved_on(
@@ -125,9 +168,10 @@ def test_any_valid_payload_comes_back_from_postgres_unchanged(
             events = [routed(app_id) for _ in payloads]
             for event, payload in zip(events, payloads, strict=True):
                 event.event.payload = payload
-            await conn.executemany(
-                INSERT, [to_row(RoutedEvent.model_validate_json(e.model_dump_json())) for e in events]
-            )
+            async with conn.transaction():
+                await write_rows(
+                    conn, [to_row(RoutedEvent.model_validate_json(e.model_dump_json())) for e in events]
+                )
             rows = await conn.fetch("SELECT event_id, payload FROM data_events WHERE app_id = $1", app_id)
             by_id = {r["event_id"]: r["payload"] for r in rows}
             return [by_id[e.event.event_id] for e in events]

@@ -15,11 +15,17 @@ from aiokafka import AIOKafkaProducer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import ROOT, AppKey, Pipeline, wait_until
+from schemas import EventEnvelope, EventStatus, RoutedEvent, RoutingSummary
+from schemas.events import DeliveryRef
+from schemas.rules import Delivery
+from sinks.event_store import EventStore
+from sinks.tables import TableWriter
+from tests.conftest import ROOT, AppKey, Pipeline, consumed, wait_until
 from tests.test_pipeline import envelope
 from tests.test_rules import send
 from tests.test_webhooks import Received, receiving, settled, webhook_rule
-from vdip.statistics import PERIODS, STEP, Period, bucket_start
+from vdip.settings import Settings
+from vdip.statistics import PERIODS, STEP, Period, bucket_start, check
 
 # ------------------------------------------------------------------------------ bucketing
 
@@ -68,6 +74,66 @@ async def test_the_database_buckets_as_python_does(pool: asyncpg.Pool) -> None:
             "SELECT stat_bucket($1, t) AS b FROM unnest($2::timestamptz[]) AS t", period, samples
         )
         assert [r["b"] for r in rows] == [bucket_start(t, period) for t in samples]
+
+
+# ------------------------------------------------------------------------------ the sinks' batches
+
+
+async def test_the_sinks_batches_are_counted_exactly(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    """Counting per statement: a batch of the event store, then one of the table sink that moves
+    events from pending to processed or failed, with records twice in a batch, count each event
+    once under its status."""
+    app_id, table = f"count-{uuid.uuid4().hex[:8]}", f"counted_{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+
+    def routed(*kinds: str, total: int = 1, failed: bool = False) -> RoutedEvent:
+        event = EventEnvelope(
+            event_id=uuid.uuid4(), app_id=app_id, event_type="t", payload={"total": total}, received_at=now
+        )
+        refs = [
+            DeliveryRef(delivery_id=uuid.uuid4(), rule_id=n, destination_type=k) for n, k in enumerate(kinds)
+        ]
+        status = EventStatus.FAILED if failed else EventStatus.PENDING if kinds else EventStatus.PROCESSED
+        summary = RoutingSummary(deliveries=refs, routed_at=now, error="broken rule" if failed else None)
+        return RoutedEvent(event=event, status=status, routing=summary)
+
+    to_table = [routed("database_table", "database_table", total=4)]  # two table rules
+    to_table += [routed("database_table", total=n) for n in (1, 2, 3, 500)]  # 500: refused
+    events = [routed() for _ in range(4)] + to_table + [routed(failed=True)]
+    events += [routed("webhook") for _ in range(2)]  # stay pending
+    store = EventStore(pool, producer, settings.topic("events.dlq"))
+    await store.write([consumed("events.routed", e.model_dump_json().encode()) for e in [*events, events[5]]])
+
+    writer = TableWriter(pool, producer, settings.topic("events.dlq"), settings.tables_schema)
+    deliveries = [
+        Delivery(
+            delivery_id=ref.delivery_id,
+            rule_id=ref.rule_id,
+            destination_type="database_table",
+            destination_config={"table": table},
+            event=e.event,
+        )
+        for e in to_table
+        for ref in e.routing.deliveries
+    ]
+    unstored = deliveries[0].model_copy(update={"delivery_id": uuid.uuid4(), "event": routed().event})
+    await writer.write([consumed("deliveries.table", unstored.model_dump_json().encode())])  # creates it
+    await pool.execute(
+        f"ALTER TABLE vdip_tables.\"{table}\" ADD CONSTRAINT small CHECK ((payload->>'total')::int < 100)"
+    )
+    await writer.write(
+        [consumed("deliveries.table", d.model_dump_json().encode()) for d in [*deliveries, deliveries[1]]]
+    )
+
+    assert await check(pool, app_id, now - timedelta(hours=1), now + timedelta(hours=1)) == []
+    counts = await pool.fetch(
+        """SELECT time_period, total_events, processed_events, failed_events, pending_events
+           FROM event_statistics WHERE app_id = $1""",
+        app_id,
+    )
+    assert sorted(tuple(c) for c in counts) == [(period, 12, 8, 2, 2) for period in sorted(PERIODS)]
 
 
 # ------------------------------------------------------------------------------ on the pipeline

@@ -11,7 +11,8 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from schemas import EventEnvelope
 from schemas.rules import Delivery
-from sinks.tables import TableWriter
+from sinks.batching import Record, insert_rows
+from sinks.tables import TableWriter, insert_statement, to_row, writer_of
 from streams.routing import delivery_id
 from tests.conftest import AppKey, Pipeline, consume_all, consumed, wait_until
 from vdip.settings import Settings
@@ -72,6 +73,98 @@ async def test_writes_rows_once_creates_tables_and_dead_letters_alone(
     dead = [r for r in dlq if marker in r.value]
     assert len(dead) == 1 and dict(dead[0].headers)["error.stage"] == b"table-sink"
     assert b"CheckViolationError" in dict(dead[0].headers)["error"]
+
+
+async def test_a_delivery_twice_in_one_batch_is_written_once(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    table = f"twice_{uuid.uuid4().hex[:8]}"
+    writer = TableWriter(pool, producer, settings.topic("events.dlq"), settings.tables_schema)
+    first, other = delivery(table, total=1), delivery(table, total=2)
+    replayed = first.model_copy(deep=True)
+    replayed.event.payload = {"total": 3}
+    await writer.write(
+        [as_record(d.model_dump_json().encode(), i) for i, d in enumerate([first, other, replayed])]
+    )
+    rows = await pool.fetch(f'SELECT event_id, payload FROM vdip_tables."{table}"')
+    assert {r["event_id"]: r["payload"] for r in rows} == {
+        first.event.event_id: {"total": 1},
+        other.event.event_id: {"total": 2},
+    }
+    outcomes = await pool.fetch(
+        "SELECT status, attempts FROM deliveries WHERE delivery_id = ANY($1::uuid[])",
+        [first.delivery_id, other.delivery_id],
+    )
+    assert sorted(tuple(o) for o in outcomes) == [("delivered", 1), ("delivered", 1)]
+
+
+async def test_a_refused_row_is_dead_lettered_alone_and_its_delivery_failed(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    table = f"refused_{uuid.uuid4().hex[:8]}"
+    writer = TableWriter(pool, producer, settings.topic("events.dlq"), settings.tables_schema)
+    await writer.write([as_record(delivery(table, total=0).model_dump_json().encode(), 0)])  # creates it
+    await pool.execute(
+        f"ALTER TABLE vdip_tables.\"{table}\" ADD CONSTRAINT small CHECK ((payload->>'total')::int < 100)"
+    )
+    batch = [delivery(table, total=n) for n in (1, 2, 500, 3, 4)]
+    poison = batch[2]
+    # The event store recorded them as pending: the sink updates those rows.
+    for d in batch:
+        await pool.execute(
+            """INSERT INTO deliveries (delivery_id, event_id, rule_id, destination_type, status)
+               VALUES ($1, $2, $3, 'database_table', 'pending')""",
+            d.delivery_id,
+            d.event.event_id,
+            d.rule_id,
+        )
+    await writer.write([as_record(d.model_dump_json().encode(), 10 + i) for i, d in enumerate(batch)])
+
+    stored = {r["event_id"] for r in await pool.fetch(f'SELECT event_id FROM vdip_tables."{table}"')}
+    assert {d.event.event_id for d in batch} & stored == {d.event.event_id for d in batch if d != poison}
+    outcomes = {
+        r["delivery_id"]: r
+        for r in await pool.fetch(
+            """SELECT delivery_id, status, attempts, last_error FROM deliveries
+               WHERE delivery_id = ANY($1::uuid[])""",
+            [d.delivery_id for d in batch],
+        )
+    }
+    failed = outcomes.pop(poison.delivery_id)
+    assert (failed["status"], failed["attempts"]) == ("failed", 1)
+    assert "CheckViolationError" in failed["last_error"]
+    assert [(o["status"], o["attempts"], o["last_error"]) for o in outcomes.values()] == [
+        ("delivered", 1, None)
+    ] * 4
+
+    markers = {d.delivery_id: str(d.event.event_id).encode() for d in batch}
+    dlq = await consume_all(
+        settings, "events.dlq", until=lambda rs: any(markers[poison.delivery_id] in r.value for r in rs)
+    )
+    dead = [r for r in dlq if any(marker in r.value for marker in markers.values())]
+    assert len(dead) == 1 and markers[poison.delivery_id] in dead[0].value
+    assert dict(dead[0].headers)["source.offset"] == b"12"
+
+
+async def test_a_value_asyncpg_cannot_copy_is_refused_alone(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    table = f"overflow_{uuid.uuid4().hex[:8]}"
+    writer = TableWriter(pool, producer, settings.topic("events.dlq"), settings.tables_schema)
+    batch = [delivery(table, total=n) for n in range(4)]
+    await writer.write([as_record(batch[0].model_dump_json().encode(), 0)])  # creates the table
+    records = [as_record(d.model_dump_json().encode(), i) for i, d in enumerate(batch)]
+    rows = [(r, to_row(d)) for r, d in zip(records, batch, strict=True)]
+    rows[2] = (records[2], (batch[2].event.event_id, 2**70, *to_row(batch[2])[2:]))  # not a bigint
+    refused: list[tuple[Record, str]] = []
+
+    async def refuse(record: Record, reason: str) -> None:
+        refused.append((record, reason))
+
+    await insert_rows(pool, writer_of(insert_statement(settings.tables_schema, table)), rows, refuse)
+    assert [(r.offset, "out of int64 range" in reason) for r, reason in refused] == [(2, True)]
+    stored = {r["event_id"] for r in await pool.fetch(f'SELECT event_id FROM vdip_tables."{table}"')}
+    assert stored == {batch[n].event.event_id for n in (0, 1, 3)}
 
 
 async def test_a_table_rule_receives_exactly_the_matching_events(

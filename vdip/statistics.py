@@ -1,12 +1,13 @@
 """Statistics: buckets, the fold of counted changes into ``event_statistics``, and repair.
 
 Counting itself happens in PostgreSQL, in the transaction that changes an event's status
-(migration 0004: ``count_event``); this module folds the counted changes into the table the API
-reads (``fold``, run every second by the stream worker), recomputes statistics from the stored
-events (``recompute``: the refresh endpoint and the reconciliation check), and buckets times the
-way the database does (``bucket_start``). Live counting covers events received within
-``statistics_live_retention_days`` (the worker sets it, and forgets older events' counted
-status, every hour); ``event_statistics`` keeps every bucket, and a refresh recounts any range.
+(migrations 0004 and 0006: ``count_events``, once per statement); this module folds the counted
+changes into the table the API reads (``fold``, run every second by the stream worker), recomputes
+statistics from the stored events (``recompute``: the refresh endpoint and the reconciliation
+check), and buckets times the way the database does (``bucket_start``). Live counting covers
+events received within ``statistics_live_retention_days`` (the worker sets it, and forgets older
+events' counted status, every hour); ``event_statistics`` keeps every bucket, and a refresh
+recounts any range.
 """
 
 from dataclasses import dataclass
