@@ -20,6 +20,31 @@ from vdip.settings import Settings
 log = logging.getLogger(__name__)
 
 
+RECORD_BYTES = 900_000  # below the broker's default max.message.bytes (1 MiB), with room
+
+
+def batch_records(events: list[bytes], limit: int = RECORD_BYTES) -> list[tuple[bytes, int]]:
+    """Serialised events as few records of ``events`` as fit in ``limit`` bytes each: one event
+    alone is its envelope; several, in order, a JSON array of envelopes (a batch record, routed
+    event by event). Each record with how many events it holds."""
+    records: list[tuple[bytes, int]] = []
+    chunk: list[bytes] = []
+    size = 1  # "[" and, per event, the event and a "," or "]"
+    for event in events:
+        if chunk and size + len(event) + 1 > limit:
+            records.append(_record(chunk))
+            chunk, size = [], 1
+        chunk.append(event)
+        size += len(event) + 1
+    if chunk:
+        records.append(_record(chunk))
+    return records
+
+
+def _record(chunk: list[bytes]) -> tuple[bytes, int]:
+    return (chunk[0] if len(chunk) == 1 else b"[" + b",".join(chunk) + b"]"), len(chunk)
+
+
 class EventProducer:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -67,7 +92,8 @@ class EventProducer:
             raise error
 
     async def send_many(self, envelopes: Sequence[EventEnvelope]) -> list[BrokerUnavailable | None]:
-        """Produce events together; for each, None once acknowledged, or why it was not.
+        """Produce events of one application together, in as few records as fit (``batch_records``);
+        for each event, None once acknowledged, or why it was not.
 
         Raises ``BrokerUnavailable`` for all of them when the producer cannot even start, or when
         more than ``max_inflight_events`` would be awaiting acknowledgement (memory stays bounded).
@@ -91,15 +117,16 @@ class EventProducer:
     async def _produce(
         producer: AIOKafkaProducer, topic: str, envelopes: Sequence[EventEnvelope]
     ) -> list[BrokerUnavailable | None]:
+        chunks = batch_records([e.model_dump_json().encode() for e in envelopes])
         futures = [
-            await producer.send(topic, key=e.app_id.encode(), value=e.model_dump_json().encode())
-            for e in envelopes
+            await producer.send(topic, key=envelopes[0].app_id.encode(), value=value) for value, _ in chunks
         ]
         results = await asyncio.gather(*futures, return_exceptions=True)
-        return [
-            BrokerUnavailable(f"Kafka refused the record: {r!r}") if isinstance(r, BaseException) else None
-            for r in results
-        ]
+        outcomes: list[BrokerUnavailable | None] = []
+        for (_, count), result in zip(chunks, results, strict=True):
+            error = BrokerUnavailable(f"Kafka refused the record: {result!r}")
+            outcomes += [error if isinstance(result, BaseException) else None] * count
+        return outcomes
 
     async def publish(self, topic: str, key: bytes, value: bytes | None) -> None:
         """Produce one record (``None``: a tombstone) and wait for Kafka's acknowledgement."""

@@ -84,20 +84,23 @@ class Router:
         now = datetime.now(UTC)
         outputs: list[Output] = []
         counts = {"routed": 0, "invalid": 0, "failed": 0}
-        for event in batch:
-            routing = route_record(event.value, self.rulebook.rules_for, now)
-            try:
-                topics = [await self.topic_of(rule) for rule, _ in routing.deliveries]
-            except Exception as exc:  # a queue topic Kafka will not create: the event fails
-                assert routing.event is not None
-                routing, topics = routing_failed(routing.event, exc, now), []
-            counts[routing.outcome] += 1
-            outputs.extend(self.outputs_of(event.message, routing, topics))
+        events = 0
+        for record in batch:
+            for routing in route_record(record.value, self.rulebook.rules_for, now):
+                try:
+                    topics = [await self.topic_of(rule) for rule, _ in routing.deliveries]
+                except Exception as exc:  # a queue topic Kafka will not create: the event fails
+                    assert routing.event is not None
+                    routing, topics = routing_failed(routing.event, exc, now, routing.index), []
+                counts[routing.outcome] += 1
+                events += 1
+                outputs.extend(self.outputs_of(record.message, routing, topics))
         # Deliveries (and dead letters) first: the event store records a queue delivery as done
         # when it stores the routed event, so that must not be written before the delivery was.
         await self.send_all([o for o in outputs if o.topic != self.routed])
         await self.send_all([o for o in outputs if o.topic == self.routed])
         metrics.ROUTER_BATCH_RECORDS.observe(len(batch))
+        metrics.ROUTER_BATCH_EVENTS.observe(events)
         for outcome, count in counts.items():
             if count:
                 metrics.ROUTER_EVENTS.labels(outcome).inc(count)
@@ -108,25 +111,21 @@ class Router:
                 metrics.CONSUMER_LAG.labels(self.app.conf.id, tp.topic, tp.partition).set(end - offset - 1)
 
     def outputs_of(self, message: Any, routing: Routing, topics: list[str]) -> list[Output]:
-        """The records to send for one input record (``topics``: of its deliveries), in order."""
+        """The records to send for one event of an input record (``topics``: of its deliveries)."""
         found: list[Output] = []
         key = routing.event.app_id.encode() if routing.event else message.key
-        for (rule, value), topic in zip(routing.deliveries, topics, strict=True):
-            found.append(Output(topic, key, value))
+        for (rule, delivery), topic in zip(routing.deliveries, topics, strict=True):
+            found.append(Output(topic, key, delivery))
             metrics.RULE_MATCHES.labels(rule.app_id, str(rule.rule_id)).inc()
         if routing.routed is not None:
             found.append(Output(self.routed, key, routing.routed))
         if routing.rejection is not None:
             stage, reason = routing.rejection
             context = event_context(routing.event) if routing.event else {}
-            log.warning(
-                "dead-lettering %s[%d]@%d: %s",
-                message.topic,
-                message.partition,
-                message.offset,
-                reason,
-                extra=context,
-            )
+            where = f"{message.topic}[{message.partition}]@{message.offset}"
+            if routing.index is not None:
+                where += f" #{routing.index}"
+            log.warning("dead-lettering %s: %s", where, reason, extra=context)
             metrics.DEAD_LETTERS.labels(stage).inc()
             headers = [
                 ("error", reason[:1000].encode()),
@@ -135,7 +134,11 @@ class Router:
                 ("source.partition", str(message.partition).encode()),
                 ("source.offset", str(message.offset).encode()),
             ]
-            found.append(Output(self.dlq, message.key, message.value, headers))
+            value = message.value
+            if routing.index is not None:  # one event of a batch record: that event alone
+                headers.append(("source.index", str(routing.index).encode()))
+                value = routing.value
+            found.append(Output(self.dlq, message.key, value, headers))
         return found
 
     async def topic_of(self, rule: RoutingRule) -> str:

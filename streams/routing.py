@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from schemas import EventEnvelope, EventStatus, RoutedEvent, RoutingSummary
 from schemas.rules import AppRules, RoutingRule
@@ -71,34 +71,45 @@ RulesFor = Callable[[str], list[CompiledRule]]
 
 @dataclass
 class Routing:
-    """What routing one record of ``events`` gave: the records to send, serialised."""
+    """What routing one event (or what should have been one) gave: the records to send."""
 
     outcome: str  # "routed", "invalid" (not an envelope) or "failed" (routing raised)
     event: EventEnvelope | None = None
     routed: bytes | None = None  # the value for events.routed
     deliveries: list[tuple[RoutingRule, bytes]] = field(default_factory=list)  # one per match
-    rejection: tuple[str, str] | None = None  # (stage, reason): the record goes to events.dlq
+    rejection: tuple[str, str] | None = None  # (stage, reason): dead-lettered to events.dlq
+    index: int | None = None  # its position in a batch record; None: the record is this event
+    value: bytes | None = None  # what to dead-letter, for an event of a batch record
 
 
-def route_record(value: bytes | None, rules_for: RulesFor, now: datetime | None = None) -> Routing:
-    """Validate one record of ``events`` and route it with its application's rules."""
-    try:
-        event = parse_envelope(value)
-    except ValidationError as exc:
-        return Routing("invalid", rejection=("validation", rejection_reason(exc)))
+def route_record(value: bytes | None, rules_for: RulesFor, now: datetime | None = None) -> list[Routing]:
+    """Validate one record of ``events`` (an envelope, or a batch: an array of envelopes) and
+    route each of its events with its application's rules."""
     routed_at = now or datetime.now(UTC)
-    try:
-        return _route(event, rules_for(event.app_id), routed_at)
-    except Exception as exc:  # never skip an event silently: it is stored as failed, and dead-lettered
-        return routing_failed(event, exc, routed_at)
+    found = []
+    for index, item in parse_record(value):
+        if isinstance(item, Routing):
+            found.append(item)
+            continue
+        try:
+            routing = _route(item, rules_for(item.app_id), routed_at)
+            routing.index = index
+        except Exception as exc:  # never skip an event silently: stored as failed, and dead-lettered
+            routing = routing_failed(item, exc, routed_at, index)
+        found.append(routing)
+    return found
 
 
-def routing_failed(event: EventEnvelope, error: Exception, routed_at: datetime) -> Routing:
-    """An event whose routing raised: stored as failed, with the reason, and dead-lettered."""
+def routing_failed(
+    event: EventEnvelope, error: Exception, routed_at: datetime, index: int | None = None
+) -> Routing:
+    """An event whose routing raised: stored as failed, with the reason, and dead-lettered (the
+    event alone when it came in a batch record)."""
     reason = f"{type(error).__name__}: {error}"
     summary = RoutingSummary(error=reason[:1000], routed_at=routed_at)
     failed = RoutedEvent(event=event, status=EventStatus.FAILED, routing=summary)
-    return Routing("failed", event, failed.model_dump_json().encode(), rejection=("routing", reason))
+    alone = None if index is None else event.model_dump_json().encode()
+    return Routing("failed", event, failed.model_dump_json().encode(), [], ("routing", reason), index, alone)
 
 
 def _route(event: EventEnvelope, rules: list[CompiledRule], routed_at: datetime) -> Routing:
@@ -150,6 +161,41 @@ def rejection_reason(error: ValidationError) -> str:
         where = ".".join(str(p) for p in item["loc"]) or "<record>"
         parts.append(f"{where}: {item['msg']}")
     return "; ".join(parts)[:1000]
+
+
+_BATCH = TypeAdapter(list[EventEnvelope])
+
+
+def parse_record(value: bytes | None) -> list[tuple[int | None, EventEnvelope | Routing]]:
+    """The events of a record of ``events``, each with its position in a batch record (None for
+    a record that is one envelope); what is not a valid envelope comes as an "invalid" Routing."""
+    if value is None or value.lstrip()[:1] != b"[":
+        try:
+            return [(None, parse_envelope(value))]
+        except ValidationError as exc:
+            return [(None, Routing("invalid", rejection=("validation", rejection_reason(exc))))]
+    try:
+        events = _BATCH.validate_json(value)  # the common case: a batch of valid events
+        if events:
+            return list(enumerate(events))
+    except ValidationError:
+        pass
+    try:
+        items = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return [(None, Routing("invalid", rejection=("validation", f"<record>: Invalid JSON: {exc}")))]
+    if not items:
+        return [(None, Routing("invalid", rejection=("validation", "<record>: an empty batch")))]
+    found: list[tuple[int | None, EventEnvelope | Routing]] = []
+    for index, item in enumerate(items):
+        try:
+            found.append((index, EventEnvelope.model_validate(item)))
+        except ValidationError as exc:
+            rejection = ("validation", rejection_reason(exc))
+            found.append(
+                (index, Routing("invalid", rejection=rejection, index=index, value=orjson.dumps(item)))
+            )
+    return found
 
 
 def parse_envelope(value: bytes | None) -> EventEnvelope:

@@ -155,3 +155,18 @@ def test_rate_limiter_counts_events_per_application() -> None:
     retry = limiter.acquire("a", 1)
     assert retry is not None and 1 <= retry <= 60
     assert limiter.acquire("b", 10) is None  # other applications are unaffected
+
+
+def test_events_go_to_kafka_in_as_few_records_as_fit() -> None:
+    from gateway.producer import batch_records
+
+    events = [orjson.dumps({"n": n, "pad": "x" * 40}) for n in range(10)]
+    assert batch_records(events[:1]) == [(events[0], 1)]  # one event: its envelope, as sent alone
+    (whole,) = batch_records(events)
+    assert whole == (orjson.dumps([orjson.loads(e) for e in events]), 10)
+    split = batch_records(events, limit=len(events[0]) * 3 + 4)  # three a record
+    assert [count for _, count in split] == [3, 3, 3, 1]
+    assert [e for value, _ in split[:3] for e in orjson.loads(value)] + [orjson.loads(split[3][0])] == [
+        orjson.loads(e) for e in events
+    ]
+    assert all(len(value) <= len(events[0]) * 3 + 4 for value, _ in split)

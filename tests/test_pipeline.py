@@ -96,6 +96,43 @@ async def test_malformed_records_are_dead_lettered_and_the_worker_goes_on(
     assert any("payload" in r for r in reasons)
 
 
+async def test_a_batch_record_stores_its_valid_events_and_dead_letters_each_invalid_one(
+    pipeline: Pipeline, client: httpx.AsyncClient, producer: AIOKafkaProducer, pool: asyncpg.Pool, app: AppKey
+) -> None:
+    # The gateway writes a batch request as one record: an array of envelopes.
+    body = {"events": [{"event_type": "o", "payload": {"n": n}} for n in range(3)]}
+    response = await client.post(f"/api/ingest/{app.app_id}/batch", json=body, headers=app.headers)
+    ids = [r["event_id"] for r in response.json()["data"]["results"]]
+
+    def holding(records: list[object]) -> list[object]:
+        return [r for r in records if ids[0].encode() in r.value]  # type: ignore[attr-defined]
+
+    (record,) = holding(await consume_all(pipeline.settings, "events", until=lambda rs: bool(holding(rs))))
+    assert [e["event_id"] for e in orjson.loads(record.value)] == ids  # type: ignore[attr-defined]
+
+    # A direct producer may write one too; an invalid event in it is dead-lettered alone.
+    good = [envelope(app.app_id) for _ in range(2)]
+    bad = envelope(app.app_id, payload="not an object")
+    topic = pipeline.settings.topic("events")
+    await producer.send_and_wait(topic, orjson.dumps([good[0], bad, good[1]]), key=app.app_id.encode())
+    wanted = {uuid.UUID(i) for i in ids} | {uuid.UUID(str(e["event_id"])) for e in good}
+
+    async def all_stored() -> bool:
+        return wanted <= set(await stored_ids(pool, app.app_id))
+
+    await wait_until(all_stored, 30, message="the valid events of both batch records are stored")
+    assert len(await stored_ids(pool, app.app_id)) == 5
+
+    def mine(records: list[object]) -> list[object]:
+        return [r for r in records if str(bad["event_id"]).encode() in r.value]  # type: ignore[attr-defined]
+
+    (dead,) = mine(await consume_all(pipeline.settings, "events.dlq", until=lambda rs: bool(mine(rs))))
+    assert orjson.loads(dead.value) == bad  # type: ignore[attr-defined]
+    headers = dict(dead.headers)  # type: ignore[attr-defined]
+    assert headers["source.index"] == b"1" and headers["error.stage"] == b"validation"
+    assert b"payload" in headers["error"]
+
+
 async def test_sink_killed_mid_stream_stores_each_of_2000_events_once(
     pipeline: Pipeline, producer: AIOKafkaProducer, pool: asyncpg.Pool, app: AppKey
 ) -> None:

@@ -8,7 +8,6 @@ from typing import Any
 
 import asyncpg
 import httpx
-import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -206,7 +205,7 @@ async def record_of(settings: Settings, event_id: str) -> tuple[TopicPartition, 
     """Where an event is in ``events``: its partition and offset."""
 
     def found(records: list[Any]) -> list[Any]:
-        return [r for r in records if orjson.loads(r.value).get("event_id") == event_id]
+        return [r for r in records if event_id.encode() in r.value]
 
     (record,) = found(await consume_all(settings, "events", until=lambda rs: bool(found(rs))))
     return TopicPartition(record.topic, record.partition), record.offset

@@ -59,7 +59,7 @@ def route(
     value: bytes, rules: list[CompiledRule], now: datetime | None = None
 ) -> tuple[RoutedEvent, list[Delivery]]:
     """Route one record; its outputs read back through the schemas of their topics."""
-    routing = route_record(value, lambda app_id: rules, now)
+    (routing,) = route_record(value, lambda app_id: rules, now)
     assert routing.outcome == "routed" and routing.routed is not None and routing.rejection is None
     deliveries = [Delivery.model_validate_json(value) for _, value in routing.deliveries]
     assert [rule.rule_id for rule, _ in routing.deliveries] == [d.rule_id for d in deliveries]
@@ -150,7 +150,7 @@ def test_an_event_is_routed_as_normalised_by_its_schema() -> None:
     """A direct producer's envelope travels on as the schema reads it (times in UTC, defaults)."""
     value = record(received_at="2026-01-01T02:00:00+02:00", payload={"n": 1})
     routed, _ = route(value, compile_rules([rule(1)]))
-    embedded = orjson.loads(route_record(value, lambda app_id: [], NOW).routed or b"")["event"]
+    embedded = orjson.loads(route_record(value, lambda app_id: [], NOW)[0].routed or b"")["event"]
     assert embedded["received_at"] == "2026-01-01T00:00:00Z"
     assert embedded["metadata"] == {
         "ip_address": None,
@@ -162,7 +162,7 @@ def test_an_event_is_routed_as_normalised_by_its_schema() -> None:
 
 
 def test_invalid_records_and_failing_rules_are_rejected_with_a_stage() -> None:
-    invalid = route_record(b"{not json", lambda app_id: [])
+    (invalid,) = route_record(b"{not json", lambda app_id: [])
     assert (invalid.outcome, invalid.routed, invalid.rejection and invalid.rejection[0]) == (
         "invalid",
         None,
@@ -172,10 +172,49 @@ def test_invalid_records_and_failing_rules_are_rejected_with_a_stage() -> None:
     def unreadable(app_id: str) -> list[CompiledRule]:
         raise ValueError(f"rules of {app_id} unreadable")
 
-    failed = route_record(record(), unreadable)
+    (failed,) = route_record(record(), unreadable)
     assert failed.outcome == "failed" and failed.rejection is not None
     assert failed.rejection == ("routing", "ValueError: rules of shop unreadable")
     stored = RoutedEvent.model_validate_json(failed.routed or b"")
     assert (
         stored.status == EventStatus.FAILED and stored.routing.error == "ValueError: rules of shop unreadable"
     )
+
+
+def test_a_batch_record_routes_each_event_and_rejects_each_invalid_one_alone() -> None:
+    good = [orjson.loads(record(payload={"n": n})) for n in range(3)]
+    bad = {"event_id": "not-a-uuid", "app_id": "shop"}
+    value = orjson.dumps([good[0], bad, good[1], good[2]])
+    routings = route_record(value, lambda app_id: compile_rules([rule(1)]), NOW)
+    assert [(r.outcome, r.index) for r in routings] == [
+        ("routed", 0),
+        ("invalid", 1),
+        ("routed", 2),
+        ("routed", 3),
+    ]
+    assert routings[1].value == orjson.dumps(bad) and routings[1].rejection is not None
+    assert "event_id" in routings[1].rejection[1]
+    stored = [RoutedEvent.model_validate_json(r.routed or b"").event.payload for r in routings if r.routed]
+    assert stored == [{"n": 0}, {"n": 1}, {"n": 2}]
+    all_valid = route_record(orjson.dumps(good), lambda app_id: [], NOW)
+    assert [(r.outcome, r.index) for r in all_valid] == [("routed", 0), ("routed", 1), ("routed", 2)]
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"), [(b"[]", "an empty batch"), (b"[{", "Invalid JSON"), (b"[1, 2]", "should be")]
+)
+def test_a_batch_record_that_holds_no_event_is_rejected(value: bytes, reason: str) -> None:
+    routings = route_record(value, lambda app_id: [], NOW)
+    assert all(r.outcome == "invalid" and r.rejection and reason in r.rejection[1] for r in routings)
+    assert routings
+
+
+def test_an_event_of_a_batch_whose_routing_fails_is_dead_lettered_alone() -> None:
+    events = [orjson.loads(record()) for _ in range(2)]
+
+    def unreadable(app_id: str) -> list[CompiledRule]:
+        raise ValueError("unreadable")
+
+    routings = route_record(orjson.dumps(events), unreadable, NOW)
+    assert [(r.outcome, r.index) for r in routings] == [("failed", 0), ("failed", 1)]
+    assert [orjson.loads(r.value or b"")["event_id"] for r in routings] == [e["event_id"] for e in events]

@@ -36,8 +36,13 @@ ROUTER_SEND_FAILURES = Counter(
 )
 ROUTER_BATCH_RECORDS = Histogram(
     "vdip_router_batch_records",
-    "Records of events per routed batch",
+    "Records of events (an event, or a batch of events) per routed batch",
     buckets=(1, 10, 50, 100, 250, 500, 1000),
+)
+ROUTER_BATCH_EVENTS = Histogram(
+    "vdip_router_batch_events",
+    "Events per routed batch",
+    buckets=(1, 10, 100, 500, 1000, 5000, 10000, 50000),
 )
 
 # Every consumer

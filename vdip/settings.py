@@ -67,7 +67,9 @@ class Settings(BaseSettings):
     worker_web_port: int = 6066
     worker_datadir: Path = Path(".stack/worker")
     router_batch_size: int = Field(
-        default=500, ge=1, description="Records of events the router routes, sends and acknowledges together."
+        default=100,
+        ge=1,
+        description="Records of events (each an event or a batch) routed, sent and acknowledged together.",
     )
     router_batch_wait_s: float = Field(
         default=0.005, gt=0, description="How long the router waits for more records before routing a batch."
