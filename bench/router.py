@@ -2,15 +2,18 @@
 
 Needs the local stack (`vdip stack up`). For each configuration, in each round, with topics of its
 own: start the consumer (the faust worker, or the relay), give the worker its rules, produce EVENTS
-envelopes as fast as possible, and measure the consumer's output rate from the timestamps of its
-first and last output records. The rules never match (each compares payload.total with a bound
-the events stay under), so the figures measure rule evaluation, not fan-out.
+envelopes as fast as possible, in records of BATCH events as the gateway writes a batch request
+(``gateway.producer.batch_records``; BATCH 1: a record per event), and measure the consumer's
+output rate (one output record per event) from the timestamps of its first and last output
+records. The rules never match (each compares payload.total with a bound the events stay under,
+or looks for an sku in an array), so the figures measure rule evaluation, not fan-out.
 
-- relay: an aiokafka consumer that produces each record unchanged to another topic (the floor
-  cost of consuming and producing in Python, no parsing)
-- router N: the faust worker routing each event against N active rules
+- relay: an aiokafka consumer that produces each event of each record, unchanged and unparsed
+  when the record is one event, split out of its array otherwise, to another topic: the floor
+  cost of consuming and producing an event in Python, without validation or rules
+- router N: the faust worker validating and routing each event against N active rules
 
-Run: .venv/bin/python -m bench.router [--rounds 3] [--events 20000]
+Run: .venv/bin/python -m bench.router [--rounds 3] [--events 20000] [--batch 100]
 """
 
 import argparse
@@ -21,9 +24,11 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.common import Processes, apply_own_topics, free_port, process_env
+from gateway.producer import batch_records
 from schemas import EventEnvelope
 from schemas.rules import AppRules, RoutingRule
 from vdip.settings import Settings
@@ -54,7 +59,7 @@ def rules(count: int) -> AppRules:
     )
 
 
-async def produce_events(settings: Settings, count: int) -> None:
+async def produce_events(settings: Settings, count: int, batch: int = 1) -> None:
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         acks="all",
@@ -65,20 +70,26 @@ async def produce_events(settings: Settings, count: int) -> None:
     await producer.start()
     try:
         now = datetime.now(UTC)
-        futures = []
-        for n in range(count):
-            event = EventEnvelope(
+        events = [
+            EventEnvelope(
                 event_id=uuid.uuid4(),
                 app_id=APP,
                 event_type="order_created",
                 payload={"total": n % 1000, "items": [{"sku": "A-1", "qty": 2}]},
                 received_at=now,
             )
-            futures.append(
-                await producer.send(
-                    settings.topic("events"), event.model_dump_json().encode(), key=APP.encode()
-                )
-            )
+            .model_dump_json()
+            .encode()
+            for n in range(count)
+        ]
+        records = [
+            value
+            for start in range(0, count, batch)
+            for value, _ in batch_records(events[start : start + batch])
+        ]
+        futures = [
+            await producer.send(settings.topic("events"), value, key=APP.encode()) for value in records
+        ]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -125,7 +136,14 @@ async def relay(settings: Settings) -> None:
     try:
         while True:
             batches = await consumer.getmany(timeout_ms=200, max_records=1000)
-            futures = [await producer.send(out, r.value, key=r.key) for rs in batches.values() for r in rs]
+            futures = [
+                await producer.send(out, event, key=r.key)
+                for rs in batches.values()
+                for r in rs
+                for event in (
+                    [orjson.dumps(e) for e in orjson.loads(r.value)] if r.value[:1] == b"[" else [r.value]
+                )
+            ]
             await asyncio.gather(*futures)
             if batches:
                 await consumer.commit()
@@ -134,7 +152,7 @@ async def relay(settings: Settings) -> None:
         await producer.stop()
 
 
-async def measure(kind: str, rule_count: int, events: int) -> float:
+async def measure(kind: str, rule_count: int, events: int, batch: int) -> float:
     run = uuid.uuid4().hex[:8]
     settings = Settings(
         topic_prefix=f"bench-router-{run}.",
@@ -161,7 +179,7 @@ async def measure(kind: str, rule_count: int, events: int) -> float:
             )
             await producer.stop()
         await asyncio.sleep(8)  # the consumer joins its group and, for the router, loads its rules
-        await produce_events(settings, events)
+        await produce_events(settings, events, batch)
         return await output_rate(settings, "events.routed", events, timeout=300)
     finally:
         processes.stop_all()
@@ -174,12 +192,14 @@ async def main(args: argparse.Namespace) -> None:
         line = []
         for kind, count in configs:
             name = f"{kind} {count}" if kind == "router" else kind
-            rate = await measure(kind, count, args.events)
+            rate = await measure(kind, count, args.events, args.batch)
             results[name].append(rate)
             line.append(f"{name}: {rate:7.0f}/s")
         print(f"round {round_}: " + "  ".join(line), flush=True)
     medians = {name: statistics.median(values) for name, values in results.items()}
-    print(f"\nmedians over {args.rounds} rounds (events/s), {args.events} events each:")
+    print(
+        f"\nmedians over {args.rounds} rounds (events/s), {args.events} events each, {args.batch} a record:"
+    )
     for name, value in medians.items():
         print(f"  {name:12s} {value:8.0f}  = {value / medians['relay']:.2f} x relay")
 
@@ -190,6 +210,7 @@ if __name__ == "__main__":
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=100, help="events per record (1: a record each)")
     parser.add_argument(
         "--relay", action="store_true", help="run as the relay (used by the benchmark itself)"
     )
