@@ -167,10 +167,30 @@ Test = Callable[[list[Any]], bool]  # on the values a path reaches
 def compile_matcher(condition: dict[str, Any]) -> Matcher:
     """``condition`` (valid; paths rooted or not) as one function of an event document, built
     once: evaluating it walks no operator names and splits no paths."""
-    clauses = [_compile_clause(key, value) for key, value in condition.items()]
-    if len(clauses) == 1:
-        return clauses[0]
-    return lambda document: all(clause(document) for clause in clauses)
+    return _all_of([_compile_clause(key, value) for key, value in condition.items()])
+
+
+def _all_of(matchers: list[Matcher]) -> Matcher:
+    if len(matchers) == 1:
+        return matchers[0]
+
+    def all_of(document: dict[str, Any]) -> bool:
+        for matcher in matchers:  # noqa: SIM110 (a loop: no generator made per evaluation)
+            if not matcher(document):
+                return False
+        return True
+
+    return all_of
+
+
+def _any_of(matchers: list[Matcher]) -> Matcher:
+    def any_of(document: dict[str, Any]) -> bool:
+        for matcher in matchers:  # noqa: SIM110 (a loop: no generator made per evaluation)
+            if matcher(document):
+                return True
+        return False
+
+    return any_of
 
 
 def matches(condition: dict[str, Any], document: dict[str, Any]) -> bool:
@@ -196,11 +216,9 @@ def explain(condition: dict[str, Any], document: dict[str, Any]) -> list[str]:
 
 def _compile_clause(key: str, value: Any) -> Matcher:
     if key == "$and":
-        subs = [compile_matcher(sub) for sub in value]
-        return lambda document: all(sub(document) for sub in subs)
+        return _all_of([compile_matcher(sub) for sub in value])
     if key == "$or":
-        subs = [compile_matcher(sub) for sub in value]
-        return lambda document: any(sub(document) for sub in subs)
+        return _any_of([compile_matcher(sub) for sub in value])
     parts = normalise_path(key).split(".")
     if _is_operator_doc(value):
         tests = [_compile_operator(op, operand) for op, operand in value.items()]
@@ -220,9 +238,16 @@ def _compile_clause(key: str, value: Any) -> Matcher:
 def _get(document: Any, parts: list[str]) -> list[Any]:
     """Every value the path reaches, MongoDB-style: objects are walked into; an array is walked
     into by position (``items.0``) and through each of its objects (``items.sku``)."""
-    found: list[Any] = []
-    _collect(document, parts, 0, found)
-    return found
+    value = document
+    for at, part in enumerate(parts):  # objects only, the common case: no recursion
+        if type(value) is not dict:
+            found: list[Any] = []
+            _collect(value, parts, at, found)
+            return found
+        if part not in value:
+            return []
+        value = value[part]
+    return [value]
 
 
 def _collect(value: Any, parts: list[str], at: int, found: list[Any]) -> None:
