@@ -4,6 +4,9 @@ Needs the local stack (`vdip stack up`). Starts its own gateway process on a fre
 topic prefix, then alternates the three measurements for several rounds and prints medians:
 
 - raw:    aiokafka producer (acks=all, idempotent) sending the gateway's envelopes, awaiting each ack
+- empty:  an empty FastAPI endpoint at the same path, served by uvicorn as the gateway is (same
+          options, one process), answering 202 without reading the body: the ceiling of any
+          FastAPI route here, the baseline of single
 - single: POST /api/ingest/{app_id}, one event per request, CONCURRENCY requests in flight
 - batch:  POST /api/ingest/{app_id}/batch, BATCH events per request, a few requests in flight
 
@@ -67,6 +70,20 @@ async def raw(settings: Settings, app_id: str, events: int, concurrency: int) ->
         await producer.stop()
 
 
+def serve_empty(port: int) -> None:
+    """Serve the empty endpoint as ``vdip gateway`` serves the gateway (used by ``main``)."""
+    import uvicorn
+    from fastapi import FastAPI, Response
+
+    app = FastAPI()
+
+    @app.post("/api/ingest/{app_id}", status_code=202)
+    async def ingest(app_id: str) -> Response:
+        return Response(b'{"success":true}', status_code=202, media_type="application/json")
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, log_level="warning", proxy_headers=False)
+
+
 async def single(base: str, app_id: str, key: str, events: int, concurrency: int) -> float:
     body = orjson.dumps({"event_type": "order_created", "payload": PAYLOAD})
     headers = {"X-API-Key": key, "Content-Type": "application/json"}
@@ -105,6 +122,20 @@ async def batch(base: str, app_id: str, key: str, events: int, size: int, concur
         return accepted / (time.perf_counter() - started)
 
 
+async def wait_listening(base: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(base) as http:
+        while True:
+            try:
+                async with http.post("/api/ingest/x") as response:
+                    if response.status == 202:
+                        return
+            except aiohttp.ClientError:
+                if time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.2)
+
+
 async def main(args: argparse.Namespace) -> None:
     run = uuid.uuid4().hex[:8]
     settings = Settings(topic_prefix=f"bench-{run}.", gateway_port=free_port(), rate_limit="1000000/second")
@@ -118,12 +149,17 @@ async def main(args: argparse.Namespace) -> None:
     processes = Processes()
     gateway = processes.vdip("gateway", process_env(settings, VDIP_LOG_LEVEL="WARNING"))
     base = f"http://127.0.0.1:{settings.gateway_port}"
+    empty_port = free_port()
+    processes.start("empty", ["-m", "bench.ingest", "--serve-empty", str(empty_port)], process_env(settings))
+    empty = f"http://127.0.0.1:{empty_port}"
     try:
         await wait_ready(base, gateway)
-        results: dict[str, list[float]] = {"raw": [], "single": [], "batch": []}
+        await wait_listening(empty)
+        results: dict[str, list[float]] = {"raw": [], "empty": [], "single": [], "batch": []}
         for round_ in range(args.rounds + 1):  # round 0 warms up and is not counted
             measured = {
                 "raw": await raw(settings, app_id, args.events, args.concurrency),
+                "empty": await single(empty, app_id, key, args.events, args.concurrency),
                 "single": await single(base, app_id, key, args.events, args.concurrency),
                 "batch": await batch(base, app_id, key, args.events * 4, args.batch, 4),
             }
@@ -137,9 +173,11 @@ async def main(args: argparse.Namespace) -> None:
     medians = {name: statistics.median(values) for name, values in results.items()}
     print(f"\nmedians over {args.rounds} rounds (events/s):")
     print(f"  raw aiokafka producer ({args.concurrency} in flight): {medians['raw']:8.0f}")
+    print(f"  empty FastAPI endpoint ({args.concurrency} requests in flight): {medians['empty']:8.0f}")
     print(
         f"  gateway, single ({args.concurrency} requests in flight): {medians['single']:8.0f}"
         f"  = {medians['single'] / medians['raw']:.2f} x raw"
+        f", {medians['single'] / medians['empty']:.2f} x empty"
     )
     print(
         f"  gateway, batch of {args.batch} (4 in flight):  {medians['batch']:8.0f}"
@@ -155,4 +193,9 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=4000, help="events per raw/single measurement")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--batch", type=int, default=100)
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--serve-empty", type=int, metavar="PORT", help="serve the empty endpoint (internal)")
+    parsed = parser.parse_args()
+    if parsed.serve_empty:
+        serve_empty(parsed.serve_empty)
+    else:
+        asyncio.run(main(parsed))
