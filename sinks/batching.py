@@ -23,6 +23,7 @@ from schemas.rules import Delivery
 from vdip import metrics
 from vdip.db import create_pool, migrate_url
 from vdip.settings import Settings
+from vdip.topics import dead_letter_headers
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +117,7 @@ async def dead_letter(
         topic,
         key=record.key,
         value=record.value,
-        headers=[
-            ("error", reason[:1000].encode()),
-            ("error.stage", stage.encode()),
-            ("source.topic", record.topic.encode()),
-            ("source.partition", str(record.partition).encode()),
-            ("source.offset", str(record.offset).encode()),
-        ],
+        headers=dead_letter_headers(reason, stage, record),
     )
 
 

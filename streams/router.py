@@ -36,6 +36,7 @@ from streams.rulebook import RuleBook
 from vdip import metrics
 from vdip.logs import event_context
 from vdip.settings import Settings
+from vdip.topics import dead_letter_headers
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +128,7 @@ class Router:
                 where += f" #{routing.index}"
             log.warning("dead-lettering %s: %s", where, reason, extra=context)
             metrics.DEAD_LETTERS.labels(stage).inc()
-            headers = [
-                ("error", reason[:1000].encode()),
-                ("error.stage", stage.encode()),
-                ("source.topic", message.topic.encode()),
-                ("source.partition", str(message.partition).encode()),
-                ("source.offset", str(message.offset).encode()),
-            ]
+            headers = dead_letter_headers(reason, stage, message)
             value = message.value
             if routing.index is not None:  # one event of a batch record: that event alone
                 headers.append(("source.index", str(routing.index).encode()))
