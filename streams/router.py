@@ -85,7 +85,6 @@ class Router:
         now = datetime.now(UTC)
         outputs: list[Output] = []
         counts = {"routed": 0, "invalid": 0, "failed": 0}
-        events = 0
         for record in batch:
             for routing in route_record(record.value, self.rulebook.rules_for, now):
                 try:
@@ -94,14 +93,13 @@ class Router:
                     assert routing.event is not None
                     routing, topics = routing_failed(routing.event, exc, now, routing.index), []
                 counts[routing.outcome] += 1
-                events += 1
                 outputs.extend(self.outputs_of(record.message, routing, topics))
         # Deliveries (and dead letters) first: the event store records a queue delivery as done
         # when it stores the routed event, so that must not be written before the delivery was.
         await self.send_all([o for o in outputs if o.topic != self.routed])
         await self.send_all([o for o in outputs if o.topic == self.routed])
         metrics.ROUTER_BATCH_RECORDS.observe(len(batch))
-        metrics.ROUTER_BATCH_EVENTS.observe(events)
+        metrics.ROUTER_BATCH_EVENTS.observe(sum(counts.values()))
         for outcome, count in counts.items():
             if count:
                 metrics.ROUTER_EVENTS.labels(outcome).inc(count)

@@ -66,7 +66,10 @@ class RuleBook:
         log.info("rules of %s: %d active", app_id, len(self._rules[app_id]))
 
     async def start(self) -> None:
-        """Read every rule set published so far; waits for Kafka and for the topic."""
+        """Read every rule set published so far; waits for Kafka and for the topic. Once started,
+        it stays started: faust restarts an agent after a rebalance, and the book carries on."""
+        if self.started:
+            return
         while True:
             try:
                 await self._open()
@@ -131,6 +134,8 @@ class RuleBook:
                     self.apply(record.key, record.value)
 
     async def stop(self) -> None:
+        """Close the consumer; the rules read so far stay readable (``rules_for``)."""
+        self.started = False
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
