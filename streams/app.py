@@ -115,7 +115,13 @@ def run(settings: Settings, logging_config: dict[str, Any]) -> None:
     asyncio.set_event_loop(loop)  # the worker below runs on it
     loop.run_until_complete(prepare_group(settings))
     metrics.serve(settings.worker_metrics_port, settings.metrics_host)
-    app = create_app(settings)
+    new_worker(create_app(settings), logging_config).execute_from_commandline()
+
+
+def new_worker(app: faust.App, logging_config: dict[str, Any]) -> faust.Worker:
     level = logging_config["root"]["level"]
     worker = faust.Worker(app, loglevel=level, logging_config=logging_config, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    # faust's terminal spinner, at WARNING and above, sets the root logger to DEBUG and adds a
+    # handler: every debug line of every library (one per produced record) would then be built.
+    worker.spinner = None
+    return worker

@@ -1,12 +1,16 @@
 """Structured logs: every process writes JSON lines; one event is followed by its ids."""
 
+import logging
 from typing import Any
 
 import httpx
 import orjson
 
+from streams.app import create_app, new_worker
 from tests.conftest import AppKey, Pipeline, wait_until
 from tests.test_webhooks import ok, receiving, settled, webhook_rule
+from vdip.logs import logging_config
+from vdip.settings import Settings
 
 
 def json_lines(pipeline: Pipeline, name: str) -> list[dict[str, Any]]:
@@ -44,3 +48,17 @@ async def test_an_event_is_followed_from_its_request_to_its_webhook(
     assert all(line["correlation_id"] == "trace-logs-1" for line in mentions("webhooks"))
     for name in ("worker", "sink", "table_sink"):
         assert json_lines(pipeline, name), f"{name} wrote no JSON log line"
+
+
+def test_the_worker_at_warning_builds_no_debug_records(settings: Settings) -> None:
+    """faust's terminal spinner would set the root logger to DEBUG at WARNING and above, so that
+    every library's debug line (aiokafka logs one per produced record) is built and then dropped."""
+    worker = new_worker(create_app(settings), logging_config("WARNING", False, "worker"))
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        worker.on_setup_root_logger(root, logging.WARNING)
+        assert not logging.getLogger("aiokafka.producer.producer").isEnabledFor(logging.DEBUG)
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
