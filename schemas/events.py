@@ -56,17 +56,47 @@ def _json_problem(value: Any) -> str | None:
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            return "NaN and Infinity are not JSON numbers"
-        if isinstance(item, int) and not _INT_MIN <= item <= _INT_MAX:
-            return f"integers must be between {_INT_MIN} and {_INT_MAX}"
-        if isinstance(item, str) and _UNSTORABLE.search(item):
-            return "strings must not contain NUL (\\u0000) or lone surrogates (\\ud800-\\udfff)"
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
+        kind = type(item)  # exact types first: what JSON parsing gives, by far the common case
+        if kind is str:
+            if _UNSTORABLE.search(item):
+                return _BAD_STRING
+        elif kind is dict:
             stack.extend(item)
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind is int:
+            if not _INT_MIN <= item <= _INT_MAX:
+                return _BAD_INTEGER
+        elif kind is float:
+            if not math.isfinite(item):
+                return _BAD_NUMBER
+        elif kind is not bool and item is not None:
+            problem = _subclass_problem(item)
+            if problem is not None:
+                return problem
+    return None
+
+
+_BAD_STRING = "strings must not contain NUL (\\u0000) or lone surrogates (\\ud800-\\udfff)"
+_BAD_INTEGER = f"integers must be between {_INT_MIN} and {_INT_MAX}"
+_BAD_NUMBER = "NaN and Infinity are not JSON numbers"
+
+
+def _subclass_problem(item: Any) -> str | None:
+    """``_json_problem`` of a value built in Python from a subclass (a ``StrEnum``, an ``IntEnum``)."""
+    if isinstance(item, bool):
+        return None
+    if isinstance(item, str):
+        return _BAD_STRING if _UNSTORABLE.search(item) else None
+    if isinstance(item, int):
+        return None if _INT_MIN <= item <= _INT_MAX else _BAD_INTEGER
+    if isinstance(item, float):
+        return None if math.isfinite(item) else _BAD_NUMBER
+    if isinstance(item, dict):
+        return _json_problem([*item, *item.values()])
+    if isinstance(item, list | tuple):
+        return _json_problem(list(item))
     return None
 
 

@@ -2,6 +2,7 @@
 
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from enum import IntEnum, StrEnum
 
 import jsonschema
 import orjson
@@ -139,3 +140,32 @@ def test_integers_beyond_64_bits_are_refused(number: int) -> None:
     with pytest.raises(ValidationError, match="integers must be between"):
         IngestRequest.model_validate({"event_type": "t", "payload": {"n": [number]}})
     IngestRequest.model_validate({"event_type": "t", "payload": {"n": [2**64 - 1, -(2**63)]}})
+
+
+class Label(StrEnum):
+    BAD = "a\x00b"
+
+
+class Count(IntEnum):
+    HUGE = 2**70
+
+
+class Ratio(float):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ({"k": Label.BAD}, "NUL"),
+        ({Label.BAD: 1}, "NUL"),
+        ({"k": [Count.HUGE]}, "integers must be between"),
+        ({"k": {"r": Ratio("nan")}}, "NaN and Infinity"),
+        ({"k": ("ok", Label.BAD)}, "NUL"),
+    ],
+)
+def test_payloads_built_in_python_from_subclasses_are_checked_too(
+    payload: dict[str, object], reason: str
+) -> None:
+    with pytest.raises(ValidationError, match=reason):
+        IngestRequest(event_type="t", payload=payload)
