@@ -3,9 +3,10 @@
 Needs the local stack (`vdip stack up`). For each configuration, in each round, with topics of its
 own: start the consumer (the faust worker, or the relay), give the worker its rules, produce EVENTS
 envelopes as fast as possible, in records of BATCH events as the gateway writes a batch request
-(``gateway.producer.batch_records``; BATCH 1: a record per event), and measure the consumer's
-output rate (one output record per event) from the timestamps of its first and last output
-records. The rules never match (each compares payload.total with a bound the events stay under,
+(``schemas.records.batch_records``; BATCH 1: a record per event), and measure the consumer's
+output rate (events out per second) from the timestamps of its first and last output records
+(the relay writes a record per event; the router writes the routed events of a record together,
+as the gateway does). The rules never match (each compares payload.total with a bound the events stay under,
 or looks for an sku in an array), so the figures measure rule evaluation, not fan-out.
 
 - relay: an aiokafka consumer that produces each event of each record, unchanged and unparsed
@@ -13,7 +14,7 @@ or looks for an sku in an array), so the figures measure rule evaluation, not fa
   cost of consuming and producing an event in Python, without validation or rules
 - router N: the faust worker validating and routing each event against N active rules
 
-Run: .venv/bin/python -m bench.router [--rounds 3] [--events 20000] [--batch 100]
+Run: .venv/bin/python -m bench.router [--rounds 3] [--events 20000] [--batch 100] [--rules 0 10 100]
 """
 
 import argparse
@@ -28,8 +29,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.common import Processes, apply_own_topics, free_port, process_env
-from gateway.producer import batch_records
 from schemas import EventEnvelope
+from schemas.records import batch_records
 from schemas.rules import AppRules, RoutingRule
 from vdip.settings import Settings
 
@@ -110,7 +111,8 @@ async def output_rate(settings: Settings, topic: str, count: int, timeout: float
         deadline = time.monotonic() + timeout
         while len(stamps) < count and time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
-                stamps.extend(r.timestamp for r in records)
+                for r in records:  # a batch record's events share its timestamp
+                    stamps.extend([r.timestamp] * (len(orjson.loads(r.value)) if r.value[:1] == b"[" else 1))
         if len(stamps) < count:
             raise RuntimeError(f"only {len(stamps)} of {count} records reached {name}")
         return (count - 1) / ((max(stamps) - min(stamps)) / 1000)
@@ -186,7 +188,7 @@ async def measure(kind: str, rule_count: int, events: int, batch: int) -> float:
 
 
 async def main(args: argparse.Namespace) -> None:
-    configs = [("relay", 0), ("router", 0), ("router", 10), ("router", 100)]
+    configs = [("relay", 0), *(("router", n) for n in args.rules)]
     results: dict[str, list[float]] = {f"{k} {n}" if k == "router" else k: [] for k, n in configs}
     for round_ in range(1, args.rounds + 1):
         line = []
@@ -211,6 +213,9 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=100, help="events per record (1: a record each)")
+    parser.add_argument(
+        "--rules", type=int, nargs="+", default=[0, 10, 100], help="the rule counts to measure"
+    )
     parser.add_argument(
         "--relay", action="store_true", help="run as the relay (used by the benchmark itself)"
     )

@@ -13,36 +13,12 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 
 from schemas import EventEnvelope
+from schemas.records import batch_records
 from vdip import metrics
 from vdip.errors import BrokerUnavailable
 from vdip.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-RECORD_BYTES = 900_000  # below the broker's default max.message.bytes (1 MiB), with room
-
-
-def batch_records(events: list[bytes], limit: int = RECORD_BYTES) -> list[tuple[bytes, int]]:
-    """Serialised events as few records of ``events`` as fit in ``limit`` bytes each: one event
-    alone is its envelope; several, in order, a JSON array of envelopes (a batch record, routed
-    event by event). Each record with how many events it holds."""
-    records: list[tuple[bytes, int]] = []
-    chunk: list[bytes] = []
-    size = 1  # "[" and, per event, the event and a "," or "]"
-    for event in events:
-        if chunk and size + len(event) + 1 > limit:
-            records.append(_record(chunk))
-            chunk, size = [], 1
-        chunk.append(event)
-        size += len(event) + 1
-    if chunk:
-        records.append(_record(chunk))
-    return records
-
-
-def _record(chunk: list[bytes]) -> tuple[bytes, int]:
-    return (chunk[0] if len(chunk) == 1 else b"[" + b",".join(chunk) + b"]"), len(chunk)
 
 
 class EventProducer:

@@ -12,7 +12,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -33,6 +33,7 @@ WriteBatch = Callable[[Records], Awaitable[None]]
 # Writes rows inside the caller's transaction.
 WriteRows = Callable[[asyncpg.Connection, list[tuple[Any, ...]]], Awaitable[None]]
 # Errors that belong to a row's values, not to the database being unreachable.
+T = TypeVar("T")  # what a row came from (a record, or one value of a batch record)
 REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
@@ -108,16 +109,21 @@ async def run_batches(
 
 
 async def dead_letter(
-    producer: AIOKafkaProducer, topic: str, record: Record, stage: str, reason: str
+    producer: AIOKafkaProducer,
+    topic: str,
+    record: Record,
+    stage: str,
+    reason: str,
+    part: tuple[int, bytes] | None = None,
 ) -> None:
-    """Send ``record`` unchanged to the dead-letter ``topic``, the reason and origin in headers."""
-    log.error("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
+    """Send ``record`` unchanged to the dead-letter ``topic``, the reason and origin in headers;
+    or, with ``part`` (its position and value), only that value of a batch record."""
+    index, value = part if part is not None else (None, record.value)
+    where = f"{record.topic}[{record.partition}]@{record.offset}" + (f" #{index}" if part else "")
+    log.error("dead-lettering %s: %s", where, reason)
     metrics.DEAD_LETTERS.labels(stage).inc()
     await producer.send_and_wait(
-        topic,
-        key=record.key,
-        value=record.value,
-        headers=dead_letter_headers(reason, stage, record),
+        topic, key=record.key, value=value, headers=dead_letter_headers(reason, stage, record, index)
     )
 
 
@@ -166,8 +172,8 @@ def executing(statement: str) -> WriteRows:
 async def insert_rows(
     pool: asyncpg.Pool,
     write: WriteRows,
-    rows: Sequence[tuple[Record, tuple[Any, ...]]],
-    refused: Callable[[Record, str], Awaitable[None]],
+    rows: Sequence[tuple[T, tuple[Any, ...]]],
+    refused: Callable[[T, str], Awaitable[None]],
 ) -> None:
     """``write`` all rows in one transaction. When PostgreSQL refuses a value (never a connection
     problem: that raises, and the batch is retried), write each half again the same way, down to

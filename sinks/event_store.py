@@ -1,12 +1,13 @@
 """The event store: writes every routed event to ``data_events``, once.
 
-Consumes ``events.routed`` in batches and writes each batch in one transaction: COPY into a
+Consumes ``events.routed`` (a record holds one routed event, or several as a batch record: see
+``schemas.records``) in batches and writes each batch in one transaction: COPY into a
 temporary staging table, then one ``INSERT ... SELECT`` for the deliveries and one for the events,
 ``ON CONFLICT DO NOTHING``: a replayed record never duplicates a row nor overwrites a status that
 moved on since, and a record that comes twice in one batch is written once (its first copy). A
-record that is not a ``RoutedEvent`` (which only a bug could produce), or a row PostgreSQL
-refuses, goes to ``events.dlq`` with the reason, so that it is never silently lost; the rest of
-its batch is written.
+value that is not a ``RoutedEvent`` (which only a bug could produce), or a row PostgreSQL
+refuses, goes to ``events.dlq`` with the reason (one event of a batch record alone), so that it
+is never silently lost; the rest of its batch is written.
 """
 
 from typing import Any
@@ -14,9 +15,10 @@ from typing import Any
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
-from pydantic import ValidationError
+from pydantic import TypeAdapter
 
 from schemas import RoutedEvent
+from schemas.records import Invalid, parse_batch
 from sinks.batching import Record, Records, dead_letter, insert_rows, run_sink, stage
 from vdip.settings import Settings
 
@@ -76,6 +78,10 @@ async def write_rows(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> N
     await conn.execute(INSERT)
 
 
+Part = tuple[Record, int | None, RoutedEvent | None]  # a record, or one event of a batch record
+_MANY = TypeAdapter(list[RoutedEvent])
+
+
 class EventStore:
     """Parses a batch of ``events.routed`` records and writes it in one transaction."""
 
@@ -85,16 +91,23 @@ class EventStore:
         self.dlq_topic = dlq_topic
 
     async def write(self, records: Records) -> None:
-        parsed: list[tuple[Record, tuple[Any, ...]]] = []
+        parsed: list[tuple[Part, tuple[Any, ...]]] = []
         for record in records:
-            try:
-                parsed.append((record, to_row(RoutedEvent.model_validate_json(record.value))))
-            except ValidationError as exc:
-                await self._refused(record, str(exc))
+            for index, item in parse_batch(record.value, RoutedEvent, _MANY):
+                if isinstance(item, Invalid):
+                    part = None if index is None else (index, item.value or b"")
+                    await self._dead_letter(record, item.reason, part)
+                else:
+                    parsed.append(((record, index, item), to_row(item)))
         await insert_rows(self.pool, write_rows, parsed, self._refused)
 
-    async def _refused(self, record: Record, reason: str) -> None:
-        await dead_letter(self.producer, self.dlq_topic, record, "event-store", reason)
+    async def _refused(self, part: Part, reason: str) -> None:
+        record, index, routed = part
+        alone = None if index is None or routed is None else (index, routed.model_dump_json().encode())
+        await self._dead_letter(record, reason, alone)
+
+    async def _dead_letter(self, record: Record, reason: str, part: tuple[int, bytes] | None) -> None:
+        await dead_letter(self.producer, self.dlq_topic, record, "event-store", reason, part)
 
 
 def run(settings: Settings) -> None:

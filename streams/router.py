@@ -3,8 +3,9 @@
 For each batch faust hands over (``noack_take``: nothing is acknowledged for us):
 
 1. the rule book catches up with every rule set published so far (it fails closed);
-2. each record is routed (``streams.routing.route_record``): the event with its routing summary
-   for ``events.routed``, one record per match for its destination's topic, and what is not a
+2. each record is routed (``streams.routing.route_record``): its events with their routing
+   summaries for ``events.routed`` (together, as a batch record, when the input record was one:
+   ``schemas.records``), one record per match for its destination's topic, and what is not a
    valid envelope (or whose routing raised) for ``events.dlq``;
 3. every one of those records is sent, and the batch waits until Kafka acknowledged each of them
    (``acks=all``): deliveries and dead letters first, then the routed events (the event store
@@ -30,6 +31,7 @@ from typing import Any
 import faust
 from aiokafka.structs import RecordMetadata
 
+from schemas.records import batch_records
 from schemas.rules import RoutingRule
 from streams.routing import Routing, route_record, routing_failed
 from streams.rulebook import RuleBook
@@ -85,7 +87,10 @@ class Router:
         now = datetime.now(UTC)
         outputs: list[Output] = []
         counts = {"routed": 0, "invalid": 0, "failed": 0}
+        routed: list[Output] = []
         for record in batch:
+            values: list[bytes] = []
+            apps: set[str] = set()
             for routing in route_record(record.value, self.rulebook.rules_for, now):
                 try:
                     topics = [await self.topic_of(rule) for rule, _ in routing.deliveries]
@@ -94,10 +99,18 @@ class Router:
                     routing, topics = routing_failed(routing.event, exc, now, routing.index), []
                 counts[routing.outcome] += 1
                 outputs.extend(self.outputs_of(record.message, routing, topics))
+                if routing.routed is not None:
+                    assert routing.event is not None
+                    apps.add(routing.event.app_id)
+                    values.append(routing.routed)
+            # The routed events of a record travel together (a batch record when several), keyed
+            # by their application as each event is (the input record's key if they are mixed).
+            key = apps.pop().encode() if len(apps) == 1 else record.message.key
+            routed.extend(Output(self.routed, key, value) for value, _ in batch_records(values))
         # Deliveries (and dead letters) first: the event store records a queue delivery as done
         # when it stores the routed event, so that must not be written before the delivery was.
-        await self.send_all([o for o in outputs if o.topic != self.routed])
-        await self.send_all([o for o in outputs if o.topic == self.routed])
+        await self.send_all(outputs)
+        await self.send_all(routed)
         metrics.ROUTER_BATCH_RECORDS.observe(len(batch))
         metrics.ROUTER_BATCH_EVENTS.observe(sum(counts.values()))
         for outcome, count in counts.items():
@@ -116,8 +129,6 @@ class Router:
         for (rule, delivery), topic in zip(routing.deliveries, topics, strict=True):
             found.append(Output(topic, key, delivery))
             metrics.RULE_MATCHES.labels(rule.app_id, str(rule.rule_id)).inc()
-        if routing.routed is not None:
-            found.append(Output(self.routed, key, routing.routed))
         if routing.rejection is not None:
             stage, reason = routing.rejection
             context = event_context(routing.event) if routing.event else {}
@@ -126,11 +137,9 @@ class Router:
                 where += f" #{routing.index}"
             log.warning("dead-lettering %s: %s", where, reason, extra=context)
             metrics.DEAD_LETTERS.labels(stage).inc()
-            headers = dead_letter_headers(reason, stage, message)
-            value = message.value
-            if routing.index is not None:  # one event of a batch record: that event alone
-                headers.append(("source.index", str(routing.index).encode()))
-                value = routing.value
+            headers = dead_letter_headers(reason, stage, message, routing.index)
+            # One event of a batch record: that event alone.
+            value = message.value if routing.index is None else routing.value
             found.append(Output(self.dlq, message.key, value, headers))
         return found
 

@@ -20,6 +20,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from schemas import EventEnvelope, EventStatus, RoutedEvent, RoutingSummary
+from schemas.records import Invalid, parse_batch
 from schemas.rules import AppRules, RoutingRule
 from streams.conditions import Matcher, compile_matcher
 
@@ -154,48 +155,20 @@ def _dumps(value: dict[str, Any]) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_UTC_Z)
 
 
-def rejection_reason(error: ValidationError) -> str:
-    """A short, header-sized account of why a record is not a valid envelope."""
-    parts = []
-    for item in error.errors(include_url=False, include_input=False)[:5]:
-        where = ".".join(str(p) for p in item["loc"]) or "<record>"
-        parts.append(f"{where}: {item['msg']}")
-    return "; ".join(parts)[:1000]
-
-
 _BATCH = TypeAdapter(list[EventEnvelope])
 
 
 def parse_record(value: bytes | None) -> list[tuple[int | None, EventEnvelope | Routing]]:
     """The events of a record of ``events``, each with its position in a batch record (None for
     a record that is one envelope); what is not a valid envelope comes as an "invalid" Routing."""
-    if value is None or value.lstrip()[:1] != b"[":
-        try:
-            return [(None, parse_envelope(value))]
-        except ValidationError as exc:
-            return [(None, Routing("invalid", rejection=("validation", rejection_reason(exc))))]
-    try:
-        events = _BATCH.validate_json(value)  # the common case: a batch of valid events
-        if events:
-            return list(enumerate(events))
-    except ValidationError:
-        pass
-    try:
-        items = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        return [(None, Routing("invalid", rejection=("validation", f"<record>: Invalid JSON: {exc}")))]
-    if not items:
-        return [(None, Routing("invalid", rejection=("validation", "<record>: an empty batch")))]
-    found: list[tuple[int | None, EventEnvelope | Routing]] = []
-    for index, item in enumerate(items):
-        try:
-            found.append((index, EventEnvelope.model_validate(item)))
-        except ValidationError as exc:
-            rejection = ("validation", rejection_reason(exc))
-            found.append(
-                (index, Routing("invalid", rejection=rejection, index=index, value=orjson.dumps(item)))
-            )
-    return found
+    return [
+        (index, _invalid(item, index) if isinstance(item, Invalid) else item)
+        for index, item in parse_batch(value, EventEnvelope, _BATCH)
+    ]
+
+
+def _invalid(item: Invalid, index: int | None) -> Routing:
+    return Routing("invalid", rejection=("validation", item.reason), index=index, value=item.value)
 
 
 def parse_envelope(value: bytes | None) -> EventEnvelope:

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
@@ -121,7 +122,7 @@ async def test_unparseable_record_is_dead_lettered_and_the_rest_stored(
     headers = dict(dead[0].headers)
     assert headers["error.stage"] == b"event-store"
     assert headers["source.offset"] == b"7"
-    assert b"validation error" in headers["error"]
+    assert b"status: Field required" in headers["error"]
 
 
 async def test_rows_the_database_refuses_are_dead_lettered_alone(
@@ -150,6 +151,40 @@ async def test_rows_the_database_refuses_are_dead_lettered_alone(
     headers = dict(dead[0].headers)
     assert headers["source.offset"] == b"102"
     assert b"CheckViolationError" in headers["error"]
+
+
+async def test_a_batch_record_is_stored_event_by_event_and_its_refused_events_dead_lettered_alone(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    app_id = f"store-{uuid.uuid4().hex[:8]}"
+    good, poison, other = routed(app_id), routed(app_id), routed(app_id)
+    marker = uuid.uuid4().hex
+    garbage = orjson.dumps({"garbage": marker})
+    values = [good.model_dump_json().encode(), garbage, poison.model_dump_json().encode()]
+    await pool.execute(
+        f"ALTER TABLE data_events ADD CONSTRAINT refuse_one CHECK (event_id <> '{poison.event.event_id}')"
+    )
+    try:
+        store = EventStore(pool, producer, settings.topic("events.dlq"))
+        await store.write(
+            [as_record(b"[" + b",".join(values) + b"]", 9), as_record(other.model_dump_json().encode(), 10)]
+        )
+    finally:
+        await pool.execute("ALTER TABLE data_events DROP CONSTRAINT refuse_one")
+    stored = await pool.fetch("SELECT event_id FROM data_events WHERE app_id = $1", app_id)
+    assert {r["event_id"] for r in stored} == {good.event.event_id, other.event.event_id}
+    poisoned = str(poison.event.event_id).encode()
+
+    def ours(records: list[ConsumerRecord[bytes, bytes]]) -> list[ConsumerRecord[bytes, bytes]]:
+        return [r for r in records if marker.encode() in r.value or poisoned in r.value]
+
+    dead = ours(await consume_all(settings, "events.dlq", until=lambda rs: len(ours(rs)) >= 2))
+    by_index = {dict(r.headers)["source.index"]: r for r in dead}
+    assert sorted(by_index) == [b"1", b"2"] and len(dead) == 2
+    assert by_index[b"1"].value == garbage  # the invalid value alone, not its record
+    assert RoutedEvent.model_validate_json(by_index[b"2"].value) == poison  # the refused event alone
+    assert all(dict(r.headers)["source.offset"] == b"9" for r in dead)
+    assert b"CheckViolationError" in dict(by_index[b"2"].headers)["error"]
 
 
 @given(payloads=st.lists(st.dictionaries(texts, json_values, max_size=5), min_size=1, max_size=10))

@@ -158,7 +158,7 @@ def test_rate_limiter_counts_events_per_application() -> None:
 
 
 def test_events_go_to_kafka_in_as_few_records_as_fit() -> None:
-    from gateway.producer import batch_records
+    from schemas.records import batch_records
 
     events = [orjson.dumps({"n": n, "pad": "x" * 40}) for n in range(10)]
     assert batch_records(events[:1]) == [(events[0], 1)]  # one event: its envelope, as sent alone

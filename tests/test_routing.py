@@ -9,13 +9,13 @@ import pytest
 from pydantic import ValidationError
 
 from schemas import EventEnvelope, EventStatus, RoutedEvent
+from schemas.records import rejection_reason
 from schemas.rules import AppRules, Delivery, RoutingRule
 from streams.routing import (
     CompiledRule,
     compile_rules,
     parse_app_rules,
     parse_envelope,
-    rejection_reason,
     route_record,
 )
 

@@ -138,13 +138,19 @@ async def partitions_of(bootstrap: str, *topics: str) -> list[TopicPartition]:
     return [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
 
 
-def dead_letter_headers(reason: str, stage: str, origin: Any) -> list[tuple[str, bytes]]:
+def dead_letter_headers(
+    reason: str, stage: str, origin: Any, index: int | None = None
+) -> list[tuple[str, bytes]]:
     """The headers of a record of ``events.dlq``: why (``error``, ``error.stage``) and where it
-    came from (``origin``: the consumed record, with ``topic``, ``partition`` and ``offset``)."""
-    return [
+    came from (``origin``: the consumed record, with ``topic``, ``partition`` and ``offset``;
+    ``index``: the value's position when it was one value of a batch record)."""
+    headers = [
         ("error", reason[:1000].encode()),
         ("error.stage", stage.encode()),
         ("source.topic", origin.topic.encode()),
         ("source.partition", str(origin.partition).encode()),
         ("source.offset", str(origin.offset).encode()),
     ]
+    if index is not None:
+        headers.append(("source.index", str(index).encode()))
+    return headers
