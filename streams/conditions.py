@@ -160,12 +160,31 @@ def compile_condition(condition: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------- evaluation
 
-Matcher = Callable[[dict[str, Any]], bool]
+
+class Document:
+    """An event as conditions read it (``data``: the event as a dict), with the values each path
+    reached so far: the rules of an application often read the same few paths, each once per
+    event this way."""
+
+    __slots__ = ("data", "reached")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.reached: dict[str, list[Any]] = {}
+
+    def values(self, path: str, parts: list[str]) -> list[Any]:
+        found = self.reached.get(path)
+        if found is None:
+            found = self.reached[path] = _get(self.data, parts)
+        return found
+
+
+Matcher = Callable[[Document], bool]
 Test = Callable[[list[Any]], bool]  # on the values a path reaches
 
 
 def compile_matcher(condition: dict[str, Any]) -> Matcher:
-    """``condition`` (valid; paths rooted or not) as one function of an event document, built
+    """``condition`` (valid; paths rooted or not) as one function of an event ``Document``, built
     once: evaluating it walks no operator names and splits no paths."""
     return _all_of([_compile_clause(key, value) for key, value in condition.items()])
 
@@ -174,7 +193,7 @@ def _all_of(matchers: list[Matcher]) -> Matcher:
     if len(matchers) == 1:
         return matchers[0]
 
-    def all_of(document: dict[str, Any]) -> bool:
+    def all_of(document: Document) -> bool:
         for matcher in matchers:  # noqa: SIM110 (a loop: no generator made per evaluation)
             if not matcher(document):
                 return False
@@ -184,7 +203,7 @@ def _all_of(matchers: list[Matcher]) -> Matcher:
 
 
 def _any_of(matchers: list[Matcher]) -> Matcher:
-    def any_of(document: dict[str, Any]) -> bool:
+    def any_of(document: Document) -> bool:
         for matcher in matchers:  # noqa: SIM110 (a loop: no generator made per evaluation)
             if matcher(document):
                 return True
@@ -196,14 +215,14 @@ def _any_of(matchers: list[Matcher]) -> Matcher:
 def matches(condition: dict[str, Any], document: dict[str, Any]) -> bool:
     """Whether ``document`` (an event as a dict) meets ``condition`` (compiles it each call:
     to evaluate a condition often, keep ``compile_matcher(condition)``)."""
-    return compile_matcher(condition)(document)
+    return compile_matcher(condition)(Document(document))
 
 
 def explain(condition: dict[str, Any], document: dict[str, Any]) -> list[str]:
     """The top-level clauses the document fails, each with the values found (empty: it matches)."""
     reasons = []
     for key, value in compile_condition(condition).items():  # paths rooted, as they are read
-        if _compile_clause(key, value)(document):
+        if _compile_clause(key, value)(Document(document)):
             continue
         if key in QUERY_OPERATORS:
             reasons.append(f"{key} {orjson.dumps(value).decode()} is false")
@@ -219,17 +238,18 @@ def _compile_clause(key: str, value: Any) -> Matcher:
         return _all_of([compile_matcher(sub) for sub in value])
     if key == "$or":
         return _any_of([compile_matcher(sub) for sub in value])
-    parts = normalise_path(key).split(".")
+    path = normalise_path(key)
+    parts = path.split(".")
     if _is_operator_doc(value):
         tests = [_compile_operator(op, operand) for op, operand in value.items()]
     else:
         tests = [_compile_operator("$eq", value)]
     if len(tests) == 1:
         (test,) = tests
-        return lambda document: test(_get(document, parts))
+        return lambda document: test(document.values(path, parts))
 
-    def clause(document: dict[str, Any]) -> bool:
-        found = _get(document, parts)
+    def clause(document: Document) -> bool:
+        found = document.values(path, parts)
         return all(test(found) for test in tests)
 
     return clause

@@ -22,7 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 from schemas import EventEnvelope, EventStatus, RoutedEvent, RoutingSummary
 from schemas.records import Invalid, parse_batch
 from schemas.rules import AppRules, RoutingRule
-from streams.conditions import Matcher, compile_matcher
+from streams.conditions import Document, Matcher, compile_matcher
 
 DELIVERY_NAMESPACE = uuid.UUID("0f5a3c52-8d3e-4b7a-a1c2-6a9e57e0b4d1")
 
@@ -115,7 +115,7 @@ def routing_failed(
 
 def _route(event: EventEnvelope, rules: list[CompiledRule], routed_at: datetime) -> Routing:
     event_json = event.model_dump_json()  # serialised once, embedded in each record
-    document = as_document(event_json)
+    document = Document(as_document(event_json))
     evaluated = 0
     matched: list[RoutingRule] = []
     for rule in rules:

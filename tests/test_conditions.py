@@ -8,7 +8,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.conditions import ConditionLimits, compile_condition, explain, matches, validate
+from streams.conditions import (
+    ConditionLimits,
+    Document,
+    compile_condition,
+    compile_matcher,
+    explain,
+    matches,
+    validate,
+)
 
 ORDER = {
     "payload": {
@@ -189,3 +197,15 @@ def _root(query: dict[str, Any]) -> dict[str, Any]:
         key: [_root(sub) for sub in value] if key.startswith("$") else value
         for key, value in ((k if k.startswith("$") else f"payload.{k}", v) for k, v in query.items())
     }
+
+
+@given(doc=documents, queries=st.lists(queries, min_size=2, max_size=6))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_rules_reading_one_document_agree_with_each_reading_its_own(
+    doc: dict[str, Any], queries: list[dict[str, Any]]
+) -> None:
+    """The router evaluates all of an application's rules on one Document, which keeps the
+    values each path reached: that must never change an outcome."""
+    matchers = [compile_matcher(query) for query in queries]
+    shared = Document({"payload": doc})
+    assert [match(shared) for match in matchers] == [match(Document({"payload": doc})) for match in matchers]

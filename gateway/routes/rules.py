@@ -32,7 +32,7 @@ from gateway.responses import errors
 from schemas import ErrorDetail, EventEnvelope, EventMetadata, IngestRequest, SuccessResponse
 from schemas.events import AppId
 from schemas.rules import RoutingRule, RuleFields, SavedRule, destination_problems
-from streams.conditions import ConditionLimits, compile_matcher, explain, validate
+from streams.conditions import ConditionLimits, Document, compile_matcher, explain, validate
 from streams.routing import applies, as_document
 from vdip import rules as store
 from vdip.settings import Settings
@@ -356,7 +356,7 @@ async def dry_run(
                 rule_id=rule_id,
                 rule_name=name,
                 applies=applied,
-                matched=applied and compile_matcher(condition)(document),
+                matched=applied and compile_matcher(condition)(Document(document)),
                 reasons=reasons,
             )
         )
