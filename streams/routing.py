@@ -115,14 +115,15 @@ def routing_failed(
 
 def _route(event: EventEnvelope, rules: list[CompiledRule], routed_at: datetime) -> Routing:
     event_json = event.model_dump_json()  # serialised once, embedded in each record
-    document = Document(as_document(event_json))
     evaluated = 0
     matched: list[RoutingRule] = []
-    for rule in rules:
-        if rule.applies_to(event.event_type):
-            evaluated += 1
-            if rule.matches(document):
-                matched.append(rule.rule)
+    if rules:
+        document = Document(as_document(event_json))
+        for rule in rules:
+            if rule.applies_to(event.event_type):
+                evaluated += 1
+                if rule.matches(document):
+                    matched.append(rule.rule)
     fragment = orjson.Fragment(event_json)
     refs = [
         {
