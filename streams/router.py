@@ -10,8 +10,8 @@ For each batch faust hands over (``noack_take``: nothing is acknowledged for us)
 3. every one of those records is sent, and the batch waits until Kafka acknowledged each of them
    (``acks=all``): deliveries and dead letters first, then the routed events (the event store
    records a queue delivery as done when it stores its event). A record Kafka refuses is sent
-   again, with a growing pause, until it is acknowledged: the batch never moves on without its
-   outputs;
+   again alone, then with a growing pause, until it is acknowledged: the batch never moves on
+   without its outputs;
 4. only then is each input record acknowledged to faust, which commits offsets of acknowledged
    records only, in order.
 
@@ -154,11 +154,16 @@ class Router:
         return topic
 
     async def send_all(self, outputs: list[Output], *, first_pause_s: float = 0.5) -> None:
-        """Send every output and return once Kafka acknowledged each; resend the refused ones."""
-        pending, pause = outputs, first_pause_s
-        while pending:
-            results = await asyncio.gather(*[await self._send(o) for o in pending], return_exceptions=True)
-            refused = [(o, r) for o, r in zip(pending, results, strict=True) if isinstance(r, BaseException)]
+        """Send every output and return once Kafka acknowledged each; resend the refused ones.
+
+        They go out together (the producer batches records to one partition, up to 512 KiB a
+        batch); what Kafka refuses is sent again alone, each record in a batch of its own (a
+        batch of small records can exceed a topic's ``max.message.bytes`` where none of them
+        does), and again with a growing pause while Kafka still refuses it."""
+        refused = await self._send_together(outputs)
+        pause = first_pause_s
+        while refused:
+            refused = [failed for output, _ in refused for failed in await self._send_together([output])]
             if not refused:
                 return
             metrics.ROUTER_SEND_FAILURES.inc(len(refused))
@@ -171,7 +176,12 @@ class Router:
                 pause,
             )
             await asyncio.sleep(pause)
-            pending, pause = [o for o, _ in refused], min(pause * 2, 30.0)
+            pause = min(pause * 2, 30.0)
+
+    async def _send_together(self, outputs: list[Output]) -> list[tuple[Output, BaseException]]:
+        """Send ``outputs`` and wait for every acknowledgement: the refused ones, with why."""
+        results = await asyncio.gather(*[await self._send(o) for o in outputs], return_exceptions=True)
+        return [(o, r) for o, r in zip(outputs, results, strict=True) if isinstance(r, BaseException)]
 
     async def _send(self, output: Output) -> Awaitable[RecordMetadata]:
         try:

@@ -201,6 +201,32 @@ async def test_a_refused_output_is_sent_again_and_its_input_is_not_committed(
     await admin.close()
 
 
+async def test_outputs_batched_beyond_a_topics_record_limit_are_sent_again_alone(
+    pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey, settings: Settings
+) -> None:
+    """The router's producer batches records to one partition (512 KiB): a hundred deliveries of
+    800 bytes exceed a topic that takes records (batches) of 16 KiB, though each fits alone."""
+    name = f"batched-{uuid.uuid4().hex[:8]}"
+    topic = settings.topic(name)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "16384"})])
+    finally:
+        await admin.close()
+    await create(client, app, condition={"fill": {"$exists": True}}, destination_config={"topic": name})
+    failures = await metric(settings.worker_metrics_port, "vdip_router_send_failures_total")
+    events = [{"event_type": "order", "payload": {"fill": "x" * 400, "n": n}} for n in range(100)]
+    response = await client.post(
+        f"/api/ingest/{app.app_id}/batch", json={"events": events}, headers=app.headers
+    )
+    assert response.status_code == 202, response.text
+    sent = {item["event_id"] for item in response.json()["data"]["results"]}
+    delivered = await queue_event_ids(pipeline, name, sent)
+    assert sorted(delivered) == sorted(sent)  # each once
+    assert await metric(settings.worker_metrics_port, "vdip_router_send_failures_total") == failures
+
+
 async def record_of(settings: Settings, event_id: str) -> tuple[TopicPartition, int]:
     """Where an event is in ``events``: its partition and offset."""
 
