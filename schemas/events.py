@@ -5,6 +5,7 @@ Producers that write to Kafka directly write the same envelope as JSON (its JSON
 ``schemas/event-envelope.schema.json``). The worker validates it and passes a ``RoutedEvent`` on.
 """
 
+import ipaddress
 import math
 import re
 from datetime import UTC, datetime
@@ -18,8 +19,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    IPvAnyAddress,
     StringConstraints,
+    WithJsonSchema,
 )
 
 SCHEMA_VERSION = 1
@@ -38,6 +39,24 @@ EventType = Annotated[
 ]
 # PostgreSQL cannot store NUL in text or jsonb: such a string would stop the event store.
 NoNulText = Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]
+
+_IPV4 = re.compile(r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}")
+
+
+def _ip_address(value: str) -> str:
+    """An IPv4 or IPv6 address, written as ``ipaddress`` writes it. A dotted quad is checked with
+    a pattern (pydantic's ``IPvAnyAddress`` took 12-19 µs, most of an event's validation)."""
+    if _IPV4.fullmatch(value):
+        return value
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError("value is not a valid IPv4 or IPv6 address") from None
+
+
+IpAddress = Annotated[
+    str, AfterValidator(_ip_address), WithJsonSchema({"type": "string", "format": "ipvanyaddress"})
+]
 
 
 def _to_utc(value: datetime) -> datetime:
@@ -124,7 +143,7 @@ class EventStatus(StrEnum):
 class EventMetadata(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ip_address: IPvAnyAddress | None = Field(default=None, description="The sender's address.")
+    ip_address: IpAddress | None = Field(default=None, description="The sender's address.")
     user_agent: NoNulText | None = Field(default=None, max_length=1024)
     correlation_id: NoNulText | None = Field(default=None, max_length=200)
     source: EventSource = Field(

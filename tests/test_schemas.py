@@ -1,8 +1,10 @@
 """The event envelope: what it accepts, what it refuses, and its committed JSON Schema."""
 
+import ipaddress
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from enum import IntEnum, StrEnum
+from ipaddress import IPv4Address, IPv6Address
 
 import jsonschema
 import orjson
@@ -11,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from schemas import EventEnvelope, IngestRequest
+from schemas import EventEnvelope, EventMetadata, IngestRequest
 from schemas.export import SCHEMA_FILE, envelope_json_schema
 
 
@@ -169,3 +171,22 @@ def test_payloads_built_in_python_from_subclasses_are_checked_too(
 ) -> None:
     with pytest.raises(ValidationError, match=reason):
         IngestRequest(event_type="t", payload=payload)
+
+
+@given(address=st.ip_addresses())
+def test_ip_addresses_are_kept_as_ipaddress_writes_them(address: IPv4Address | IPv6Address) -> None:
+    assert EventMetadata(ip_address=str(address)).ip_address == str(address)
+    assert EventMetadata(ip_address=address.exploded).ip_address == str(address)
+
+
+@given(text=st.text(alphabet="0123456789.:abcdefABCDEF% x", max_size=45))
+def test_an_ip_address_is_valid_exactly_when_ipaddress_reads_it(text: str) -> None:
+    try:
+        expected: str | None = str(ipaddress.ip_address(text))
+    except ValueError:
+        expected = None
+    try:
+        found: str | None = EventMetadata(ip_address=text).ip_address
+    except ValidationError:
+        found = None
+    assert found == expected
