@@ -36,6 +36,10 @@ class EventProducer:
             acks="all",
             enable_idempotence=True,
             linger_ms=2,
+            # aiokafka sends one request per broker at a time, one batch per partition: batches
+            # of 16 KiB (its default) made each batch request's record (~35 KiB) a round trip.
+            # Below the events topic's max.message.bytes (1 MiB), a record alone is up to 900 KB.
+            max_batch_size=512 * 1024,
             request_timeout_ms=max(timeout_ms, 1000),
             retry_backoff_ms=100,
         )
