@@ -10,11 +10,13 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
+import standardwebhooks
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.conftest import AppKey, Pipeline, Process, start_gateway, wait_until
 from tests.test_rules import rule_body, send
-from tests.test_webhooks import Received, deliveries, receiving, settled, webhook_rule
+from tests.test_webhooks import Received, deliveries, ok, receiving, settled, webhook_rule
 from vdip.settings import Settings
 from vdip.statistics import STEP, Period, bucket_start
 
@@ -212,3 +214,40 @@ def _listening_ports(pid: int) -> set[int]:
             if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
+
+
+async def test_the_previous_signature_ends_after_the_grace_period(
+    pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey, settings: Settings, log_dir: Path
+) -> None:
+    """A gateway whose VDIP_WEBHOOK_SECRET_GRACE_S is 4 s rotates the secret: deliveries carry both
+    signatures, then, once 4 s have passed, the new one only."""
+    grace = 4.0
+    env = {"VDIP_GATEWAY_PORT": str(_free_port()), "VDIP_WEBHOOK_SECRET_GRACE_S": str(grace)}
+    other = Process("gateway", settings, log_dir, env, label="gateway-short-grace")
+    elsewhere = await start_gateway(other)
+    try:
+        async with receiving(ok) as receiver:
+            rule = await webhook_rule(pipeline, client, app, receiver.url("/grace"))
+            async with httpx.AsyncClient(base_url=elsewhere, timeout=30) as there:
+                rotated = await there.post(
+                    f"/api/routing-rules/{rule['rule_id']}/rotate-secret", headers=app.headers
+                )
+            assert rotated.status_code == 200, rotated.text
+            rotated_at = time.monotonic()
+            new_secret = rotated.json()["data"]["webhook_secret"]
+            during = await send(client, app, 1)
+            await settled(client, app, during)
+            assert time.monotonic() - rotated_at < grace, "delivered within the grace period"
+            await asyncio.sleep(max(0.0, grace + 0.5 - (time.monotonic() - rotated_at)))
+            after = await send(client, app, 2)
+            await settled(client, app, after)
+        first, second = receiver.requests
+        assert len(first.headers["webhook-signature"].split(" ")) == 2
+        for secret in (rule["webhook_secret"], new_secret):
+            standardwebhooks.Webhook(secret).verify(first.body, first.headers)
+        assert len(second.headers["webhook-signature"].split(" ")) == 1
+        standardwebhooks.Webhook(new_secret).verify(second.body, second.headers)
+        with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError):
+            standardwebhooks.Webhook(rule["webhook_secret"]).verify(second.body, second.headers)
+    finally:
+        other.stop()
