@@ -2,32 +2,26 @@
 
 Tables live in their own schema (``VDIP_TABLES_SCHEMA``, ``vdip_tables``) and are created on
 first use with the columns below. Names were validated when the rule was saved and are quoted as
-identifiers here all the same; no SQL is ever built from event data, which travels as COPY data.
-Each batch is one transaction: COPY into a temporary staging table, then one ``INSERT ... SELECT``
-for the rows and their outcomes in ``deliveries``. Rows are idempotent on ``(event_id, rule_id)``:
-a replayed delivery adds no row, and one that comes twice in a batch is written once. A delivery
-that cannot be parsed, or whose row PostgreSQL refuses, goes to ``events.dlq`` alone; a database
-that cannot be reached pauses the sink (the batch is retried, no offset is committed).
+identifiers here all the same; no SQL is ever built from event data, which travels as parameters.
+Each batch is one transaction of one statement: the batch's columns travel as arrays, and one
+``INSERT ... SELECT`` writes the rows and their outcomes in ``deliveries`` (which the statistics
+triggers count). Rows are idempotent on ``(event_id, rule_id)``: a replayed delivery adds no row,
+and one that comes twice in a batch is written once (its first version). A delivery that cannot
+be parsed, or whose row PostgreSQL refuses, goes to ``events.dlq`` alone; a database that cannot
+be reached pauses the sink (the batch is retried, no offset is committed).
 """
 
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
-from pydantic import ValidationError
+from pydantic import AwareDatetime, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
 
-from schemas.rules import TABLE_NAME, Delivery
-from sinks.batching import (
-    Record,
-    Records,
-    WriteRows,
-    dead_letter,
-    deliveries_of,
-    insert_rows,
-    run_sink,
-    stage,
-)
+from schemas.rules import TABLE_NAME
+from sinks.batching import Record, Records, WriteRows, dead_letter, insert_rows, run_sink
 from vdip.settings import Settings
 
 
@@ -52,33 +46,55 @@ def create_statements(schema: str, table: str) -> list[str]:
     ]
 
 
-# One row per delivery, in batch order (ord); JSON travels as text and becomes jsonb in the INSERT.
-STAGE = "table_stage"
-STAGE_COLUMNS = """ord integer, event_id uuid, rule_id bigint, app_id text, event_type text,
-    payload text, metadata text, received_at timestamptz, delivery_id uuid"""
+class TableEvent(TypedDict):
+    event_id: UUID
+    app_id: str
+    event_type: str
+    payload: dict[str, Any]
+    metadata: dict[str, Any]
+    received_at: AwareDatetime
+
+
+class TableDelivery(TypedDict):
+    """The fields of a ``Delivery`` that the sink writes, validated without building the models
+    (other fields are ignored). The router validated the whole delivery; a value PostgreSQL
+    refuses all the same is dead-lettered alone."""
+
+    delivery_id: UUID
+    rule_id: int
+    destination_type: str
+    destination_config: dict[str, Any]
+    event: TableEvent
+
+
+DELIVERY = TypeAdapter(TableDelivery)
 
 
 def insert_statement(schema: str, table: str) -> str:
-    """The staged rows (each once: a record may come twice in a batch), and their deliveries
-    recorded as delivered, in one statement."""
-    return f"""WITH written AS (
+    """The rows (each once: a record may come twice in a batch; the first wins) and their
+    deliveries recorded as delivered, in one statement. Its parameters are the columns of
+    ``to_row`` rows, as arrays; JSON travels as text and becomes jsonb here."""
+    return f"""WITH batch AS (
+                   SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                                        $6::text[], $7::timestamptz[], $8::uuid[]) WITH ORDINALITY
+                       AS b(event_id, rule_id, app_id, event_type, payload, metadata, received_at,
+                            delivery_id, ord)),
+               written AS (
                    INSERT INTO {quote_ident(schema)}.{quote_ident(table)}
                        (event_id, rule_id, app_id, event_type, payload, metadata, received_at)
                    SELECT DISTINCT ON (event_id, rule_id) event_id, rule_id, app_id, event_type,
                           payload::jsonb, metadata::jsonb, received_at
-                   FROM {STAGE} ORDER BY event_id, rule_id, ord
+                   FROM batch ORDER BY event_id, rule_id, ord
                    ON CONFLICT (event_id, rule_id) DO NOTHING)
-               {DELIVERED}"""
-
-
-DELIVERED = f"""INSERT INTO deliveries
+               INSERT INTO deliveries
                    (delivery_id, event_id, rule_id, destination_type, status, attempts, delivered_at)
                SELECT DISTINCT ON (delivery_id) delivery_id, event_id, rule_id, 'database_table',
                       'delivered', 1, now()
-               FROM {STAGE} ORDER BY delivery_id, ord
+               FROM batch ORDER BY delivery_id, ord
                ON CONFLICT (delivery_id) DO UPDATE SET status = 'delivered', last_error = NULL,
                    attempts = deliveries.attempts + 1, updated_at = now(),
                    delivered_at = coalesce(deliveries.delivered_at, now())"""
+
 
 FAILED = """INSERT INTO deliveries
                 (delivery_id, event_id, rule_id, destination_type, status, attempts, last_error)
@@ -87,17 +103,17 @@ FAILED = """INSERT INTO deliveries
                 attempts = deliveries.attempts + 1, updated_at = now()"""
 
 
-def to_row(delivery: Delivery) -> tuple[Any, ...]:
-    event = delivery.event
+def to_row(delivery: TableDelivery) -> tuple[Any, ...]:
+    event = delivery["event"]
     return (
-        event.event_id,
-        delivery.rule_id,
-        event.app_id,
-        event.event_type,
-        orjson.dumps(event.payload).decode(),
-        event.metadata.model_dump_json(),
-        event.received_at,
-        delivery.delivery_id,
+        event["event_id"],
+        delivery["rule_id"],
+        event["app_id"],
+        event["event_type"],
+        orjson.dumps(event["payload"]).decode(),
+        orjson.dumps(event["metadata"]).decode(),
+        event["received_at"],
+        delivery["delivery_id"],
     )
 
 
@@ -105,8 +121,7 @@ def writer_of(statement: str) -> WriteRows:
     """Writes ``to_row`` rows with ``statement`` (inside the caller's transaction)."""
 
     async def write_rows(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
-        await stage(conn, STAGE, STAGE_COLUMNS, [(n, *row) for n, row in enumerate(rows)])
-        await conn.execute(statement)
+        await conn.execute(statement, *zip(*rows, strict=True))
 
     return write_rows
 
@@ -121,8 +136,16 @@ class TableWriter:
 
     async def write(self, records: Records) -> None:
         by_table: dict[str, list[tuple[Record, tuple[Any, ...]]]] = {}
-        for record, delivery, table in await deliveries_of(records, "database_table", "table", self._refused):
-            if not TABLE_NAME.fullmatch(table):
+        for record in records:
+            try:
+                delivery = DELIVERY.validate_json(record.value)
+            except ValidationError as exc:
+                await self._refused(record, str(exc))
+                continue
+            table = delivery["destination_config"].get("table")
+            if delivery["destination_type"] != "database_table" or not isinstance(table, str):
+                await self._refused(record, "not a database_table delivery")
+            elif not TABLE_NAME.fullmatch(table):
                 await self._refused(record, f"invalid table name {table!r}")
             else:
                 by_table.setdefault(table, []).append((record, to_row(delivery)))
@@ -143,11 +166,11 @@ class TableWriter:
     async def _refused(self, record: Record, reason: str) -> None:
         await dead_letter(self.producer, self.dlq_topic, record, "table-sink", reason)
         try:
-            delivery = Delivery.model_validate_json(record.value)
+            delivery = DELIVERY.validate_json(record.value)
         except ValidationError:
             return  # no delivery to speak of
         await self.pool.execute(
-            FAILED, delivery.delivery_id, delivery.event.event_id, delivery.rule_id, reason[:1000]
+            FAILED, delivery["delivery_id"], delivery["event"]["event_id"], delivery["rule_id"], reason[:1000]
         )
 
 
