@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
+from schemas.events import JsonObject
 from schemas.rules import TABLE_NAME
 from sinks.batching import Record, Records, WriteRows, dead_letter, insert_rows, run_sink
 from vdip.settings import Settings
@@ -50,15 +51,16 @@ class TableEvent(TypedDict):
     event_id: UUID
     app_id: str
     event_type: str
-    payload: dict[str, Any]
-    metadata: dict[str, Any]
+    payload: JsonObject
+    metadata: JsonObject
     received_at: AwareDatetime
 
 
 class TableDelivery(TypedDict):
-    """The fields of a ``Delivery`` that the sink writes, validated without building the models
-    (other fields are ignored). The router validated the whole delivery; a value PostgreSQL
-    refuses all the same is dead-lettered alone."""
+    """The fields of a ``Delivery`` that the sink writes, validated without building its models
+    (a quarter of the cost; other fields are ignored). The JSON objects are checked as the
+    envelope's payload is (they serialise back, their numbers and strings are storable); a value
+    PostgreSQL refuses all the same is dead-lettered alone."""
 
     delivery_id: UUID
     rule_id: int

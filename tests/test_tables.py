@@ -262,3 +262,21 @@ async def test_table_sink_killed_three_times_during_5000_events_writes_each_row_
 
 async def _grew(count: Any, floor: int) -> bool:
     return bool(await count() > floor)
+
+
+async def test_a_payload_that_would_not_serialise_back_is_dead_lettered_alone(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    table = f"huge_{uuid.uuid4().hex[:8]}"
+    writer = TableWriter(pool, producer, settings.topic("events.dlq"), settings.tables_schema)
+    good, bad = delivery(table, total=1), delivery(table, total=12345)
+    # Not something the router produces: an integer beyond 64 bits, NaN.
+    huge = bad.model_dump_json().encode().replace(b'"total":12345', b'"total":123456789012345678901234567890')
+    nan = delivery(table, total=7).model_dump_json().encode().replace(b'"total":7', b'"total":NaN')
+    await writer.write([as_record(good.model_dump_json().encode(), 0), as_record(huge, 1), as_record(nan, 2)])
+    stored = {r["event_id"] for r in await pool.fetch(f'SELECT event_id FROM vdip_tables."{table}"')}
+    assert stored == {good.event.event_id}
+    marker = str(bad.event.event_id).encode()
+    dlq = await consume_all(settings, "events.dlq", until=lambda rs: any(marker in r.value for r in rs))
+    dead = [r for r in dlq if marker in r.value]
+    assert len(dead) == 1 and b"integers must be between" in dict(dead[0].headers)["error"]
