@@ -7,8 +7,9 @@ import asyncpg
 import pytest
 
 from tests.conftest import Services, _with_database
-from vdip.db import Migration, load_migrations, migrate
+from vdip.db import Migration, create_pool, load_migrations, loopback_without_tls, migrate
 from vdip.errors import MigrationError
+from vdip.settings import Settings
 
 
 @pytest.fixture
@@ -59,3 +60,25 @@ async def test_failing_migration_rolls_back_and_stops(empty_db: asyncpg.Connecti
     assert applied == [1]
     assert await empty_db.fetchval("SELECT to_regclass('half')") is None
     assert await empty_db.fetchval("SELECT to_regclass('later')") is None
+
+
+@pytest.mark.parametrize(
+    ("url", "plain"),
+    [
+        ("postgresql://u:p@127.0.0.1:5432/db", True),
+        ("postgresql://u:p@localhost/db", True),
+        ("postgresql://u:p@[::1]:5432/db", True),
+        ("postgresql://u:p@127.0.0.1:5432/db?sslmode=require", False),  # asked for: kept
+        ("postgresql://u:p@db.example.com:5432/db", False),
+    ],
+)
+def test_loopback_connections_go_without_tls_unless_asked(url: str, plain: bool) -> None:
+    assert loopback_without_tls(url) is plain
+
+
+async def test_pool_connections_to_the_local_server_are_not_encrypted(settings: Settings) -> None:
+    pool = await create_pool(settings.database_url, min_size=1, max_size=1)
+    try:
+        assert await pool.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") is False
+    finally:
+        await pool.close()
