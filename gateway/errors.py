@@ -6,6 +6,7 @@ Every error answer is ``{"success": false, "message": ..., "errors": [{"field", 
 from collections.abc import Mapping, Sequence
 
 import asyncpg
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -92,6 +93,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(BrokerUnavailable, broker_unavailable_handler)
+    # Any client error of aiokafka that a route lets through (its KafkaTimeoutError is no
+    # TimeoutError): Kafka did not take the record, 503 as promised, never a 500.
+    app.add_exception_handler(KafkaError, broker_unavailable_handler)
     app.add_exception_handler(DatabaseUnavailable, database_unavailable_handler)
     # A database connection that is refused or lost mid-request (PostgreSQL restarting): 503.
     for lost in (

@@ -7,10 +7,14 @@ and retrying with the same ``event_id`` keeps it one event (the store is idempot
 """
 
 import asyncio
+import contextlib
+import functools
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from schemas import EventEnvelope
 from schemas.records import batch_records
@@ -19,6 +23,14 @@ from vdip.errors import BrokerUnavailable
 from vdip.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def _outcome(future: "asyncio.Future[Any]", timeout: float) -> BrokerUnavailable | None:
+    """What became of one record: None once acknowledged, or why it was not (yet)."""
+    if not future.done():
+        return BrokerUnavailable(f"Kafka did not acknowledge within {timeout} s")
+    error = asyncio.CancelledError() if future.cancelled() else future.exception()
+    return None if error is None else BrokerUnavailable(f"Kafka refused the record: {error!r}")
 
 
 class EventProducer:
@@ -77,36 +89,44 @@ class EventProducer:
 
         Raises ``BrokerUnavailable`` for all of them when the producer cannot even start, or when
         more than ``max_inflight_events`` would be awaiting acknowledgement (memory stays bounded).
+        An event counts as in flight until Kafka acknowledged or failed its record, not until this
+        gives up waiting: a record whose wait timed out is still in the producer's buffer.
         """
-        if self._inflight + len(envelopes) > self._settings.max_inflight_events:
+        count = len(envelopes)
+        if self._inflight + count > self._settings.max_inflight_events:
             raise BrokerUnavailable(f"more than {self._settings.max_inflight_events} events await Kafka")
         producer = await self._ensure_started()
-        topic = self._settings.topic("events")
+        topic, key = self._settings.topic("events"), envelopes[0].app_id.encode()
         timeout = self._settings.produce_timeout_s
-        self._inflight += len(envelopes)
+        records = batch_records([e.model_dump_json().encode() for e in envelopes])
+        sent: list[tuple[asyncio.Future[Any], int]] = []
+        unsent = BrokerUnavailable(f"Kafka did not acknowledge within {timeout} s")
+        self._inflight += count
         try:
             with metrics.PRODUCE_SECONDS.time():
-                return await asyncio.wait_for(self._produce(producer, topic, envelopes), timeout)
+                async with asyncio.timeout(timeout):
+                    try:
+                        for value, events in records:
+                            sent.append((await producer.send(topic, key=key, value=value), events))
+                    except KafkaError as exc:  # its KafkaTimeoutError is no TimeoutError
+                        unsent = BrokerUnavailable(f"Kafka refused the record: {exc!r}")
+                    for future, _ in sent:  # shielded: a record stays in flight until Kafka answers
+                        with contextlib.suppress(KafkaError):  # its outcome says why
+                            await asyncio.shield(future)
         except TimeoutError:
-            error = BrokerUnavailable(f"Kafka did not acknowledge within {timeout} s")
-            return [error] * len(envelopes)
-        finally:
-            self._inflight -= len(envelopes)
-
-    @staticmethod
-    async def _produce(
-        producer: AIOKafkaProducer, topic: str, envelopes: Sequence[EventEnvelope]
-    ) -> list[BrokerUnavailable | None]:
-        chunks = batch_records([e.model_dump_json().encode() for e in envelopes])
-        futures = [
-            await producer.send(topic, key=envelopes[0].app_id.encode(), value=value) for value, _ in chunks
-        ]
-        results = await asyncio.gather(*futures, return_exceptions=True)
+            pass
+        finally:  # what Kafka has not answered yet is released when it does
+            waiting = [(future, events) for future, events in sent if not future.done()]
+            for future, events in waiting:
+                future.add_done_callback(functools.partial(self._release, events))
+            self._release(count - sum(events for _, events in waiting))
         outcomes: list[BrokerUnavailable | None] = []
-        for (_, count), result in zip(chunks, results, strict=True):
-            error = BrokerUnavailable(f"Kafka refused the record: {result!r}")
-            outcomes += [error if isinstance(result, BaseException) else None] * count
-        return outcomes
+        for future, events in sent:
+            outcomes += [_outcome(future, timeout)] * events
+        return outcomes + [unsent] * (count - len(outcomes))
+
+    def _release(self, events: int, _: object = None) -> None:
+        self._inflight -= events
 
     async def publish(self, topic: str, key: bytes, value: bytes | None) -> None:
         """Produce one record (``None``: a tombstone) and wait for Kafka's acknowledgement."""

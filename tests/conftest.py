@@ -9,14 +9,17 @@ database, so runs never see each other's data.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -454,3 +457,91 @@ async def rule_applied(pipeline: Pipeline, rule: dict[str, Any]) -> None:
         return bool(values) and values[0] >= wanted - 1e-3
 
     await wait_until(applied, 30, message=f"rule {rule['rule_id']} applied by the worker")
+
+
+# ------------------------------------------------------------------- a broker the tests may pause
+
+
+@dataclass
+class PrivateKafka:
+    """A single-node Kafka broker of this test run alone (the shared one is never paused)."""
+
+    bootstrap: str
+    proc: subprocess.Popen[bytes]
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing is answered, as with a hung broker."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+
+def _start_kafka(root: Path) -> PrivateKafka:
+    """Start a broker from the local stack's jars, its data in ``root``, on free ports."""
+    own = Settings(
+        kafka_bootstrap=f"127.0.0.1:{_free_port()}", kafka_controller_port=_free_port(), kafka_heap="384m"
+    )
+    config = root / "server.properties"
+    config.write_text(stack.server_properties(own, root / "data"))
+    classpath = f"{stack.install_kafka(Settings())}/*"
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    storage = ["java", "-cp", classpath, "kafka.tools.StorageTool"]
+    subprocess.run([*storage, "format", "-t", cluster_id, "-c", str(config)], check=True, capture_output=True)
+    log4j = ROOT / "vdip" / "stackfiles" / "log4j2.properties"
+    java = [
+        "java",
+        f"-Xmx{own.kafka_heap}",
+        f"-Dlog4j2.configurationFile={log4j}",
+        f"-Dkafka.logs.dir={root}",
+    ]
+    with (root / "stdout.log").open("ab") as out:
+        proc = subprocess.Popen(
+            [*java, "-cp", classpath, "kafka.Kafka", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    return PrivateKafka(own.kafka_bootstrap, proc)
+
+
+@pytest.fixture(scope="session")
+async def private_kafka(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[PrivateKafka]:
+    """A second broker, with this run's topics, that tests may pause."""
+    found = _start_kafka(tmp_path_factory.mktemp("private-kafka"))
+    try:
+        await wait_until(
+            lambda: stack.kafka_answers(found.bootstrap, 3), 120, interval=1, message="the private broker"
+        )
+        await apply_topics(found.bootstrap, load_topics(ROOT / "topics.yaml", settings.topic_prefix))
+        yield found
+    finally:
+        found.resume()
+        found.proc.terminate()
+        try:
+            found.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            found.proc.kill()
+            found.proc.wait()
+
+
+@asynccontextmanager
+async def gateway_on(
+    kafka: PrivateKafka,
+    settings: Settings,
+    log_dir: Path,
+    label: str,
+    extra_env: dict[str, str] | None = None,
+) -> AsyncIterator[str]:
+    """A gateway of its own that produces to ``kafka`` (1 s produce timeout); yields its base URL."""
+    own = settings.model_copy(
+        update={"kafka_bootstrap": kafka.bootstrap, "gateway_port": _free_port(), "produce_timeout_s": 1.0}
+    )
+    process = Process("gateway", own, log_dir, extra_env, label=label)
+    try:
+        yield await start_gateway(process)
+    finally:
+        kafka.resume()  # a paused broker would hold the gateway's final flush
+        process.stop()

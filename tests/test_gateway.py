@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from tests.conftest import AppKey, wait_until
+from tests.conftest import AppKey, Pipeline, Process, _free_port, start_gateway, wait_until
 
 
 async def ingest(client: httpx.AsyncClient, app: AppKey, body: object, **headers: str) -> httpx.Response:
@@ -190,3 +190,39 @@ async def test_json_nested_beyond_the_parsers_limit_is_a_400(client: httpx.Async
         "message": "There was an error parsing the body",
         "errors": [{"field": "body", "reason": "could not be parsed as JSON"}],
     }
+
+
+async def test_a_record_the_kafka_client_refuses_is_a_503_never_a_500(
+    pipeline: Pipeline, app: AppKey
+) -> None:
+    """aiokafka's own errors from ``send()`` (its KafkaTimeoutError is no TimeoutError; here, a record
+    over its max_request_size, which a gateway that allows 2 MB events makes) answer 503 as promised,
+    and a batch keeps what Kafka did acknowledge."""
+    big = {"VDIP_MAX_EVENT_BYTES": "2000000", "VDIP_MAX_BODY_BYTES": "4000000"}
+    gateway = Process(
+        "gateway",
+        pipeline.settings,
+        pipeline.gateway.log_path.parent,
+        {**big, "VDIP_GATEWAY_PORT": str(_free_port())},
+        label="gateway-big-events",
+    )
+    base_url = await start_gateway(gateway)
+    huge = {"event_type": "huge", "payload": {"blob": "x" * 1_200_000}}
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            single = await client.post(f"/api/ingest/{app.app_id}", json=huge, headers=app.headers)
+            batch = await client.post(
+                f"/api/ingest/{app.app_id}/batch",
+                json={"events": [{"event_type": "small"}, huge]},
+                headers=app.headers,
+            )
+    finally:
+        gateway.stop()
+    assert single.status_code == 503, single.text
+    assert single.headers["Retry-After"] == "5"
+    (error,) = single.json()["errors"]
+    assert error["field"] == "kafka" and "MessageSizeTooLargeError" in error["reason"]
+    assert batch.status_code == 207, batch.text
+    small, refused = batch.json()["data"]["results"]
+    assert small["status"] == "accepted" and refused["status"] == "rejected"
+    assert refused["errors"][0]["field"] == "kafka"

@@ -10,7 +10,18 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import AppKey, Pipeline, Process, _free_port, start_gateway, wait_until
+from tests.conftest import (
+    AppKey,
+    Pipeline,
+    PrivateKafka,
+    Process,
+    _free_port,
+    consume_all,
+    gateway_on,
+    start_gateway,
+    wait_until,
+)
+from vdip.settings import Settings
 
 STRICT = {
     "VDIP_RATE_LIMIT": "20/minute",
@@ -96,6 +107,54 @@ async def test_in_flight_bound_answers_503(sclient: httpx.AsyncClient, app: AppK
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "5"
     assert "await Kafka" in response.json()["errors"][0]["reason"]
+
+
+async def test_events_count_as_in_flight_until_kafka_answers(
+    private_kafka: PrivateKafka, pipeline: Pipeline, app: AppKey
+) -> None:
+    """A gateway whose broker hangs: what it could not get acknowledged stays in its producer, and
+    counts against the in-flight bound until Kafka answers; no event is ever answered 2xx unacked."""
+    log_dir = pipeline.gateway.log_path.parent
+    limit = {"VDIP_MAX_INFLIGHT_EVENTS": "3"}
+    async with (
+        gateway_on(private_kafka, pipeline.settings, log_dir, "gateway-inflight", limit) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=30) as client,
+    ):
+
+        async def ingest(n: int) -> httpx.Response:
+            body = {"event_type": "t", "event_id": str(uuid.uuid4()), "payload": {"n": n}}
+            return await client.post(f"/api/ingest/{app.app_id}", json=body, headers=app.headers)
+
+        assert (await ingest(0)).status_code == 202  # the broker answers
+        private_kafka.pause()
+        try:
+            timed_out = await asyncio.gather(*(ingest(n) for n in range(1, 4)))
+            assert [r.status_code for r in timed_out] == [503] * 3
+            assert all("did not acknowledge" in r.json()["errors"][0]["reason"] for r in timed_out)
+            started = asyncio.get_running_loop().time()
+            refused = await asyncio.gather(*(ingest(n) for n in range(4, 7)))
+            waited = asyncio.get_running_loop().time() - started
+        finally:
+            private_kafka.resume()
+        # The three timed-out events are still in flight: the next ones are refused at once.
+        assert [r.status_code for r in refused] == [503] * 3
+        assert all("await Kafka" in r.json()["errors"][0]["reason"] for r in refused), refused[0].text
+        assert waited < 0.9, waited  # under the 1 s produce timeout: nothing more was buffered
+
+        async def accepted_again() -> bool:
+            return (await ingest(7)).status_code == 202  # acknowledged ones no longer count
+
+        await wait_until(accepted_again, 60, interval=0.5, message="ingest accepted once Kafka answers")
+
+    # The timed-out events did reach Kafka after all (a 503 is "not accepted", not "lost"); the
+    # refused ones never did.
+    records = await consume_all(
+        Settings(kafka_bootstrap=private_kafka.bootstrap, topic_prefix=pipeline.settings.topic_prefix),
+        "events",
+        until=lambda found: {orjson.loads(r.value)["payload"]["n"] for r in found} >= {1, 2, 3},
+    )
+    numbers = {orjson.loads(r.value)["payload"]["n"] for r in records}
+    assert {1, 2, 3} <= numbers and not numbers & {4, 5, 6}, numbers
 
 
 async def test_rate_limit_is_per_application(sclient: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
