@@ -5,10 +5,12 @@ Two loops in one process:
 - **intake** consumes ``deliveries.webhook`` and records each delivery in ``deliveries`` (message
   included), then commits the offsets: from there PostgreSQL holds it durably, and the table is
   the delay queue. A replayed record changes nothing.
-- **dispatch** claims due deliveries (``next_attempt_at`` passed, a lease so that a crashed
-  dispatcher's claims come back), at most ``webhook_concurrency_per_endpoint`` per rule at a
-  time: a slow or dead endpoint holds only its own slots, never another endpoint's, and retries
-  wait in the table, not in a partition.
+- **dispatch** claims due deliveries (``next_attempt_at`` passed, a lease of ``webhook_lease_s``
+  so that a crashed dispatcher's claims come back), at most ``webhook_concurrency_per_endpoint``
+  per rule at a time: a slow or dead endpoint holds only its own slots, never another
+  endpoint's, and retries wait in the table, not in a partition. An attempt ends within
+  ``webhook_timeout_s`` in total, shorter than the lease (``Settings`` checks it), so a delivery
+  is never sent twice at once.
 
 Ordering: none is promised. Deliveries are attempted roughly in routing order, and a delivery
 waiting for its retry does not hold back the ones after it.
@@ -141,15 +143,23 @@ class Outcome:
 # ------------------------------------------------------------------------------ one attempt
 
 
-async def attempt(client: httpx.AsyncClient, delivery: Delivery, secrets: list[str]) -> Outcome:
+async def attempt(
+    client: httpx.AsyncClient, delivery: Delivery, secrets: list[str], timeout_s: float
+) -> Outcome:
+    """One POST, cut off ``timeout_s`` after it started whatever the phase (the client's own
+    timeouts are per phase: a receiver dripping its answer a byte at a time never trips them)."""
     url = delivery.destination_config["url"]
     body = request_body(delivery)
     headers = request_headers(delivery, secrets, body, time.time())
     started = time.perf_counter()
     try:
-        response = await client.post(url, content=body, headers=headers)
+        async with asyncio.timeout(timeout_s):
+            response = await client.post(url, content=body, headers=headers)
     except AddressRefused as exc:
         return Outcome(error=str(exc), refused=True)
+    except TimeoutError:
+        elapsed = (time.perf_counter() - started) * 1000
+        return Outcome(error=f"no complete answer within {timeout_s} s", latency_ms=elapsed)
     except httpx.HTTPError as exc:
         elapsed = (time.perf_counter() - started) * 1000
         return Outcome(error=f"{type(exc).__name__}: {exc}"[:1000], latency_ms=elapsed)
@@ -253,8 +263,7 @@ class Dispatcher:
     async def claim(self) -> int:
         per_rule = self.settings.webhook_concurrency_per_endpoint
         full = [rule for rule, n in self.busy.items() if n >= per_rule]
-        lease = self.settings.webhook_timeout_s + 30
-        rows = await self.pool.fetch(CLAIM, 100, lease, full)
+        rows = await self.pool.fetch(CLAIM, 100, self.settings.webhook_lease_s, full)
         extra = []
         for row in rows:
             rule_id = row["rule_id"]
@@ -284,7 +293,7 @@ class Dispatcher:
                 secrets = [endpoint["webhook_secret"]]
                 if endpoint["previous_valid"] and endpoint["previous_webhook_secret"]:
                     secrets.append(endpoint["previous_webhook_secret"])
-                outcome = await attempt(self.client, delivery, secrets)
+                outcome = await attempt(self.client, delivery, secrets, self.settings.webhook_timeout_s)
                 await self.finish(delivery, attempts, outcome)
         except Exception:  # the lease brings the delivery back
             log.exception("delivering for rule %s failed", rule_id)

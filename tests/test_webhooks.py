@@ -19,11 +19,12 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pydantic
 import pytest
 import standardwebhooks
 
 from schemas.rules import Delivery, RuleFields
-from sinks.addresses import GuardedBackend, networks, refusal
+from sinks.addresses import GuardedBackend, guarded_client, networks, refusal
 from sinks.webhooks import (
     Dispatcher,
     Outcome,
@@ -519,3 +520,91 @@ async def test_an_endpoint_failing_for_too_long_is_disabled(
     assert (
         status == "failed" and reason is not None and reason.startswith("failing without a success for 2:00")
     )
+
+
+def test_an_attempt_must_end_well_within_its_lease() -> None:
+    assert Settings().webhook_timeout_s + 5 <= Settings().webhook_lease_s
+    with pytest.raises(pydantic.ValidationError, match="webhook_lease_s"):
+        Settings(webhook_timeout_s=40, webhook_lease_s=40)
+    with pytest.raises(pydantic.ValidationError, match="webhook_lease_s"):
+        Settings(webhook_timeout_s=10, webhook_lease_s=12)
+
+
+async def test_an_attempt_has_one_deadline_however_slowly_the_receiver_drips(
+    pool: asyncpg.Pool, app: AppKey, settings: Settings
+) -> None:
+    """A receiver that sends its answer a byte at a time never trips the HTTP client's timeouts,
+    which are per read; the attempt's own deadline ends it, and its outcome is recorded, well
+    within the delivery's lease: no other dispatcher can send it again meanwhile."""
+    answer = b"x" * 20  # a byte every 0.25 s: 5 s in all, each byte well within a 1 s read timeout
+    requests = 0
+
+    async def dripping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        requests += 1
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+            length = int(head.split("content-length:")[1].split("\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\nconnection: close\r\n\r\n")
+            for byte in answer:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.25)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(dripping, WEBHOOK_RECEIVER_HOST, 0)
+    url = f"http://{WEBHOOK_RECEIVER_HOST}:{server.sockets[0].getsockname()[1]}/drip"
+    fields = RuleFields.model_validate(
+        rule_body(app, destination_type="webhook", destination_config={"url": url}, condition={})
+    )
+    async with pool.acquire() as conn:
+        rule = await insert_rule(conn, fields)
+    delivery = Delivery.model_validate(
+        {
+            "delivery_id": uuid.uuid4(),
+            "rule_id": rule.rule_id,
+            "destination_type": "webhook",
+            "destination_config": {"url": url},
+            "event": {
+                "event_id": uuid.uuid4(),
+                "app_id": app.app_id,
+                "event_type": "t",
+                "payload": {},
+                "received_at": datetime.now(UTC),
+            },
+        }
+    )
+    # Claimed for an hour, as if by this dispatcher: the pipeline's own dispatcher keeps away.
+    await pool.execute(
+        "INSERT INTO deliveries (delivery_id, event_id, rule_id, destination_type, status, message,"
+        " next_attempt_at, claimed_until) VALUES ($1, $2, $3, 'webhook', 'pending', $4, now(),"
+        " now() + interval '1 hour')",
+        delivery.delivery_id,
+        delivery.event.event_id,
+        rule.rule_id,
+        delivery.model_dump(mode="json"),
+    )
+    strict = settings.model_copy(
+        update={"webhook_timeout_s": 1.0, "webhook_lease_s": 6.0, "webhook_retry_schedule_s": [3600.0]}
+    )
+    try:
+        async with guarded_client(networks(strict.webhook_allowed_networks), 1.0) as client:
+            dispatcher = Dispatcher(pool, client, strict)
+            dispatcher.busy[rule.rule_id] = 1
+            started = time.monotonic()
+            await dispatcher.deliver(rule.rule_id, 0, delivery.model_dump(mode="json"))
+            took = time.monotonic() - started
+    finally:
+        server.close()
+    row = await pool.fetchrow(
+        "SELECT status, attempts, last_error, claimed_until FROM deliveries WHERE delivery_id = $1",
+        delivery.delivery_id,
+    )
+    assert took < strict.webhook_timeout_s + 1.5 < strict.webhook_lease_s, took
+    assert row["status"] == "retrying" and row["attempts"] == 1, dict(row)
+    assert row["last_error"] == "no complete answer within 1.0 s" and row["claimed_until"] is None
+    assert requests == 1

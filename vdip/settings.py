@@ -5,9 +5,12 @@ Every default works with the local stack that ``vdip stack up`` starts.
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+WEBHOOK_LEASE_MARGIN_S = 5.0  # to record an attempt's outcome once it ended
 
 
 class Settings(BaseSettings):
@@ -99,7 +102,14 @@ class Settings(BaseSettings):
 
     # Webhook dispatcher
     webhook_group_id: str = "vdip-webhooks"
-    webhook_timeout_s: float = Field(default=10.0, gt=0, description="Per attempt, connect to last byte.")
+    webhook_timeout_s: float = Field(
+        default=10.0, gt=0, description="One attempt in total, from connecting to the answer's last byte."
+    )
+    webhook_lease_s: float = Field(
+        default=40.0,
+        gt=0,
+        description="How long a dispatcher holds a claimed delivery; at least the timeout plus 5 s.",
+    )
     webhook_retry_schedule_s: list[float] = Field(
         default=[5, 300, 1800, 7200, 18000, 36000, 36000],
         description="Wait before each retry (±20 % jitter); once exhausted the delivery has failed.",
@@ -131,6 +141,17 @@ class Settings(BaseSettings):
     kafka_controller_port: int = 9093
     kafka_heap: str = "512m"
     stack_timeout_s: float = 120.0
+
+    @model_validator(mode="after")
+    def _attempts_fit_in_their_lease(self) -> Self:
+        """An attempt must end, and its outcome be recorded, before another dispatcher may claim
+        the delivery: otherwise the receiver could get it twice at once."""
+        if self.webhook_timeout_s + WEBHOOK_LEASE_MARGIN_S > self.webhook_lease_s:
+            raise ValueError(
+                f"webhook_lease_s ({self.webhook_lease_s}) must exceed webhook_timeout_s"
+                f" ({self.webhook_timeout_s}) by at least {WEBHOOK_LEASE_MARGIN_S} s"
+            )
+        return self
 
     def topic(self, name: str) -> str:
         """The broker-side name of one of the system's topics."""
