@@ -25,10 +25,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.pool = await create_pool(settings.database_url, min_size=0)
         app.state.applications = ApplicationCache(app.state.pool, settings.app_cache_ttl_s)
         app.state.producer = EventProducer(settings)
+        app.state.republisher = rules.Republisher(app.state.pool, app.state.producer, settings)
         await app.state.producer.start()
         try:
             yield
         finally:
+            await app.state.republisher.stop()
             await app.state.producer.stop()
             await app.state.pool.close()
 

@@ -10,7 +10,18 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import AppKey, Pipeline, Process, _free_port, consume_all, start_gateway, wait_until
+from tests.conftest import (
+    AppKey,
+    Pipeline,
+    PrivateKafka,
+    Process,
+    _free_port,
+    consume_all,
+    gateway_on,
+    start_gateway,
+    wait_until,
+)
+from vdip.settings import Settings
 
 
 def rule_body(app: AppKey, **fields: Any) -> dict[str, Any]:
@@ -333,3 +344,47 @@ async def test_dry_run_and_saving_share_the_configured_limits(pipeline: Pipeline
         == ("has 3 clauses; the limit is 2")
     )
     assert tried.json()["errors"][0]["field"] == "body.rule.condition"
+
+
+async def test_after_a_timed_out_publish_the_topic_ends_with_the_stored_rules(
+    private_kafka: PrivateKafka, pipeline: Pipeline, pool: asyncpg.Pool, app: AppKey
+) -> None:
+    """Writes whose publish timed out were rolled back, but their records reach Kafka later: the
+    gateway publishes the stored rule set after them, so the router ends with what PostgreSQL has."""
+    log_dir = pipeline.gateway.log_path.parent
+    async with (
+        gateway_on(private_kafka, pipeline.settings, log_dir, "gateway-rules-timeout") as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=30) as client,
+    ):
+        kept = await create(client, app)
+        private_kafka.pause()
+        try:
+            lost = await client.post(
+                "/api/routing-rules", json=rule_body(app, rule_name="never saved"), headers=app.headers
+            )
+            toggled = await client.patch(f"/api/routing-rules/{kept['rule_id']}/toggle", headers=app.headers)
+        finally:
+            private_kafka.resume()
+        assert lost.status_code == toggled.status_code == 503, (lost.text, toggled.text)
+        stored = await pool.fetch(
+            "SELECT rule_id, is_active FROM routing_rules WHERE app_id = $1", app.app_id
+        )
+        assert [(r["rule_id"], r["is_active"]) for r in stored] == [(kept["rule_id"], True)]
+
+        def rule_sets(records: list[Any]) -> list[list[tuple[int, bool]]]:
+            values = [orjson.loads(r.value) for r in records if r.key == app.app_id.encode()]
+            return [[(rule["rule_id"], rule["is_active"]) for rule in value["rules"]] for value in values]
+
+        def settled(records: list[Any]) -> bool:  # the two late records landed, and the truth after them
+            found = rule_sets(records)
+            return len(found) >= 3 and found[-1] == [(kept["rule_id"], True)]
+
+        records = await consume_all(
+            Settings(kafka_bootstrap=private_kafka.bootstrap, topic_prefix=pipeline.settings.topic_prefix),
+            "routing-rules",
+            until=settled,
+            timeout=45,
+        )
+    found = rule_sets(records)
+    assert len(found) >= 3, found  # the create, then the two writes that were rolled back
+    assert found[-1] == [(kept["rule_id"], True)], found

@@ -1,6 +1,7 @@
 """Routing rules in PostgreSQL: plain SQL. Writes run in a transaction that also publishes the
-application's whole rule set to the compacted ``routing-rules`` topic before it commits, so that
-PostgreSQL and the router never disagree for long (see ``gateway/routes/rules.py``)."""
+application's whole rule set to the compacted ``routing-rules`` topic before it commits, and a
+write that fails has the stored set published again after it, so that the topic always ends
+equal to PostgreSQL (see ``gateway/routes/rules.py``)."""
 
 import base64
 import secrets
