@@ -7,7 +7,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.events import AppId, DestinationType, EventEnvelope
+from schemas.events import AppId, DestinationType, EventEnvelope, JsonObject
 
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -24,11 +24,11 @@ class RuleFields(BaseModel):
     event_type_filter: Annotated[str | None, Field(max_length=100, pattern=r"^[^\x00]+$")] = Field(
         default=None, description="Only events of this type; null: every event."
     )
-    condition: dict[str, Any] = Field(
+    condition: JsonObject = Field(
         default_factory=dict, description="A MongoDB-style query on the event; {} matches every event."
     )
     destination_type: DestinationType
-    destination_config: dict[str, Any] = Field(
+    destination_config: JsonObject = Field(
         description='queue: {"topic"}; webhook: {"url", "headers"?}; database_table: {"table"}'
     )
     priority: int = Field(default=0, ge=-1_000_000, le=1_000_000, description="Higher runs first.")

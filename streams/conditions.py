@@ -54,7 +54,10 @@ def validate(condition: Any, limits: ConditionLimits = ConditionLimits()) -> lis
     """Every problem of ``condition``; an empty list means it can be saved."""
     if not isinstance(condition, dict):
         return [Problem("", "a condition is a JSON object")]
-    size = len(orjson.dumps(condition))
+    try:
+        size = len(orjson.dumps(condition))
+    except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
+        return [Problem("", f"is not storable JSON: {exc}")]
     if size > limits.max_bytes:
         return [Problem("", f"is {size} bytes; the limit is {limits.max_bytes}")]
     problems: list[Problem] = []

@@ -150,6 +150,55 @@ async def test_invalid_rules_are_422_naming_the_part(
     assert again.status_code == 422
 
 
+async def test_values_json_cannot_carry_are_422_naming_the_field(
+    client: httpx.AsyncClient, app: AppKey
+) -> None:
+    huge = 2**70  # beyond 64 bits: orjson, PostgreSQL's consumers and most JSON readers refuse it
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"condition": {"payload.total": {"$gt": huge}}}, "body.condition"),
+        ({"destination_config": {"topic": "t", "extra": huge}}, "body.destination_config"),
+    ]
+    for fields, field in cases:
+        response = await client.post("/api/routing-rules", json=rule_body(app, **fields), headers=app.headers)
+        assert response.status_code == 422, response.text
+        assert [e["field"] for e in response.json()["errors"]] == [field]
+    tried = await client.post(
+        "/api/routing-rules/test",
+        json={"app_id": app.app_id, "event": {"event_type": "o"}, "rule": {"condition": {"n": huge}}},
+        headers=app.headers,
+    )
+    assert tried.status_code == 422, tried.text
+    assert [e["field"] for e in tried.json()["errors"]] == ["body.rule.condition"]
+
+
+async def test_bodies_that_are_not_text_are_a_documented_400(client: httpx.AsyncClient, app: AppKey) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    with_body = [
+        (method.upper(), path)
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+        if "requestBody" in operation
+    ]
+    assert len(with_body) >= 7
+    for method, path in with_body:
+        assert "400" in spec["paths"][path][method.lower()]["responses"], (method, path)
+    rule = await create(client, app)
+    for method, path in [
+        ("POST", "/api/routing-rules"),
+        ("PUT", f"/api/routing-rules/{rule['rule_id']}"),
+        ("POST", "/api/routing-rules/test"),
+        ("POST", "/api/applications"),
+    ]:
+        response = await client.request(
+            method,
+            path,
+            content=b'{"a": "\xff"}',
+            headers={**app.headers, "Content-Type": "application/json"},
+        )
+        assert response.status_code == 400, (method, path, response.text)
+        assert response.json()["errors"] == [{"field": "body", "reason": "could not be parsed as JSON"}]
+
+
 async def test_rules_of_another_application_are_closed(
     client: httpx.AsyncClient, app: AppKey, admin: dict[str, str]
 ) -> None:

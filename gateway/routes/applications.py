@@ -65,7 +65,7 @@ def _not_found(app_id: str) -> ApiError:
     status_code=201,
     dependencies=[RequireAdmin],
     summary="Create an application and its API key (shown once)",
-    responses=errors(401, 409, 422),
+    responses=errors(400, 401, 409, 422),
 )
 async def create(
     body: NewApplication, pool: PoolDep, cache: ApplicationsDep

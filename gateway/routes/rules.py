@@ -40,7 +40,7 @@ from gateway.errors import ApiError
 from gateway.producer import EventProducer
 from gateway.responses import errors
 from schemas import ErrorDetail, EventEnvelope, EventMetadata, IngestRequest, SuccessResponse
-from schemas.events import AppId
+from schemas.events import AppId, JsonObject
 from schemas.rules import RoutingRule, RuleFields, SavedRule, destination_problems
 from streams.conditions import ConditionLimits, Document, compile_matcher, explain, validate
 from streams.routing import applies, as_document
@@ -208,7 +208,7 @@ RuleId = Annotated[int, Field(ge=1, le=2**63 - 1)]
     "/api/routing-rules",
     status_code=201,
     summary="Create a routing rule",
-    responses=errors(401, 404, 422, 503),
+    responses=errors(400, 401, 404, 422, 503),
 )
 async def create_rule(
     body: RuleFields,
@@ -293,7 +293,7 @@ RuleChangesDep = Annotated[RuleChanges, Depends(_rule_changes)]
 @router.put(
     "/api/routing-rules/{rule_id}",
     summary="Replace a routing rule (every field; app_id cannot change)",
-    responses=errors(401, 404, 422, 503),
+    responses=errors(400, 401, 404, 422, 503),
 )
 async def replace_rule(
     rule_id: RuleId, body: RuleFields, rules: RuleChangesDep
@@ -361,7 +361,7 @@ class InlineRule(BaseModel):
 
     rule_name: str = "inline"
     event_type_filter: str | None = None
-    condition: dict[str, Any] = Field(default_factory=dict)
+    condition: JsonObject = Field(default_factory=dict)
 
 
 class SampleEvent(IngestRequest):
@@ -388,7 +388,7 @@ class RuleVerdict(BaseModel):
 @router.post(
     "/api/routing-rules/test",
     summary="Dry run: which rules a sample event matches, and why the others do not",
-    responses=errors(401, 404, 422),
+    responses=errors(400, 401, 404, 422),
 )
 async def dry_run(
     body: DryRun,
