@@ -251,3 +251,46 @@ async def test_the_previous_signature_ends_after_the_grace_period(
             standardwebhooks.Webhook(rule["webhook_secret"]).verify(second.body, second.headers)
     finally:
         other.stop()
+
+
+async def test_a_killed_dispatchers_delivery_is_sent_again_once_its_lease_ran_out(
+    pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey, settings: Settings, log_dir: Path
+) -> None:
+    """A dispatcher (lease 8 s) is killed while its attempt is open; the restarted dispatcher
+    sends the same delivery again once the lease ran out, not before, and it is delivered once."""
+    lease = 8.0
+    first_attempt = asyncio.Event()
+
+    async def reply(request: Received) -> tuple[int, dict[str, str]]:
+        if not first_attempt.is_set():
+            first_attempt.set()
+            await asyncio.sleep(60)  # the attempt the kill interrupts
+        return 200, {}
+
+    pipeline.webhooks.stop()
+    short = Process(
+        "webhooks",
+        settings,
+        log_dir,
+        {"VDIP_WEBHOOK_TIMEOUT_S": "3", "VDIP_WEBHOOK_LEASE_S": str(lease)},
+        label="webhooks-short-lease",
+    )
+    short.start()
+    try:
+        async with receiving(reply) as receiver:
+            await webhook_rule(pipeline, client, app, receiver.url("/lease"))
+            event_id = await send(client, app, 1)
+            await asyncio.wait_for(first_attempt.wait(), 60)
+            short.kill()
+            killed_at = time.monotonic()
+            pipeline.webhooks.start()
+            (outcome,) = await settled(client, app, event_id)
+        assert outcome["status"] == "delivered"
+        first, second = receiver.requests
+        assert first.headers["webhook-id"] == second.headers["webhook-id"] == outcome["delivery_id"]
+        assert second.at - first.at >= lease - 1, "not sent again while the lease held"
+        assert second.at - killed_at <= lease + 10, "sent again soon after the lease ran out"
+    finally:
+        short.kill()
+        if not pipeline.webhooks.alive():
+            pipeline.webhooks.start()
