@@ -46,10 +46,11 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
 ProducerDep = Annotated[EventProducer, Depends(_producer)]
 
+APP_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 AppIdPath = Annotated[
     str,
     Path(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+        pattern=APP_ID_PATTERN,
         description="The application's id.",
         examples=["demo"],
     ),
@@ -178,7 +179,7 @@ class Ingest:
     limiter: RateLimiter
 
 
-async def _ingest(
+async def ingest_dependency(
     app_id: AppIdPath, request: Request, authorization: Authorization = None, x_api_key: XApiKey = None
 ) -> Ingest:
     # One dependency rather than five: FastAPI's per-dependency cost dominated single-event ingest.
@@ -200,7 +201,7 @@ async def _admin(settings: SettingsDep, key: PresentedKey) -> None:
         raise _unauthorized("admin token")
 
 
-IngestDep = Annotated[Ingest, Depends(_ingest)]
+IngestDep = Annotated[Ingest, Depends(ingest_dependency)]
 AppReader = Annotated[Caller, Depends(_app_reader)]
 RequireAdmin = Depends(_admin)
 

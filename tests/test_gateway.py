@@ -22,6 +22,26 @@ async def test_ingest_answers_202_with_the_envelope(client: httpx.AsyncClient, a
     assert uuid.UUID(body["data"]["event_id"]).version == 7
 
 
+async def test_the_fast_and_the_standard_way_answer_alike(client: httpx.AsyncClient, app: AppKey) -> None:
+    """application/json takes the route's fast way; another JSON type, FastAPI's standard way."""
+    answers = [
+        await client.post(
+            f"/api/ingest/{app.app_id}",
+            content=b'{"event_type": "signup", "payload": {"plan": "pro"}}',
+            headers={**app.headers, "Content-Type": content_type, "X-Correlation-ID": "same"},
+        )
+        for content_type in ("application/json", "application/vnd.vdip+json")
+    ]
+    fast, standard = answers
+    assert fast.status_code == standard.status_code == 202
+    assert fast.headers.keys() == standard.headers.keys()
+    assert {k: v for k, v in fast.headers.items() if k not in ("date", "content-length")} == {
+        k: v for k, v in standard.headers.items() if k not in ("date", "content-length")
+    }
+    assert fast.json()["data"].keys() == standard.json()["data"].keys()
+    assert {**fast.json(), "data": None} == {**standard.json(), "data": None}
+
+
 async def test_ingested_event_is_stored_with_its_enrichment(client: httpx.AsyncClient, app: AppKey) -> None:
     sent_at = datetime.now(UTC)
     response = await ingest(

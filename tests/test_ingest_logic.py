@@ -148,13 +148,13 @@ def test_default_event_type_pattern() -> None:
         assert not pattern.fullmatch(bad), bad
 
 
-def test_rate_limiter_counts_events_per_application() -> None:
+async def test_rate_limiter_counts_events_per_application() -> None:
     limiter = RateLimiter("10/minute")
-    assert limiter.acquire("a", 6) is None
-    assert limiter.acquire("a", 4) is None
-    retry = limiter.acquire("a", 1)
+    assert await limiter.acquire("a", 6) is None
+    assert await limiter.acquire("a", 4) is None
+    retry = await limiter.acquire("a", 1)
     assert retry is not None and 1 <= retry <= 60
-    assert limiter.acquire("b", 10) is None  # other applications are unaffected
+    assert await limiter.acquire("b", 10) is None  # other applications are unaffected
 
 
 def test_events_go_to_kafka_in_as_few_records_as_fit() -> None:
