@@ -1,7 +1,8 @@
 """The gateway's Kafka producer: idempotent, ``acks=all``, and bounded in time.
 
 ``send`` returns only once the broker acknowledged the record durably; when the broker does not
-answer within ``produce_timeout_s`` it raises ``BrokerUnavailable`` (the API answers 503). A record
+answer within ``produce_timeout_s`` it raises ``BrokerUnavailable`` (the API answers 503). Events
+of one application sent at the same moment by concurrent requests share a record. A record
 whose wait timed out may still be written once the broker is back: the client was told to retry,
 and retrying with the same ``event_id`` keeps it one event (the store is idempotent on it).
 """
@@ -39,6 +40,9 @@ class EventProducer:
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._inflight = 0
+        self._gathering: dict[str, list[tuple[EventEnvelope, asyncio.Future[BaseException | None]]]] = {}
+        self._gathered = 0  # events in self._gathering: in flight too
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _new_producer(self) -> AIOKafkaProducer:
         timeout_ms = int(self._settings.produce_timeout_s * 1000)
@@ -78,10 +82,41 @@ class EventProducer:
         return self._producer
 
     async def send(self, envelope: EventEnvelope) -> None:
-        """Produce one event; raises ``BrokerUnavailable`` unless Kafka acknowledged it in time."""
-        (error,) = await self.send_many([envelope])
+        """Produce one event; raises ``BrokerUnavailable`` unless Kafka acknowledged it in time.
+
+        The events of one application that concurrent requests send in the same turn of the event
+        loop go to Kafka together (``send_many``: one record), and each request gets its event's
+        outcome: one produce for all of them rather than one each, and one record for the router,
+        which pays a fixed cost per record.
+        """
+        if self._inflight + self._gathered + 1 > self._settings.max_inflight_events:
+            raise BrokerUnavailable(f"more than {self._settings.max_inflight_events} events await Kafka")
+        waiter: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        gathering = self._gathering.get(envelope.app_id)
+        if gathering is None:
+            gathering = self._gathering[envelope.app_id] = []
+            task = asyncio.create_task(self._send_gathered(envelope.app_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        gathering.append((envelope, waiter))
+        self._gathered += 1
+        error = await waiter
         if error is not None:
             raise error
+
+    async def _send_gathered(self, app_id: str) -> None:
+        """Send the events gathered for ``app_id`` (runs once the requests of this turn of the
+        event loop added theirs) and give each request its outcome."""
+        gathered = self._gathering.pop(app_id)
+        self._gathered -= len(gathered)
+        outcomes: Sequence[BaseException | None]
+        try:
+            outcomes = await self.send_many([envelope for envelope, _ in gathered])
+        except Exception as exc:  # raised to each request, as if it had sent alone
+            outcomes = [exc] * len(gathered)
+        for (_, waiter), outcome in zip(gathered, outcomes, strict=True):
+            if not waiter.done():  # done: its request was cancelled
+                waiter.set_result(outcome)
 
     async def send_many(self, envelopes: Sequence[EventEnvelope]) -> list[BrokerUnavailable | None]:
         """Produce events of one application together, in as few records as fit (``batch_records``);

@@ -7,8 +7,12 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import httpx
 import orjson
+from aiokafka.structs import ConsumerRecord
 
-from tests.conftest import AppKey, Pipeline, wait_until
+from gateway.producer import EventProducer
+from schemas import EventEnvelope
+from tests.conftest import AppKey, Pipeline, consume_all, wait_until
+from vdip.settings import Settings
 
 
 async def count_rows(pool: asyncpg.Pool, app_id: str) -> int:
@@ -196,3 +200,39 @@ async def test_occurred_at_is_kept_or_clamped_and_flagged(
         minutes=1
     )
     assert past["occurred_at_clamped"] and past["occurred_at"] == past["received_at"] - timedelta(days=30)
+
+
+async def test_single_events_sent_together_share_a_record(settings: Settings) -> None:
+    """What concurrent single-event requests do: the producer's sends of one turn of the event loop."""
+    apps = [f"app-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    envelopes = [
+        EventEnvelope(
+            event_id=uuid.uuid4(),
+            app_id=apps[n % 2],
+            event_type="together",
+            payload={"n": n},
+            received_at=datetime.now(UTC),
+        )
+        for n in range(21)
+    ]
+    producer = EventProducer(settings)
+    await producer.start()
+    try:
+        await asyncio.gather(*(producer.send(e) for e in envelopes))
+        await producer.send(envelopes[0])  # alone: a record that is the envelope itself
+    finally:
+        await producer.stop()
+
+    def of_ours(records: list[ConsumerRecord[bytes, bytes]]) -> list[ConsumerRecord[bytes, bytes]]:
+        return [r for r in records if r.key is not None and r.key.decode() in apps]
+
+    records = of_ours(await consume_all(settings, "events", until=lambda rs: len(of_ours(rs)) == 3))
+    by_app: dict[str, list[object]] = {app_id: [] for app_id in apps}
+    for record in records:  # in order within an application (its partition)
+        assert record.key is not None and record.value is not None
+        by_app[record.key.decode()].append(orjson.loads(record.value))
+    (together, alone), (others,) = by_app[apps[0]], by_app[apps[1]]
+    assert isinstance(together, list) and isinstance(others, list) and isinstance(alone, dict)
+    assert [e["payload"]["n"] for e in together] == list(range(0, 21, 2))  # one record, in order
+    assert [e["payload"]["n"] for e in others] == list(range(1, 21, 2))
+    assert alone["event_id"] == str(envelopes[0].event_id)  # an event sent alone is its envelope
