@@ -19,7 +19,7 @@ import asyncpg
 from fastapi import Depends, Header, Path, Query, Request
 
 from gateway.errors import ApiError
-from gateway.limits import RateLimiter
+from gateway.limits import Limits, RateLimiter
 from gateway.producer import EventProducer
 from schemas import ErrorDetail
 from vdip.applications import Application, get_application
@@ -177,6 +177,7 @@ class Ingest:
     settings: Settings
     producer: EventProducer
     limiter: RateLimiter
+    limits: Limits
 
 
 async def ingest_dependency(
@@ -187,7 +188,7 @@ async def ingest_dependency(
     key = await _presented_key(authorization, x_api_key)
     caller = await authorize_app(state.applications, state.settings, app_id, key, ingest=True)
     assert caller.application is not None
-    return Ingest(caller.application, state.settings, state.producer, state.rate_limiter)
+    return Ingest(caller.application, state.settings, state.producer, state.rate_limiter, state.limits)
 
 
 async def _app_reader(

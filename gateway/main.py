@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from gateway.deps import ApplicationCache
 from gateway.errors import install_error_handlers
-from gateway.limits import RateLimiter
+from gateway.limits import Limits, RateLimiter
 from gateway.middleware import BodySizeLimitMiddleware, CorrelationIdMiddleware, IngestMetricsMiddleware
 from gateway.producer import EventProducer
 from gateway.routes import applications, dashboard, events, health, ingest, rules, statistics
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.rate_limiter = RateLimiter(settings.rate_limit)
+    app.state.limits = Limits.from_settings(settings)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(CorrelationIdMiddleware)  # the 413 above carries the id too
     app.add_middleware(IngestMetricsMiddleware)  # outermost: counts the 413 too

@@ -6,7 +6,7 @@ record written while the request is handled.
 """
 
 import re
-import uuid
+import secrets
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,8 +27,8 @@ class CorrelationIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = Headers(scope=scope).get("x-correlation-id", "")
-        value = given if _VALID_ID.match(given) else uuid.uuid4().hex
+        given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-correlation-id"), "")
+        value = given if _VALID_ID.match(given) else secrets.token_hex(16)  # as a uuid4's hex, faster
         token = correlation_id.set(value)
 
         async def send_with_id(message: Message) -> None:
@@ -92,6 +92,10 @@ REJECTED_BECAUSE = {
 }
 
 
+_ACCEPTED = metrics.INGEST_REQUESTS.labels("accepted", "")
+_PARTIAL = metrics.INGEST_REQUESTS.labels("partial", "")
+
+
 class IngestMetricsMiddleware:
     """Counts ingest requests by outcome, and refused ones by reason (events are counted by the
     routes, which know how many a request carried)."""
@@ -112,7 +116,7 @@ class IngestMetricsMiddleware:
                     reason = REJECTED_BECAUSE.get(status, str(status))
                     metrics.INGEST_REQUESTS.labels("rejected", reason).inc()
                 else:
-                    metrics.INGEST_REQUESTS.labels("partial" if status == 207 else "accepted", "").inc()
+                    (_PARTIAL if status == 207 else _ACCEPTED).inc()
             await send(message)
 
         await self.app(scope, receive, counting_send)

@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.limits import Limits, RateLimiter, check_event, json_shape
-from gateway.routes.ingest import clamp_occurred_at, client_ip, event_id_for
+from gateway.routes.ingest import build_envelope, clamp_occurred_at, client_ip, event_id_for
+from schemas import EventEnvelope, EventMetadata, EventSource, IngestRequest
 from vdip.settings import Settings
 
 RECEIVED = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -170,3 +171,24 @@ def test_events_go_to_kafka_in_as_few_records_as_fit() -> None:
         orjson.loads(e) for e in events
     ]
     assert all(len(value) <= len(events[0]) * 3 + 4 for value, _ in split)
+
+
+def test_the_envelope_built_without_validation_is_the_validated_one() -> None:
+    item = IngestRequest.model_validate(
+        {
+            "event_type": " order ",
+            "payload": {"a": [1, {"b": None}]},
+            "occurred_at": "2026-03-01T14:00:00+02:00",
+        }
+    )
+    metadata = EventMetadata(
+        ip_address="10.0.0.1", user_agent="ua", correlation_id="c", source=EventSource.HTTP
+    )
+    built = build_envelope("app", item, metadata, RECEIVED + timedelta(hours=-2), "key", 3)
+    validated = EventEnvelope.model_validate_json(built.model_dump_json())
+    assert built.model_dump_json() == validated.model_dump_json()
+    assert (built.event_type, built.occurred_at, built.occurred_at_clamped) == (
+        "order",
+        RECEIVED - timedelta(hours=2) + timedelta(minutes=1),
+        True,
+    )
