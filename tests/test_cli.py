@@ -78,11 +78,18 @@ async def test_up_starts_everything_and_prints_a_working_demo_key(
 def test_topics_apply_exits_non_zero_on_drift(cli_env: dict[str, str], tmp_path: Path) -> None:
     declared = tmp_path / "topics.yaml"
     declared.write_text("topics:\n  - name: drifty\n    partitions: 1\n")
-    assert vdip("topics", "apply", "--file", str(declared), env=cli_env).returncode == 0
+    created = vdip("topics", "apply", "--file", str(declared), env=cli_env)
+    assert created.returncode == 0, created.stdout + created.stderr
+    assert created.stdout.endswith("1 created, 0 as declared, 0 drifted\n"), created.stdout
     declared.write_text("topics:\n  - name: drifty\n    partitions: 2\n")
     result = vdip("topics", "apply", "--file", str(declared), env=cli_env)
+    # The report, to its last line, and no traceback: a crash exits 1 too.
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.splitlines() == [
+        f"DRIFT    {cli_env['VDIP_TOPIC_PREFIX']}drifty: 1 partitions, declared 2",
+        "0 created, 0 as declared, 1 drifted",
+    ], result.stdout
     assert result.returncode == 1
-    assert "DRIFT" in result.stdout and "1 partitions, declared 2" in result.stdout
 
 
 def test_stack_status_and_up_are_idempotent(services: Services, cli_env: dict[str, str]) -> None:
