@@ -36,7 +36,7 @@ from vdip import stack
 from vdip.applications import create_application
 from vdip.db import create_pool, migrate_url
 from vdip.settings import Settings
-from vdip.topics import apply_topics, load_topics
+from vdip.topics import apply_topics, load_topics, partitions_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -438,6 +438,30 @@ async def consume_all(
             batches = await consumer.getmany(timeout_ms=500)
             for partition in batches.values():
                 records.extend(partition)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def read_to_end(settings: Settings, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` up to its end as Kafka reports it now: what was acknowledged
+    before the call is all there, with no guess at how long to wait for it."""
+    partitions = await partitions_of(settings.kafka_bootstrap, settings.topic(topic))
+    assert partitions, f"no topic {settings.topic(topic)}"
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        left = [tp for tp in partitions if await consumer.position(tp) < ends[tp]]
+        deadline = time.monotonic() + 60
+        while left:
+            assert time.monotonic() < deadline, f"{topic} not read to its end within 60 s"
+            for tp, found in (await consumer.getmany(*left, timeout_ms=500)).items():
+                records.extend(r for r in found if r.offset < ends[tp])
+            left = [tp for tp in left if await consumer.position(tp) < ends[tp]]
     finally:
         await consumer.stop()
     return records
