@@ -227,43 +227,69 @@ async def test_untrusted_peer_cannot_spoof_its_address(
     assert metadata["ip_address"] == "127.0.0.1"
 
 
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The status and body of one HTTP/1.1 response (Content-Length framed, as the gateway answers)."""
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 40)).decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:] if h)}
+    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 40)
+    return int(head[0].split(" ")[1]), body
+
+
 async def test_graceful_shutdown_drains_in_flight_produces(
     pipeline: Pipeline, app: AppKey, pool: asyncpg.Pool
 ) -> None:
+    """SIGTERM while 20 batch requests are provably in the gateway's hands and none is answered:
+    each asked for its body (``Expect: 100-continue``), half send it as the signal is sent and half
+    once the gateway logged that it is shutting down. Every one must be answered 202 and stored."""
+    port = _free_port()
     gateway = Process(
         "gateway",
         pipeline.settings,
         pipeline.gateway.log_path.parent,
-        {"VDIP_GATEWAY_PORT": str(_free_port())},
-        label="gateway-shutdown",
+        {"VDIP_GATEWAY_PORT": str(port)},
+        label=f"gateway-shutdown-{uuid.uuid4().hex[:8]}",
     )
-    base = await start_gateway(gateway)
-    body = orjson.dumps({"events": [{"event_type": "drain", "payload": {"n": n}} for n in range(100)]})
-    accepted: list[uuid.UUID] = []
+    await start_gateway(gateway)
+    assert gateway.proc is not None
+    bodies = [
+        orjson.dumps({"events": [{"event_type": "drain", "payload": {"r": r, "n": n}} for n in range(100)]})
+        for r in range(20)
+    ]
+    connections = []
+    for body in bodies:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            (
+                f"POST /api/ingest/{app.app_id}/batch HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"X-API-Key: {app.key}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+            ).encode()
+        )
+        connections.append((reader, writer))
+    for reader, _ in connections:  # each request's handler is running and waits for its body
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim
+    for (_, writer), body in zip(connections[:10], bodies[:10], strict=True):
+        writer.write(body)
+    gateway.proc.terminate()  # SIGTERM: no request has been answered yet
 
-    async def send(client: httpx.AsyncClient) -> None:
-        try:
-            response = await client.post(
-                f"/api/ingest/{app.app_id}/batch",
-                content=body,
-                headers={**app.headers, "Content-Type": "application/json"},
-            )
-        except httpx.HTTPError:
-            return  # refused once shutdown began: nothing was promised
-        if response.status_code in (202, 207):
-            accepted.extend(
-                uuid.UUID(r["event_id"]) for r in response.json()["data"]["results"] if r.get("event_id")
-            )
+    def shutting_down() -> bool:
+        return "Shutting down" in gateway.log_path.read_text()
 
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        tasks = [asyncio.create_task(send(client)) for _ in range(30)]
-        await asyncio.sleep(0.15)
-        assert gateway.proc is not None
-        gateway.proc.terminate()  # SIGTERM while requests are in flight
-        await asyncio.gather(*tasks)
+    await wait_until(shutting_down, 10, interval=0.05, message="the gateway shutting down")
+    for (_, writer), body in zip(connections[10:], bodies[10:], strict=True):
+        writer.write(body)
+    answers = await asyncio.gather(*(_answer(reader) for reader, _ in connections), return_exceptions=True)
+    for _, writer in connections:
+        writer.close()
+    bodies_202 = [a[1] for a in answers if not isinstance(a, BaseException) and a[0] == 202]
+    assert len(bodies_202) == len(bodies), answers  # no connection error, no other status
+    accepted = [
+        uuid.UUID(r["event_id"]) for body in bodies_202 for r in orjson.loads(body)["data"]["results"]
+    ]
+    assert len(set(accepted)) == 100 * len(bodies)
     assert gateway.proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once done
     assert "Application shutdown complete" in gateway.log_path.read_text()
-    assert accepted, "no request was accepted before the shutdown"
 
     async def all_stored() -> bool:
         found: int = await pool.fetchval(
