@@ -1,16 +1,16 @@
 """End to end on the real services: HTTP and direct producers, dead letters, a sink killed mid-stream."""
 
 import asyncio
-import signal
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from tests.conftest import AppKey, Pipeline, consume_all, wait_until
+from tests.conftest import AppKey, Pipeline, consume_all, read_to_end, rule_applied, wait_until
+from vdip.statistics import check
 
 
 def envelope(app_id: str, **overrides: object) -> dict[str, object]:
@@ -134,35 +134,79 @@ async def test_a_batch_record_stores_its_valid_events_and_dead_letters_each_inva
 
 
 async def test_sink_killed_mid_stream_stores_each_of_2000_events_once(
-    pipeline: Pipeline, producer: AIOKafkaProducer, pool: asyncpg.Pool, app: AppKey
+    pipeline: Pipeline,
+    client: httpx.AsyncClient,
+    producer: AIOKafkaProducer,
+    pool: asyncpg.Pool,
+    app: AppKey,
 ) -> None:
+    """The sink is killed (SIGKILL: nothing flushed, nothing committed) in the middle of writing
+    a batch: once it has stored some of the 2,000 events, the test locks ``data_events`` against
+    writes and kills the sink when its next INSERT is waiting for that lock. Started again, it
+    stores each event once, with its delivery, counted once, and dead-letters nothing."""
     total = 2000
+    rule = {
+        "app_id": app.app_id,
+        "rule_name": "even",
+        "condition": {"parity": "even"},
+        "destination_type": "queue",
+        "destination_config": {"topic": f"even-{uuid.uuid4().hex[:8]}"},
+    }
+    created = await client.post("/api/routing-rules", json=rule, headers=app.headers)
+    assert created.status_code == 201, created.text
+    await rule_applied(pipeline, created.json()["data"])
+    sent = [envelope(app.app_id, payload={"n": n, "parity": ("even", "odd")[n % 2]}) for n in range(total)]
     topic = pipeline.settings.topic("events")
-    sent = [envelope(app.app_id, payload={"n": n}) for n in range(total)]
+    futures = [await producer.send(topic, orjson.dumps(e), key=app.app_id.encode()) for e in sent]
+    await asyncio.gather(*futures)
 
-    async def produce(chunk: list[dict[str, object]]) -> None:
-        futures = [await producer.send(topic, orjson.dumps(e), key=app.app_id.encode()) for e in chunk]
-        await asyncio.gather(*futures)
-
-    await produce(sent[:1000])
-
-    async def some_stored() -> bool:
+    async def stored() -> int:
         count: int = await pool.fetchval("SELECT count(*) FROM data_events WHERE app_id = $1", app.app_id)
-        return count >= 100
+        return count
 
-    await wait_until(some_stored, 30, interval=0.05, message="the sink started storing")
-    pipeline.sink.proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
-    pipeline.sink.proc.wait()  # type: ignore[union-attr]
-    stored_at_kill = await pool.fetchval("SELECT count(*) FROM data_events WHERE app_id = $1", app.app_id)
-    await produce(sent[1000:])
+    async def started() -> bool:
+        return await stored() > 0
+
+    await wait_until(started, 60, interval=0.01, message="the sink started storing")
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("LOCK TABLE data_events IN SHARE MODE")  # readers pass, writers wait
+
+        async def writing() -> bool:
+            waiting: int = await pool.fetchval(
+                """SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                   AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO data_events%'"""
+            )
+            return waiting > 0
+
+        await wait_until(writing, 30, interval=0.01, message="the sink's next batch waiting to be written")
+        pipeline.sink.kill()
+    stored_at_kill = await stored()
+    assert 0 < stored_at_kill < total, f"{stored_at_kill} stored when the sink was killed: not mid-stream"
     pipeline.sink.start()
 
     async def all_stored() -> bool:
-        return len(await stored_ids(pool, app.app_id)) >= total
+        return await stored() >= total
 
-    await wait_until(all_stored, 90, message=f"{total} events stored")
-    rows = await pool.fetch("SELECT event_id, payload FROM data_events WHERE app_id = $1", app.app_id)
-    assert stored_at_kill < total, "the sink was not killed mid-stream"
+    await wait_until(all_stored, 60, message=f"{total} events stored")
+    rows = await pool.fetch("SELECT event_id, payload, status FROM data_events WHERE app_id = $1", app.app_id)
     assert len(rows) == total
     assert sorted(r["payload"]["n"] for r in rows) == list(range(total))
     assert {r["event_id"] for r in rows} == {uuid.UUID(str(e["event_id"])) for e in sent}
+    deliveries = await pool.fetch(
+        """SELECT d.event_id, d.status, d.attempts FROM deliveries d JOIN data_events e USING (event_id)
+           WHERE e.app_id = $1""",
+        app.app_id,
+    )
+    even = {uuid.UUID(str(e["event_id"])) for e in sent[::2]}
+    assert sorted(d["event_id"] for d in deliveries) == sorted(even)  # one delivery per even event
+    assert {(d["status"], d["attempts"]) for d in deliveries} == {("delivered", 1)}
+    now = datetime.now(UTC)
+    assert await check(pool, app.app_id, now - timedelta(hours=2), now + timedelta(hours=1)) == []
+    daily = await pool.fetch(
+        """SELECT total_events, processed_events FROM event_statistics
+           WHERE app_id = $1 AND time_period = 'daily'""",
+        app.app_id,
+    )
+    assert sum(d["total_events"] for d in daily) == sum(d["processed_events"] for d in daily) == total
+    dead = [r for r in await read_to_end(pipeline.settings, "events.dlq") if app.app_id.encode() in r.value]
+    assert dead == []
