@@ -2,7 +2,7 @@
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -12,9 +12,11 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from schemas import EventEnvelope
 from schemas.rules import Delivery
 from sinks.batching import Record, insert_rows
-from sinks.tables import DELIVERY, TableWriter, insert_statement, to_row, writer_of
+from sinks.tables import DELIVERY, TableWriter, create_statements, insert_statement, to_row, writer_of
 from streams.routing import delivery_id
-from tests.conftest import AppKey, Pipeline, consume_all, consumed, wait_until
+from tests.conftest import AppKey, Pipeline, consume_all, consumed, rule_applied, wait_until
+from tests.test_statistics import api_counts
+from tests.test_webhooks import event_status, settled
 from vdip.settings import Settings
 
 
@@ -73,6 +75,14 @@ async def test_writes_rows_once_creates_tables_and_dead_letters_alone(
     dead = [r for r in dlq if marker in r.value]
     assert len(dead) == 1 and dict(dead[0].headers)["error.stage"] == b"table-sink"
     assert b"CheckViolationError" in dict(dead[0].headers)["error"]
+    outcomes = await pool.fetch(
+        """SELECT delivery_id, status, attempts, last_error FROM deliveries
+           WHERE delivery_id = ANY($1::uuid[])""",
+        [d.delivery_id for d in second],
+    )
+    by_id = {o["delivery_id"]: (o["status"], o["attempts"], o["last_error"]) for o in outcomes}
+    assert by_id.pop(second[1].delivery_id, (None, None))[:2] == ("failed", 1)
+    assert sorted(by_id.values()) == [("delivered", 1, None)] * 2
 
 
 async def test_a_delivery_twice_in_one_batch_is_written_once(
@@ -201,6 +211,68 @@ async def test_a_table_rule_receives_exactly_the_matching_events(
     rows = await pool.fetch(f'SELECT event_id, rule_id, app_id, payload FROM vdip_tables."{table}"')
     assert {r["event_id"] for r in rows} == expected
     assert all(r["rule_id"] == created.json()["data"]["rule_id"] and r["app_id"] == app.app_id for r in rows)
+
+
+async def test_a_refused_row_fails_its_delivery_its_event_and_its_count(
+    pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey, pool: asyncpg.Pool
+) -> None:
+    """End to end: a row the table refuses is dead-lettered, its delivery is failed with the
+    database's error, its event is failed, and the statistics count it as failed."""
+    table = f"refused_e2e_{uuid.uuid4().hex[:8]}"
+    schema = pipeline.settings.tables_schema
+    async with pool.acquire() as conn:
+        for statement in create_statements(schema, table):
+            await conn.execute(statement)
+        await conn.execute(
+            f"ALTER TABLE {schema}.\"{table}\" ADD CONSTRAINT small CHECK ((payload->>'total')::int < 100)"
+        )
+    created = await client.post(
+        "/api/routing-rules",
+        json={
+            "app_id": app.app_id,
+            "rule_name": "to a table",
+            "condition": {},
+            "destination_type": "database_table",
+            "destination_config": {"table": table},
+        },
+        headers=app.headers,
+    )
+    assert created.status_code == 201, created.text
+    await rule_applied(pipeline, created.json()["data"])
+    start = datetime.now(UTC)
+    totals = [1, 2, 500, 3, 4]
+    body = {"events": [{"event_type": "order", "payload": {"total": n}} for n in totals]}
+    response = await client.post(f"/api/ingest/{app.app_id}/batch", json=body, headers=app.headers)
+    assert response.status_code == 202, response.text
+    ids = [r["event_id"] for r in response.json()["data"]["results"]]
+    poison = ids[2]
+    outcomes = {event_id: (await settled(client, app, event_id))[0] for event_id in ids}
+
+    failed = outcomes.pop(poison)
+    assert (failed["status"], failed["attempts"]) == ("failed", 1)
+    assert "CheckViolationError" in failed["last_error"], failed
+    assert [(o["status"], o["last_error"]) for o in outcomes.values()] == [("delivered", None)] * 4
+    statuses = {event_id: await event_status(client, app, event_id) for event_id in ids}
+    assert statuses == {event_id: "failed" if event_id == poison else "processed" for event_id in ids}
+    rows = await pool.fetch(f'SELECT event_id FROM {schema}."{table}"')
+    assert {str(r["event_id"]) for r in rows} == set(ids) - {poison}
+
+    async def counted() -> bool:
+        found = await api_counts(
+            client, app, "hourly", start - timedelta(hours=1), start + timedelta(hours=1)
+        )
+        return list(found.values()) == [(5, 4, 1, 0)]  # total, processed, failed, pending
+
+    await wait_until(counted, 10, message="statistics: 5 events, 4 processed, 1 failed")
+    marker = poison.encode()
+    dead = [
+        r
+        for r in await consume_all(
+            pipeline.settings, "events.dlq", until=lambda rs: any(marker in r.value for r in rs)
+        )
+        if marker in r.value
+    ]
+    assert len(dead) == 1 and dict(dead[0].headers)["error.stage"] == b"table-sink"
 
 
 async def test_table_sink_killed_three_times_during_5000_events_writes_each_row_once(
