@@ -27,7 +27,6 @@ from schemas.rules import Delivery, RuleFields
 from sinks.addresses import GuardedBackend, guarded_client, networks, refusal
 from sinks.webhooks import (
     Dispatcher,
-    Outcome,
     parse_retry_after,
     request_body,
     request_headers,
@@ -455,71 +454,87 @@ async def test_table_and_queue_deliveries_are_recorded(
 async def test_an_endpoint_failing_for_too_long_is_disabled(
     pool: asyncpg.Pool, app: AppKey, settings: Settings
 ) -> None:
-    """The dispatcher's bookkeeping against the real database, with a receiver that always fails."""
-    fields = RuleFields.model_validate(
-        rule_body(app, destination_type="webhook", destination_config={"url": "http://x/"}, condition={})
-    )
-    async with pool.acquire() as conn:
-        rule = await insert_rule(conn, fields)
-    strict = settings.model_copy(update={"webhook_disable_after_s": 3600.0})
-    dispatcher = Dispatcher(pool, httpx.AsyncClient(), strict)
+    """The dispatcher runs the clock itself: with retries every 0.2 s (a schedule that outlasts the
+    test) and webhook_disable_after_s of 1.5 s, a receiver that keeps failing makes it give up on
+    its own, failing the delivery and disabling the destination; a success in between restarts it."""
+    failures_left = 3
 
-    async def failing_for(hours: float) -> None:
-        await pool.execute(
-            "UPDATE routing_rules SET destination_failing_since = now() - make_interval(hours => $2)"
-            " WHERE rule_id = $1",
-            rule.rule_id,
-            hours,
-        )
+    async def reply(_: Received) -> tuple[int, dict[str, str]]:
+        nonlocal failures_left
+        failures_left -= 1
+        return (500, {}) if failures_left != 0 else (200, {})  # 0: once, then failing for good
 
-    async def outcome_of(delivery: Delivery, result: Outcome) -> tuple[str, str | None]:
-        await pool.execute(
-            "INSERT INTO deliveries (delivery_id, event_id, rule_id, destination_type, status)"
-            " VALUES ($1, $2, $3, 'webhook', 'pending')",
-            delivery.delivery_id,
-            delivery.event.event_id,
-            rule.rule_id,
+    async with receiving(reply) as receiver:
+        url = receiver.url("/clock")
+        fields = RuleFields.model_validate(
+            rule_body(app, destination_type="webhook", destination_config={"url": url}, condition={})
         )
-        await dispatcher.finish(delivery, 0, result)
-        status = await pool.fetchval(
-            "SELECT status FROM deliveries WHERE delivery_id = $1", delivery.delivery_id
+        async with pool.acquire() as conn:
+            rule = await insert_rule(conn, fields)
+        strict = settings.model_copy(
+            update={"webhook_disable_after_s": 1.5, "webhook_retry_schedule_s": [0.2] * 100}
         )
+        dispatcher = Dispatcher(pool, httpx.AsyncClient(), strict)
+
+        async def until_settled() -> tuple[str, int, list[Received]]:
+            """A delivery attempted by the dispatcher each time it is due, as its claim loop
+            would (without a message in the table, the pipeline's dispatcher never claims it),
+            until it is delivered or failed, or 10 s passed: its status, attempts and requests."""
+            delivery = Delivery.model_validate(
+                {
+                    "delivery_id": uuid.uuid4(),
+                    "rule_id": rule.rule_id,
+                    "destination_type": "webhook",
+                    "destination_config": {"url": url},
+                    "event": {
+                        "event_id": uuid.uuid4(),
+                        "app_id": app.app_id,
+                        "event_type": "t",
+                        "payload": {},
+                        "received_at": datetime.now(UTC),
+                    },
+                }
+            )
+            await pool.execute(
+                "INSERT INTO deliveries (delivery_id, event_id, rule_id, destination_type, status)"
+                " VALUES ($1, $2, $3, 'webhook', 'pending')",
+                delivery.delivery_id,
+                delivery.event.event_id,
+                rule.rule_id,
+            )
+            before, deadline = len(receiver.requests), time.monotonic() + 10
+            while True:
+                row = await pool.fetchrow(
+                    """SELECT status, attempts, extract(epoch FROM next_attempt_at - now()) AS due
+                       FROM deliveries WHERE delivery_id = $1""",
+                    delivery.delivery_id,
+                )
+                if row["status"] in ("delivered", "failed") or time.monotonic() > deadline:
+                    return row["status"], row["attempts"], receiver.requests[before:]
+                await asyncio.sleep(max(0.0, float(row["due"] or 0)))
+                dispatcher.busy[rule.rule_id] = 1  # what claim() counts for each delivery it starts
+                await dispatcher.deliver(rule.rule_id, row["attempts"], delivery.model_dump(mode="json"))
+
+        async def failing_since() -> Any:
+            return await pool.fetchval(
+                "SELECT destination_failing_since FROM routing_rules WHERE rule_id = $1", rule.rule_id
+            )
+
+        status, attempts, _ = await until_settled()  # two failures, then a success
+        assert (status, attempts) == ("delivered", 3)
+        assert await failing_since() is None  # the success reset the clock
+
+        status, attempts, requests = await until_settled()  # failing from now on
         reason = await pool.fetchval(
             "SELECT destination_disabled_reason FROM routing_rules WHERE rule_id = $1", rule.rule_id
         )
-        return status, reason
+        assert status == "failed", (status, attempts)
+        assert reason is not None and reason.startswith("failing without a success for 0:00:01"), reason
+        # Counted from this delivery's first failure (not the earlier ones), by the dispatcher.
+        assert attempts == len(requests) > 2 and requests[-1].at - requests[0].at >= 1.3, attempts
 
-    def delivery() -> Delivery:
-        return Delivery.model_validate(
-            {
-                "delivery_id": uuid.uuid4(),
-                "rule_id": rule.rule_id,
-                "destination_type": "webhook",
-                "destination_config": {"url": "http://x/"},
-                "event": {
-                    "event_id": uuid.uuid4(),
-                    "app_id": app.app_id,
-                    "event_type": "t",
-                    "payload": {},
-                    "received_at": datetime.now(UTC),
-                },
-            }
-        )
-
-    await failing_for(0.5)
-    assert await outcome_of(delivery(), Outcome(500, "HTTP 500")) == ("retrying", None)
-    assert await outcome_of(delivery(), Outcome(200)) == ("delivered", None)  # a success resets the clock
-    assert (
-        await pool.fetchval(
-            "SELECT destination_failing_since FROM routing_rules WHERE rule_id = $1", rule.rule_id
-        )
-        is None
-    )
-    await failing_for(2)
-    status, reason = await outcome_of(delivery(), Outcome(None, "ConnectError: refused"))
-    assert (
-        status == "failed" and reason is not None and reason.startswith("failing without a success for 2:00")
-    )
+        status, attempts, requests = await until_settled()  # the destination is disabled
+        assert (status, attempts, requests) == ("failed", 0, [])
 
 
 def test_an_attempt_must_end_well_within_its_lease() -> None:
