@@ -124,7 +124,10 @@ def run(settings: Settings, logging_config: dict[str, Any]) -> None:
 
 def new_worker(app: faust.App, logging_config: dict[str, Any]) -> faust.Worker:
     level = logging_config["root"]["level"]
-    worker = faust.Worker(app, loglevel=level, logging_config=logging_config, redirect_stdouts=False)
+    # quiet: faust would print bare lines of its own ("-INT-" on SIGINT, a blank line when it stops at once).
+    worker = faust.Worker(
+        app, loglevel=level, logging_config=logging_config, redirect_stdouts=False, quiet=True
+    )
     # faust's terminal spinner, at WARNING and above, sets the root logger to DEBUG and adds a
     # handler: every debug line of every library (one per produced record) would then be built.
     worker.spinner = None

@@ -1,27 +1,32 @@
 """Structured logs: every process writes JSON lines; one event is followed by its ids."""
 
+import io
 import logging
+import subprocess
+import sys
 from typing import Any
 
 import httpx
 import orjson
 
 from streams.app import create_app, new_worker
-from tests.conftest import AppKey, Pipeline, wait_until
+from tests.conftest import ROOT, AppKey, Pipeline, Process, _free_port, wait_until
 from tests.test_webhooks import ok, receiving, settled, webhook_rule
 from vdip.logs import logging_config
 from vdip.settings import Settings
 
 
 def json_lines(pipeline: Pipeline, name: str) -> list[dict[str, Any]]:
+    """Every line the process wrote, each a JSON object (a line that is not fails the test)."""
     process = getattr(pipeline, name)
-    lines = [line for line in process.log_path.read_bytes().splitlines() if line.strip()]
     parsed = []
-    for line in lines:
-        if not line.startswith(b"{"):  # a stray non-log line (e.g. faust's banner) is allowed, nothing else
-            continue
-        parsed.append(orjson.loads(line))
-    assert len(parsed) >= 0.9 * len(lines), f"{name}: {len(lines) - len(parsed)} lines are not JSON"
+    for number, line in enumerate(process.log_path.read_bytes().splitlines(), 1):
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise AssertionError(f"{process.log_path}:{number} is not JSON: {line[:300]!r}") from None
+        assert isinstance(record, dict), f"{process.log_path}:{number} is not a JSON object"
+        parsed.append(record)
     return parsed
 
 
@@ -62,3 +67,49 @@ def test_the_worker_at_warning_builds_no_debug_records(settings: Settings) -> No
     finally:
         root.setLevel(level)
         root.handlers[:] = handlers
+
+
+async def test_a_worker_that_cannot_reach_kafka_writes_json_lines(pipeline: Pipeline) -> None:
+    """Before faust takes over, the worker waits for Kafka; what it and aiokafka say meanwhile is
+    JSON too (not Python's bare last-resort lines)."""
+    settings = pipeline.settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{_free_port()}"})
+    worker = Process(
+        "worker", settings, pipeline.worker.log_path.parent, label=f"worker-no-kafka-{_free_port()}"
+    )
+    worker.start()
+    try:
+
+        def said_so() -> bool:
+            return "Kafka unavailable" in worker.log_path.read_text()
+
+        await wait_until(said_so, 30, message="the worker said it waits for Kafka")
+    finally:
+        worker.kill()
+    lines = json_lines(Pipeline(settings, worker, worker, worker, worker, worker), "worker")
+    assert any(line["level"] == "WARNING" and "Kafka unavailable" in line["message"] for line in lines)
+
+
+def test_warnings_and_uncaught_exceptions_are_json_lines() -> None:
+    """A library's warning and an exception nothing caught, in a process logging JSON."""
+    code = (
+        "import warnings; from vdip.logs import configure; configure('INFO', False, 'probe');"
+        " warnings.warn('careful', DeprecationWarning, stacklevel=1); raise RuntimeError('boom')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert result.returncode == 1
+    lines = [orjson.loads(line) for line in result.stderr.splitlines()]  # each one JSON, or this fails
+    assert [(line["level"], line["process"]) for line in lines] == [
+        ("WARNING", "probe"),
+        ("CRITICAL", "probe"),
+    ]
+    assert "careful" in lines[0]["message"] and "RuntimeError: boom" in lines[1]["exc_info"]
+
+
+def test_the_worker_prints_no_bare_lines_of_its_own(settings: Settings) -> None:
+    worker = new_worker(create_app(settings), logging_config("INFO", False, "worker"))
+    worker.stdout = worker.stderr = console = io.StringIO()  # where faust prints, bypassing logging
+    worker.say("")  # what faust prints when it stops at once
+    worker.carp("-INT- -INT- -INT- -INT- -INT- -INT-")  # and on SIGINT
+    assert console.getvalue() == ""

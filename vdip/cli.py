@@ -122,6 +122,7 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from streams.app import run
 
+    _configure_logging(args)  # until faust applies the same configuration
     run(settings, logs.logging_config(args.log_level, args.pretty, "worker"))
     return 0
 

@@ -8,7 +8,9 @@ metadata, so one grep follows an event from its request to its last delivery.
 
 import logging
 import logging.config
+import sys
 from contextvars import ContextVar
+from types import TracebackType
 from typing import Any
 
 from schemas import EventEnvelope
@@ -62,4 +64,12 @@ def logging_config(level: str, pretty: bool, process: str) -> dict[str, Any]:
 
 
 def configure(level: str, pretty: bool, process: str) -> None:
+    """Log as ``logging_config`` says; Python's warnings and an exception nothing caught, which
+    Python would print to stderr as bare text, become log records too."""
     logging.config.dictConfig(logging_config(level, pretty, process))
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    logging.getLogger("vdip").critical("uncaught exception: %r", value, exc_info=(kind, value, tb))
