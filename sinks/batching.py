@@ -47,6 +47,7 @@ def new_consumer(bootstrap: str, group_id: str, topic: str, *, max_records: int)
         auto_offset_reset="earliest",
         isolation_level="read_committed",
         max_poll_records=max_records,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
         metadata_max_age_ms=30_000,
     )
 

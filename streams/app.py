@@ -44,6 +44,7 @@ def create_app(settings: Settings) -> faust.App:
         # with 16 KiB batches (the default), every routed batch record (about 40 KiB for 100
         # events) cost a round trip of its own. The router resends a refused record alone.
         producer_max_batch_size=512 * 1024,
+        consumer_max_fetch_size=4 * 1024 * 1024,
         # Re-read metadata every 30 s (not 5 min): a group that joined while the broker was still
         # loading its metadata after a restart, and so got no partitions, rebalances soon.
         consumer_metadata_max_age_ms=30_000,
