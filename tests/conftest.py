@@ -58,6 +58,18 @@ class Services:
     containers: list[object] = field(default_factory=list)
 
 
+def needs_local_stack(services: Services, what: str) -> None:
+    """Tests that stop and start a shared service need the local stack's (containers cannot be
+    stopped and restarted in place): skipped for a contributor on containers, a failure in CI
+    (``CI`` set), where they must always run."""
+    if services.local_stack:
+        return
+    message = f"needs the local stack's {what}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message}; in CI they must run (`vdip stack up`)")
+    pytest.skip(message)  # pragma: no cover - containers only
+
+
 def _docker_engine() -> bool:
     if shutil.which("docker") is None:
         return False

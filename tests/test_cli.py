@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Services, _free_port, wait_until
+from tests.conftest import ROOT, Services, _free_port, needs_local_stack, wait_until
 from vdip import stack
 from vdip.cli import stop_processes
 from vdip.settings import Settings
@@ -93,8 +93,7 @@ def test_topics_apply_exits_non_zero_on_drift(cli_env: dict[str, str], tmp_path:
 
 
 def test_stack_status_and_up_are_idempotent(services: Services, cli_env: dict[str, str]) -> None:
-    if not services.local_stack:  # pragma: no cover
-        pytest.skip("needs the local stack")
+    needs_local_stack(services, "Kafka and PostgreSQL, which `vdip stack up` manages")
     env = {**os.environ}  # the real stack's own settings
     up = vdip("stack", "up", env=env)
     assert up.returncode == 0, up.stderr

@@ -7,7 +7,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import AppKey, Pipeline, Services, consume_all, wait_until
+from tests.conftest import AppKey, Pipeline, Services, consume_all, needs_local_stack, wait_until
 from vdip import stack
 from vdip.db import create_pool
 from vdip.settings import Settings
@@ -17,8 +17,7 @@ from vdip.settings import Settings
 async def test_twenty_seconds_without_postgres_lose_nothing(
     services: Services, pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey
 ) -> None:
-    if not services.local_stack:  # pragma: no cover
-        pytest.skip("needs the local stack's PostgreSQL, which this test stops and starts")
+    needs_local_stack(services, "PostgreSQL, which this test stops and starts")
     table = f"outage_{uuid.uuid4().hex[:8]}"
     rule = {
         "app_id": app.app_id,

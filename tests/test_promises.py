@@ -14,7 +14,7 @@ import pytest
 import standardwebhooks
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.conftest import AppKey, Pipeline, Process, start_gateway, wait_until
+from tests.conftest import AppKey, Pipeline, Process, Services, needs_local_stack, start_gateway, wait_until
 from tests.test_rules import rule_body, send
 from tests.test_webhooks import Received, deliveries, ok, receiving, settled, webhook_rule
 from vdip.settings import Settings
@@ -294,3 +294,14 @@ async def test_a_killed_dispatchers_delivery_is_sent_again_once_its_lease_ran_ou
         short.kill()
         if not pipeline.webhooks.alive():
             pipeline.webhooks.start()
+
+
+def test_tests_that_need_the_local_stack_fail_in_ci_rather_than_skip(monkeypatch: pytest.MonkeyPatch) -> None:
+    on_containers = Services("kafka:9092", "postgresql://x@db/x", local_stack=False)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="in CI they must run"):
+        needs_local_stack(on_containers, "broker")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        needs_local_stack(on_containers, "broker")
+    needs_local_stack(Services("k:9092", "postgresql://x@db/x", local_stack=True), "broker")  # runs
