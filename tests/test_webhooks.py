@@ -209,6 +209,25 @@ async def receiving(reply: Reply, host: str = WEBHOOK_RECEIVER_HOST) -> AsyncIte
         server.close()
 
 
+def new_delivery(rule_id: int, app_id: str, url: str) -> Delivery:
+    """A webhook delivery of a new event, as the router would make it."""
+    return Delivery.model_validate(
+        {
+            "delivery_id": uuid.uuid4(),
+            "rule_id": rule_id,
+            "destination_type": "webhook",
+            "destination_config": {"url": url},
+            "event": {
+                "event_id": uuid.uuid4(),
+                "app_id": app_id,
+                "event_type": "t",
+                "payload": {},
+                "received_at": datetime.now(UTC),
+            },
+        }
+    )
+
+
 async def ok(_: Received) -> tuple[int, dict[str, str]]:
     return 200, {}
 
@@ -480,21 +499,7 @@ async def test_an_endpoint_failing_for_too_long_is_disabled(
             """A delivery attempted by the dispatcher each time it is due, as its claim loop
             would (without a message in the table, the pipeline's dispatcher never claims it),
             until it is delivered or failed, or 10 s passed: its status, attempts and requests."""
-            delivery = Delivery.model_validate(
-                {
-                    "delivery_id": uuid.uuid4(),
-                    "rule_id": rule.rule_id,
-                    "destination_type": "webhook",
-                    "destination_config": {"url": url},
-                    "event": {
-                        "event_id": uuid.uuid4(),
-                        "app_id": app.app_id,
-                        "event_type": "t",
-                        "payload": {},
-                        "received_at": datetime.now(UTC),
-                    },
-                }
-            )
+            delivery = new_delivery(rule.rule_id, app.app_id, url)
             await pool.execute(
                 "INSERT INTO deliveries (delivery_id, event_id, rule_id, destination_type, status)"
                 " VALUES ($1, $2, $3, 'webhook', 'pending')",
@@ -578,21 +583,7 @@ async def test_an_attempt_has_one_deadline_however_slowly_the_receiver_drips(
     )
     async with pool.acquire() as conn:
         rule = await insert_rule(conn, fields)
-    delivery = Delivery.model_validate(
-        {
-            "delivery_id": uuid.uuid4(),
-            "rule_id": rule.rule_id,
-            "destination_type": "webhook",
-            "destination_config": {"url": url},
-            "event": {
-                "event_id": uuid.uuid4(),
-                "app_id": app.app_id,
-                "event_type": "t",
-                "payload": {},
-                "received_at": datetime.now(UTC),
-            },
-        }
-    )
+    delivery = new_delivery(rule.rule_id, app.app_id, url)
     # Claimed for an hour, as if by this dispatcher: the pipeline's own dispatcher keeps away.
     await pool.execute(
         "INSERT INTO deliveries (delivery_id, event_id, rule_id, destination_type, status, message,"
