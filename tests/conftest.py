@@ -572,12 +572,23 @@ async def gateway_on(
     extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[str]:
     """A gateway of its own that produces to ``kafka`` (1 s produce timeout); yields its base URL."""
-    own = settings.model_copy(
-        update={"kafka_bootstrap": kafka.bootstrap, "gateway_port": _free_port(), "produce_timeout_s": 1.0}
-    )
+    own = settings.model_copy(update={"kafka_bootstrap": kafka.bootstrap, "produce_timeout_s": 1.0})
+    async with another_gateway(own, log_dir, label, extra_env) as base_url:
+        try:
+            yield base_url
+        finally:
+            kafka.resume()  # a paused broker would hold the gateway's final flush
+
+
+@asynccontextmanager
+async def another_gateway(
+    settings: Settings, log_dir: Path, label: str, extra_env: dict[str, str] | None = None
+) -> AsyncIterator[str]:
+    """A gateway process beside the pipeline's, on a free port, with ``extra_env`` on top of
+    ``settings``: started and ready, its base URL yielded, stopped at the end."""
+    own = settings.model_copy(update={"gateway_port": _free_port()})
     process = Process("gateway", own, log_dir, extra_env, label=label)
     try:
         yield await start_gateway(process)
     finally:
-        kafka.resume()  # a paused broker would hold the gateway's final flush
         process.stop()

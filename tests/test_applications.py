@@ -2,7 +2,7 @@
 
 import httpx
 
-from tests.conftest import AppKey, Pipeline, Process, _free_port, start_gateway
+from tests.conftest import AppKey, Pipeline, another_gateway
 
 
 async def test_create_list_get(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
@@ -85,21 +85,15 @@ async def test_rotated_key_keeps_the_old_one_for_the_grace_period(
 async def test_without_grace_the_old_key_stops_at_once(
     pipeline: Pipeline, app: AppKey, log_dir: object
 ) -> None:
-    gateway = Process(
-        "gateway",
-        pipeline.settings,
-        pipeline.gateway.log_path.parent,
-        {"VDIP_KEY_ROTATION_GRACE_S": "0", "VDIP_GATEWAY_PORT": str(_free_port())},
-        label="gateway-no-grace",
-    )
-    base = await start_gateway(gateway)
-    try:
-        async with httpx.AsyncClient(base_url=base) as client:
-            rotated = await client.post(f"/api/applications/{app.app_id}/rotate-key", headers=app.headers)
-            body = {"event_type": "t"}
-            old = await client.post(f"/api/ingest/{app.app_id}", json=body, headers=app.headers)
-            assert old.status_code == 401
-            new = {"X-API-Key": rotated.json()["data"]["api_key"]}
-            assert (await client.post(f"/api/ingest/{app.app_id}", json=body, headers=new)).status_code == 202
-    finally:
-        gateway.stop()
+    no_grace = {"VDIP_KEY_ROTATION_GRACE_S": "0"}
+    logs = pipeline.gateway.log_path.parent
+    async with (
+        another_gateway(pipeline.settings, logs, "gateway-no-grace", no_grace) as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        rotated = await client.post(f"/api/applications/{app.app_id}/rotate-key", headers=app.headers)
+        body = {"event_type": "t"}
+        old = await client.post(f"/api/ingest/{app.app_id}", json=body, headers=app.headers)
+        assert old.status_code == 401
+        new = {"X-API-Key": rotated.json()["data"]["api_key"]}
+        assert (await client.post(f"/api/ingest/{app.app_id}", json=body, headers=new)).status_code == 202

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from tests.conftest import AppKey, Pipeline, Process, _free_port, start_gateway, wait_until
+from tests.conftest import AppKey, Pipeline, another_gateway, wait_until
 
 
 async def ingest(client: httpx.AsyncClient, app: AppKey, body: object, **headers: str) -> httpx.Response:
@@ -219,25 +219,18 @@ async def test_a_record_the_kafka_client_refuses_is_a_503_never_a_500(
     over its max_request_size, which a gateway that allows 2 MB events makes) answer 503 as promised,
     and a batch keeps what Kafka did acknowledge."""
     big = {"VDIP_MAX_EVENT_BYTES": "2000000", "VDIP_MAX_BODY_BYTES": "4000000"}
-    gateway = Process(
-        "gateway",
-        pipeline.settings,
-        pipeline.gateway.log_path.parent,
-        {**big, "VDIP_GATEWAY_PORT": str(_free_port())},
-        label="gateway-big-events",
-    )
-    base_url = await start_gateway(gateway)
     huge = {"event_type": "huge", "payload": {"blob": "x" * 1_200_000}}
-    try:
-        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-            single = await client.post(f"/api/ingest/{app.app_id}", json=huge, headers=app.headers)
-            batch = await client.post(
-                f"/api/ingest/{app.app_id}/batch",
-                json={"events": [{"event_type": "small"}, huge]},
-                headers=app.headers,
-            )
-    finally:
-        gateway.stop()
+    logs = pipeline.gateway.log_path.parent
+    async with (
+        another_gateway(pipeline.settings, logs, "gateway-big-events", big) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=30) as client,
+    ):
+        single = await client.post(f"/api/ingest/{app.app_id}", json=huge, headers=app.headers)
+        batch = await client.post(
+            f"/api/ingest/{app.app_id}/batch",
+            json={"events": [{"event_type": "small"}, huge]},
+            headers=app.headers,
+        )
     assert single.status_code == 503, single.text
     assert single.headers["Retry-After"] == "5"
     (error,) = single.json()["errors"]

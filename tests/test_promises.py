@@ -1,7 +1,6 @@
 """README promises that no other test holds the system to, each against the running pipeline."""
 
 import asyncio
-import socket
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -14,7 +13,7 @@ import pytest
 import standardwebhooks
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.conftest import AppKey, Pipeline, Process, Services, needs_local_stack, start_gateway, wait_until
+from tests.conftest import AppKey, Pipeline, Process, Services, another_gateway, needs_local_stack, wait_until
 from tests.test_rules import rule_body, send
 from tests.test_webhooks import Received, deliveries, ok, receiving, settled, webhook_rule
 from vdip.settings import Settings
@@ -126,10 +125,6 @@ async def test_an_application_changed_through_another_gateway_applies_within_the
     log_dir: Path,
 ) -> None:
     ttl = settings.app_cache_ttl_s
-    other = Process(
-        "gateway", settings, log_dir, {"VDIP_GATEWAY_PORT": str(_free_port())}, label="gateway-elsewhere"
-    )
-    elsewhere = await start_gateway(other)
     body = {"event_type": "t", "payload": {}}
     url = f"/api/ingest/{app.app_id}"
 
@@ -142,24 +137,17 @@ async def test_an_application_changed_through_another_gateway_applies_within_the
         await wait_until(answered, ttl + 3, interval=0.1, message=f"{status} here")
         assert time.monotonic() - changed <= ttl + 1.5
 
-    try:
+    async with (
+        another_gateway(settings, log_dir, "gateway-elsewhere") as elsewhere,
+        httpx.AsyncClient(base_url=elsewhere, timeout=30) as there,
+    ):
         assert (await client.post(url, json=body, headers=app.headers)).status_code == 202  # cached here
-        async with httpx.AsyncClient(base_url=elsewhere, timeout=30) as there:
-            rotated = await there.post(f"/api/applications/{app.app_id}/rotate-key", headers=app.headers)
-            assert rotated.status_code == 200, rotated.text
-            await answers(202, {"X-API-Key": rotated.json()["data"]["api_key"]})  # the new key, here too
-            disabled = await there.post(f"/api/applications/{app.app_id}/disable", headers=admin)
-            assert disabled.status_code == 200, disabled.text
-            await answers(403, app.headers)  # disabled here too
-    finally:
-        other.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        rotated = await there.post(f"/api/applications/{app.app_id}/rotate-key", headers=app.headers)
+        assert rotated.status_code == 200, rotated.text
+        await answers(202, {"X-API-Key": rotated.json()["data"]["api_key"]})  # the new key, here too
+        disabled = await there.post(f"/api/applications/{app.app_id}/disable", headers=admin)
+        assert disabled.status_code == 200, disabled.text
+        await answers(403, app.headers)  # disabled here too
 
 
 async def test_metrics_port_0_serves_no_metrics_and_the_process_works(
@@ -222,10 +210,8 @@ async def test_the_previous_signature_ends_after_the_grace_period(
     """A gateway whose VDIP_WEBHOOK_SECRET_GRACE_S is 4 s rotates the secret: deliveries carry both
     signatures, then, once 4 s have passed, the new one only."""
     grace = 4.0
-    env = {"VDIP_GATEWAY_PORT": str(_free_port()), "VDIP_WEBHOOK_SECRET_GRACE_S": str(grace)}
-    other = Process("gateway", settings, log_dir, env, label="gateway-short-grace")
-    elsewhere = await start_gateway(other)
-    try:
+    short_grace = {"VDIP_WEBHOOK_SECRET_GRACE_S": str(grace)}
+    async with another_gateway(settings, log_dir, "gateway-short-grace", short_grace) as elsewhere:
         async with receiving(ok) as receiver:
             rule = await webhook_rule(pipeline, client, app, receiver.url("/grace"))
             async with httpx.AsyncClient(base_url=elsewhere, timeout=30) as there:
@@ -249,8 +235,6 @@ async def test_the_previous_signature_ends_after_the_grace_period(
         standardwebhooks.Webhook(new_secret).verify(second.body, second.headers)
         with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError):
             standardwebhooks.Webhook(rule["webhook_secret"]).verify(second.body, second.headers)
-    finally:
-        other.stop()
 
 
 async def test_a_killed_dispatchers_delivery_is_sent_again_once_its_lease_ran_out(

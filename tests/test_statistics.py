@@ -23,7 +23,7 @@ from sinks.event_store import EventStore
 from sinks.tables import TableWriter
 from tests.conftest import ROOT, AppKey, Pipeline, consumed, read_to_end, rule_applied, wait_until
 from tests.test_pipeline import envelope
-from tests.test_rules import send
+from tests.test_rules import create, send
 from tests.test_webhooks import Received, receiving, settled, webhook_rule
 from vdip.settings import Settings
 from vdip.statistics import PERIODS, STEP, Period, bucket_start, check
@@ -331,20 +331,10 @@ async def test_worker_killed_twice_and_batches_resubmitted_leave_no_difference(
     the 35th (it routes again what it had not committed): every event is checked in each place
     it goes before anything is sent again. Then the same batches again, which change nothing."""
     queue = f"t0-{uuid.uuid4().hex[:8]}"
-    rule = await client.post(
-        "/api/routing-rules",
-        json={
-            "app_id": app.app_id,
-            "rule_name": "t0",
-            "event_type_filter": "t0",
-            "condition": {},
-            "destination_type": "queue",
-            "destination_config": {"topic": queue},
-        },
-        headers=app.headers,
+    rule = await create(
+        client, app, rule_name="t0", event_type_filter="t0", condition={}, destination_config={"topic": queue}
     )
-    assert rule.status_code == 201, rule.text
-    await rule_applied(pipeline, rule.json()["data"])
+    await rule_applied(pipeline, rule)
     batches: list[list[dict[str, Any]]] = [
         [
             {

@@ -15,6 +15,7 @@ from sinks.batching import Record, insert_rows
 from sinks.tables import DELIVERY, TableWriter, create_statements, insert_statement, to_row, writer_of
 from streams.routing import delivery_id
 from tests.conftest import AppKey, Pipeline, consume_all, consumed, rule_applied, wait_until
+from tests.test_rules import create
 from tests.test_statistics import api_counts
 from tests.test_webhooks import event_status, settled
 from vdip.settings import Settings
@@ -226,19 +227,15 @@ async def test_a_refused_row_fails_its_delivery_its_event_and_its_count(
         await conn.execute(
             f"ALTER TABLE {schema}.\"{table}\" ADD CONSTRAINT small CHECK ((payload->>'total')::int < 100)"
         )
-    created = await client.post(
-        "/api/routing-rules",
-        json={
-            "app_id": app.app_id,
-            "rule_name": "to a table",
-            "condition": {},
-            "destination_type": "database_table",
-            "destination_config": {"table": table},
-        },
-        headers=app.headers,
+    created = await create(
+        client,
+        app,
+        rule_name="to a table",
+        condition={},
+        destination_type="database_table",
+        destination_config={"table": table},
     )
-    assert created.status_code == 201, created.text
-    await rule_applied(pipeline, created.json()["data"])
+    await rule_applied(pipeline, created)
     start = datetime.now(UTC)
     totals = [1, 2, 500, 3, 4]
     body = {"events": [{"event_type": "order", "payload": {"total": n}} for n in totals]}
