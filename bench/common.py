@@ -16,7 +16,7 @@ import orjson
 from aiokafka.admin import AIOKafkaAdminClient
 
 from vdip.settings import Settings
-from vdip.topics import ApplyReport, apply_topics, load_topics
+from vdip.topics import ApplyReport, apply_topics, declared_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -165,9 +165,7 @@ async def wait_ready(base_url: str, process: subprocess.Popen[bytes], timeout: f
 
 async def apply_own_topics(settings: Settings) -> ApplyReport:
     """Create the topics of topics.yaml under the settings' prefix."""
-    return await apply_topics(
-        settings.kafka_bootstrap, load_topics(ROOT / "topics.yaml", settings.topic_prefix)
-    )
+    return await apply_topics(settings.kafka_bootstrap, declared_topics(settings, ROOT / "topics.yaml"))
 
 
 async def delete_topics(bootstrap: str, prefix: str) -> list[str]:

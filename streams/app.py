@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.worker_id,
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker=[f"kafka://{address}" for address in settings.kafka_bootstrap.split(",")],
         datadir=str(settings.worker_datadir),
         value_serializer="raw",
         key_serializer="raw",
@@ -52,8 +52,8 @@ def create_app(settings: Settings) -> faust.App:
         # partitions move to a live worker, or to its own restart, without a minute's stall.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=3.0,
-        topic_replication_factor=1,
-        topic_partitions=3,  # queue topics created on first use
+        topic_replication_factor=settings.replication_factor,  # queue topics created on first use
+        topic_partitions=3,
         web_enabled=False,
     )
     events = app.topic(settings.topic("events"), value_type=bytes, key_type=bytes)

@@ -9,8 +9,8 @@ database, so runs never see each other's data.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
+import random
 import shutil
 import signal
 import socket
@@ -36,7 +36,7 @@ from vdip import stack
 from vdip.applications import create_application
 from vdip.db import create_pool, migrate_url
 from vdip.settings import Settings
-from vdip.topics import apply_topics, load_topics, partitions_of
+from vdip.topics import apply_topics, declared_topics, partitions_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,9 +160,7 @@ async def settings(
         rate_limit="100000/second",
     )
     await migrate_url(test_settings.database_url)
-    await apply_topics(
-        test_settings.kafka_bootstrap, load_topics(ROOT / "topics.yaml", test_settings.topic_prefix)
-    )
+    await apply_topics(test_settings.kafka_bootstrap, declared_topics(test_settings, ROOT / "topics.yaml"))
     yield test_settings
     admin_conn = await asyncpg.connect(services.database_url)  # a new one: PostgreSQL may have restarted
     await admin_conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
@@ -251,6 +249,8 @@ class Process:
         return {
             **os.environ,
             "VDIP_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+            "VDIP_TOPIC_REPLICATION_FACTOR": str(s.replication_factor),
+            "VDIP_TOPIC_MIN_INSYNC_REPLICAS": str(s.min_insync_replicas),
             "VDIP_DATABASE_URL": s.database_url,
             "VDIP_TOPIC_PREFIX": s.topic_prefix,
             "VDIP_WORKER_ID": s.worker_id,
@@ -500,45 +500,76 @@ async def rule_applied(pipeline: Pipeline, rule: dict[str, Any]) -> None:
 
 @dataclass
 class PrivateKafka:
-    """A single-node Kafka broker of this test run alone (the shared one is never paused)."""
+    """Kafka nodes of this test run alone (the shared broker is never paused or killed), started
+    by the stack's own code from its jars, on free ports, with their data in a folder of the run."""
 
-    bootstrap: str
-    proc: subprocess.Popen[bytes]
+    settings: Settings  # its stack_dir, ports and node count
+
+    @property
+    def bootstrap(self) -> str:
+        return self.settings.kafka_bootstrap
+
+    def pids(self) -> list[int]:
+        return [pid for node in stack.kafka_nodes(self.settings) if (pid := stack.read_pid(node.paths.pid))]
 
     def pause(self) -> None:
         """SIGSTOP: connections stay open and nothing is answered, as with a hung broker."""
-        self.proc.send_signal(signal.SIGSTOP)
+        for pid in self.pids():
+            os.kill(pid, signal.SIGSTOP)
 
     def resume(self) -> None:
-        self.proc.send_signal(signal.SIGCONT)
+        for pid in self.pids():
+            os.kill(pid, signal.SIGCONT)
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node (ids from 1)."""
+        node = stack.kafka_nodes(self.settings)[node_id - 1]
+        pid = stack.read_pid(node.paths.pid)
+        assert pid is not None, f"node {node_id} is not running"
+        os.kill(pid, signal.SIGKILL)
+        while stack.pid_alive(pid):
+            time.sleep(0.05)
+
+    def start(self) -> None:
+        """Start the nodes that are not running, and wait until every one is a broker again."""
+        stack.start_kafka(self.settings, libs=stack.install_kafka(Settings()))
+
+    def stop(self) -> None:
+        self.resume()  # a stopped JVM cannot act on SIGTERM
+        stack.stop_kafka(self.settings)
 
 
-def _start_kafka(root: Path) -> PrivateKafka:
-    """Start a broker from the local stack's jars, its data in ``root``, on free ports."""
+def _free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive free ports."""
+    while True:
+        base = random.randrange(20_000, 60_000)
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def start_private_kafka(root: Path, brokers: int = 1) -> PrivateKafka:
+    """Start ``brokers`` Kafka nodes (each a broker and a controller) in ``root``."""
+    base = _free_port_run(2 * brokers)
     own = Settings(
-        kafka_bootstrap=f"127.0.0.1:{_free_port()}", kafka_controller_port=_free_port(), kafka_heap="384m"
+        stack_dir=root,
+        kafka_brokers=brokers,
+        kafka_bootstrap=",".join(f"127.0.0.1:{base + 2 * k}" for k in range(brokers)),
+        kafka_controller_port=base + 1,
+        kafka_heap="384m",
     )
-    config = root / "server.properties"
-    config.write_text(stack.server_properties(own, root / "data"))
-    classpath = f"{stack.install_kafka(Settings())}/*"
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    storage = ["java", "-cp", classpath, "kafka.tools.StorageTool"]
-    subprocess.run([*storage, "format", "-t", cluster_id, "-c", str(config)], check=True, capture_output=True)
-    log4j = ROOT / "vdip" / "stackfiles" / "log4j2.properties"
-    java = [
-        "java",
-        f"-Xmx{own.kafka_heap}",
-        f"-Dlog4j2.configurationFile={log4j}",
-        f"-Dkafka.logs.dir={root}",
-    ]
-    with (root / "stdout.log").open("ab") as out:
-        proc = subprocess.Popen(
-            [*java, "-cp", classpath, "kafka.Kafka", str(config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    return PrivateKafka(own.kafka_bootstrap, proc)
+    found = PrivateKafka(own)
+    found.start()
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -546,21 +577,13 @@ async def private_kafka(
     settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[PrivateKafka]:
     """A second broker, with this run's topics, that tests may pause."""
-    found = _start_kafka(tmp_path_factory.mktemp("private-kafka"))
+    found = await asyncio.to_thread(start_private_kafka, tmp_path_factory.mktemp("private-kafka"))
     try:
-        await wait_until(
-            lambda: stack.kafka_answers(found.bootstrap, 3), 120, interval=1, message="the private broker"
-        )
-        await apply_topics(found.bootstrap, load_topics(ROOT / "topics.yaml", settings.topic_prefix))
+        own = settings.model_copy(update={"kafka_bootstrap": found.bootstrap})
+        await apply_topics(found.bootstrap, declared_topics(own, ROOT / "topics.yaml"))
         yield found
     finally:
-        found.resume()
-        found.proc.terminate()
-        try:
-            found.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            found.proc.kill()
-            found.proc.wait()
+        await asyncio.to_thread(found.stop)
 
 
 @asynccontextmanager

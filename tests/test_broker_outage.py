@@ -17,7 +17,7 @@ async def test_gateway_answers_503_while_kafka_is_down_then_recovers(
 ) -> None:
     needs_local_stack(services, "broker, which this test stops and starts")
     stack_settings = Settings(kafka_bootstrap=services.kafka_bootstrap)
-    assert stack.read_pid(stack.kafka_paths(stack_settings).pid) is not None, (
+    assert stack.read_pid(stack.kafka_nodes(stack_settings)[0].paths.pid) is not None, (
         "the broker was not started by this checkout's stack (`vdip stack up` here)"
     )
     body = {"event_type": "outage", "payload": {}}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from tests.conftest import ROOT, Services, _free_port, needs_local_stack, wait_until
 from vdip import stack
@@ -102,22 +103,58 @@ def test_stack_status_and_up_are_idempotent(services: Services, cli_env: dict[st
     assert status.returncode == 0 and "kafka" in status.stdout and "postgres: up" in status.stdout
 
 
+def _properties(node: stack.KafkaNode, nodes: list[stack.KafkaNode]) -> dict[str, str]:
+    text = stack.server_properties(node, nodes)
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+
+
 def test_server_properties_are_single_node_kraft(tmp_path: Path) -> None:
-    text = stack.server_properties(
-        Settings(kafka_bootstrap="127.0.0.1:19092", kafka_controller_port=19093), tmp_path
-    )
-    lines = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+    own = Settings(stack_dir=tmp_path, kafka_bootstrap="127.0.0.1:19092", kafka_controller_port=19093)
+    [node] = stack.kafka_nodes(own)
+    lines = _properties(node, [node])
     assert lines["process.roles"] == "broker,controller"
     assert lines["controller.quorum.voters"] == "1@127.0.0.1:19093"
     assert lines["listeners"] == "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
-    assert lines["log.dirs"] == str(tmp_path)
+    assert lines["log.dirs"] == str(tmp_path.resolve() / "kafka" / "data")
     for key in (
         "offsets.topic.replication.factor",
         "transaction.state.log.replication.factor",
         "transaction.state.log.min.isr",
         "default.replication.factor",
+        "min.insync.replicas",
     ):
         assert lines[key] == "1"
+
+
+def test_three_nodes_form_one_quorum_with_three_copies_of_everything(tmp_path: Path) -> None:
+    own = Settings(stack_dir=tmp_path, kafka_brokers=3, kafka_controller_port=19093)
+    nodes = stack.kafka_nodes(own)
+    assert own.kafka_bootstrap == "127.0.0.1:9092,127.0.0.1:9094,127.0.0.1:9096"
+    assert [n.address for n in nodes] == own.kafka_bootstrap.split(",")
+    assert len({n.paths.data for n in nodes}) == 3
+    voters = "1@127.0.0.1:19093,2@127.0.0.1:19095,3@127.0.0.1:19097"
+    for node in nodes:
+        lines = _properties(node, nodes)
+        assert lines["node.id"] == str(node.node_id)
+        assert lines["controller.quorum.voters"] == voters
+        assert (
+            lines["listeners"] == f"PLAINTEXT://{node.address},CONTROLLER://127.0.0.1:{node.controller_port}"
+        )
+        assert lines["log.dirs"] == str(node.paths.data)
+        assert lines["offsets.topic.replication.factor"] == lines["default.replication.factor"] == "3"
+        assert lines["min.insync.replicas"] == lines["transaction.state.log.min.isr"] == "2"
+    assert (own.replication_factor, own.min_insync_replicas) == (3, 2)
+
+
+def test_replication_settings_are_checked() -> None:
+    assert (Settings(kafka_brokers=2).replication_factor, Settings(kafka_brokers=2).min_insync_replicas) == (
+        2,
+        1,
+    )
+    explicit = Settings(topic_replication_factor=3, topic_min_insync_replicas=3)
+    assert (explicit.replication_factor, explicit.min_insync_replicas) == (3, 3)
+    with pytest.raises(ValidationError, match="exceeds the replication factor"):
+        Settings(topic_min_insync_replicas=2)
 
 
 def test_database_url_parsing() -> None:

@@ -20,9 +20,10 @@ def test_same_kafka_version_and_single_node_settings(tmp_path: Path) -> None:
     services = compose()["services"]
     assert services["kafka"]["image"] == f"apache/kafka:{Settings().kafka_version}"
     env = services["kafka"]["environment"]
+    nodes = stack.kafka_nodes(Settings(stack_dir=tmp_path))
     props = dict(
         line.split("=", 1)
-        for line in stack.server_properties(Settings(), tmp_path).splitlines()
+        for line in stack.server_properties(nodes[0], nodes).splitlines()
         if "=" in line and not line.startswith("#")
     )
     for key, value in props.items():

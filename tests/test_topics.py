@@ -8,7 +8,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.conftest import ROOT, Services
 from vdip.errors import TopicError
-from vdip.topics import apply_topics, load_topics
+from vdip.settings import Settings
+from vdip.topics import apply_topics, declared_topics, load_topics
 
 
 def test_project_topics_file_declares_the_spine() -> None:
@@ -16,18 +17,39 @@ def test_project_topics_file_declares_the_spine() -> None:
     assert {"events", "events.routed", "events.dlq"} <= set(specs)
     assert specs["events"].config["cleanup.policy"] == "delete"
     assert all(s.replication_factor == 1 for s in specs.values())
+    assert all(s.config["min.insync.replicas"] == "1" for s in specs.values())
+
+
+def test_copies_come_from_the_deployment_never_from_the_file(tmp_path: Path) -> None:
+    cluster = Settings(kafka_brokers=3, topics_file=ROOT / "topics.yaml", topic_prefix="x.")
+    specs = declared_topics(cluster)
+    assert {(s.replication_factor, s.config["min.insync.replicas"]) for s in specs} == {(3, "2")}
+    assert all(s.name.startswith("x.") for s in specs)
+    for text in (
+        "defaults: {replication_factor: 3}\ntopics:\n  - name: a\n",
+        "topics:\n  - name: a\n    replication_factor: 3\n",
+        "topics:\n  - name: a\n    config: {min.insync.replicas: 2}\n",
+    ):
+        path = tmp_path / "topics.yaml"
+        path.write_text(text)
+        with pytest.raises(TopicError, match="VDIP_TOPIC_"):
+            load_topics(path)
 
 
 def test_defaults_fill_in_and_prefix_applies(tmp_path: Path) -> None:
     path = tmp_path / "topics.yaml"
     path.write_text(
-        "defaults: {partitions: 4, replication_factor: 1, config: {retention.ms: 1000}}\n"
+        "defaults: {partitions: 4, config: {retention.ms: 1000}}\n"
         "topics:\n  - name: a\n  - name: b\n    partitions: 2\n    config: {cleanup.policy: compact}\n"
     )
     a, b = load_topics(path, prefix="p.")
-    assert (a.name, a.partitions, a.config) == ("p.a", 4, {"retention.ms": "1000"})
+    assert (a.name, a.partitions, a.config) == (
+        "p.a",
+        4,
+        {"retention.ms": "1000", "min.insync.replicas": "1"},
+    )
     assert (b.name, b.partitions) == ("p.b", 2)
-    assert b.config == {"retention.ms": "1000", "cleanup.policy": "compact"}
+    assert b.config == {"retention.ms": "1000", "cleanup.policy": "compact", "min.insync.replicas": "1"}
 
 
 @pytest.mark.parametrize(
@@ -57,7 +79,7 @@ async def test_apply_creates_missing_and_reports_drift(services: Services, tmp_p
         await admin.create_topics([NewTopic(f"{prefix}narrow", 1, 1, topic_configs={"retention.ms": "5000"})])
         path = tmp_path / "topics.yaml"
         path.write_text(
-            "defaults: {partitions: 2, replication_factor: 1, config: {retention.ms: 60000}}\n"
+            "defaults: {partitions: 2, config: {retention.ms: 60000}}\n"
             "topics:\n  - name: fresh\n  - name: narrow\n"
         )
         specs = load_topics(path, prefix)

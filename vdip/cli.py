@@ -31,8 +31,9 @@ def cmd_stack(settings: Settings, args: argparse.Namespace) -> int:
     elif args.action == "browser":
         stack.install_browser()
     else:
-        kafka = asyncio.run(stack.kafka_answers(settings.kafka_bootstrap, 3))
-        print(f"kafka {settings.kafka_bootstrap}: {'up' if kafka else 'down'}")
+        brokers = asyncio.run(stack.kafka_brokers_up(settings.kafka_bootstrap, 3))
+        kafka = brokers > 0
+        print(f"kafka {settings.kafka_bootstrap}: {f'up ({brokers} broker(s))' if kafka else 'down'}")
         postgres = asyncio.run(stack.postgres_answers(settings.database_url))
         print(f"postgres: {'up' if postgres else 'down'}")
         return 0 if kafka and postgres else 1
@@ -87,9 +88,9 @@ def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
-    from vdip.topics import apply_topics, load_topics
+    from vdip.topics import apply_topics, declared_topics
 
-    specs = load_topics(Path(args.file), settings.topic_prefix)
+    specs = declared_topics(settings, Path(args.file))
     report = asyncio.run(apply_topics(settings.kafka_bootstrap, specs))
     for name in report.created:
         print(f"created  {name}")

@@ -17,7 +17,26 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VDIP_", env_file=".env", extra="ignore")
 
     # Kafka
-    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_bootstrap: str = Field(
+        default="127.0.0.1:9092",
+        description="host:port[,host:port...]; with kafka_brokers > 1 and unset: every local node.",
+    )
+    kafka_brokers: int = Field(
+        default=1,
+        ge=1,
+        le=9,
+        description="How many Kafka nodes `vdip stack up` runs (each a broker and a controller).",
+    )
+    topic_replication_factor: int | None = Field(
+        default=None,
+        ge=1,
+        description="Copies of each topic the system creates; unset: 3 on 3+ brokers, else 1.",
+    )
+    topic_min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="min.insync.replicas of those topics; unset: 2 when 3+ copies, else 1.",
+    )
     topic_prefix: str = Field(
         default="", description="Prepended to every topic name, to share one broker between stacks."
     )
@@ -141,6 +160,30 @@ class Settings(BaseSettings):
     kafka_controller_port: int = 9093
     kafka_heap: str = "512m"
     stack_timeout_s: float = 120.0
+
+    @model_validator(mode="after")
+    def _every_local_node_by_default(self) -> Self:
+        """With a local cluster and no bootstrap given, clients know every node (nodes listen on
+        every other port from the first: 9092, 9094, 9096, their controllers one above)."""
+        if self.kafka_brokers > 1 and "kafka_bootstrap" not in self.model_fields_set:
+            host, _, port = self.kafka_bootstrap.partition(",")[0].rpartition(":")
+            self.kafka_bootstrap = ",".join(f"{host}:{int(port) + 2 * k}" for k in range(self.kafka_brokers))
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"topic_min_insync_replicas ({self.min_insync_replicas}) exceeds the replication factor"
+                f" ({self.replication_factor}): no write could ever be acknowledged"
+            )
+        return self
+
+    @property
+    def replication_factor(self) -> int:
+        return self.topic_replication_factor or min(self.kafka_brokers, 3)
+
+    @property
+    def min_insync_replicas(self) -> int:
+        if self.topic_min_insync_replicas is not None:
+            return self.topic_min_insync_replicas
+        return 2 if self.replication_factor >= 3 else 1
 
     @model_validator(mode="after")
     def _attempts_fit_in_their_lease(self) -> Self:

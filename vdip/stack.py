@@ -1,8 +1,11 @@
-"""The local stack: a single-node KRaft Kafka broker and PostgreSQL, without Docker.
+"""The local stack: Kafka in KRaft mode (one node, or a cluster) and PostgreSQL, without Docker.
 
 Kafka runs from the official ``org.apache.kafka:kafka_2.13`` jars that Maven resolves (cached in
 ``~/.m2`` and copied once into ``<stack_dir>/kafka/<version>/libs``), with its data in
-``<stack_dir>/kafka/data`` so it survives restarts. PostgreSQL is Debian's package and cluster.
+``<stack_dir>/kafka/data`` so it survives restarts. With ``VDIP_KAFKA_BROKERS=3`` it runs three
+nodes, each a broker and a voter of the controller quorum, on ports 9092/9094/9096 (controllers
+9093/9095/9097), their data in ``<stack_dir>/kafka/cluster-3/node-<id>``. PostgreSQL is Debian's
+package and cluster.
 
 Every function here is idempotent: starting what runs already is a no-op, installing what is
 installed does nothing. Starting waits until the service answers a real request (a Kafka metadata
@@ -117,20 +120,28 @@ def spawn(argv: Sequence[str], *, pid_file: Path, log_file: Path, env: dict[str,
 
 def terminate(pid_file: Path, *, timeout_s: float = 30.0) -> bool:
     """SIGTERM the process of ``pid_file``, SIGKILL it after ``timeout_s``. True if one ran."""
-    pid = read_pid(pid_file)
-    if pid is None:
-        pid_file.unlink(missing_ok=True)
-        return False
-    os.kill(pid, signal.SIGTERM)
+    return bool(terminate_all([pid_file], timeout_s=timeout_s))
+
+
+def terminate_all(pid_files: Sequence[Path], *, timeout_s: float = 30.0) -> list[Path]:
+    """SIGTERM the processes of ``pid_files`` at once, SIGKILL those still running after
+    ``timeout_s``. Returns the pid files whose process ran."""
+    running = {pid_file: pid for pid_file in pid_files if (pid := read_pid(pid_file)) is not None}
+    for pid_file in pid_files:
+        if pid_file not in running:
+            pid_file.unlink(missing_ok=True)
+    for pid in running.values():
+        os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while pid_alive(pid) and time.monotonic() < deadline:
+    while any(pid_alive(pid) for pid in running.values()) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
-        while pid_alive(pid):
-            time.sleep(0.1)
-    pid_file.unlink(missing_ok=True)
-    return True
+    for pid_file, pid in running.items():
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            while pid_alive(pid):
+                time.sleep(0.1)
+        pid_file.unlink(missing_ok=True)
+    return list(running)
 
 
 # ------------------------------------------------------------------------------------------ Kafka
@@ -156,44 +167,76 @@ class KafkaPaths:
     def pid(self) -> Path:
         return self.root / "kafka.pid"
 
-    def libs(self, version: str) -> Path:
-        return self.root / version / "libs"
+
+@dataclass(frozen=True)
+class KafkaNode:
+    """One local Kafka process: a broker and a controller of the KRaft quorum."""
+
+    node_id: int
+    host: str
+    port: int
+    controller_port: int
+    paths: KafkaPaths
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
-def kafka_paths(settings: Settings) -> KafkaPaths:
-    return KafkaPaths(settings.stack_dir.resolve() / "kafka")
+def _kafka_root(settings: Settings) -> Path:
+    return settings.stack_dir.resolve() / "kafka"
 
 
-def _broker_host_port(settings: Settings) -> tuple[str, int]:
+def kafka_libs(settings: Settings) -> Path:
+    return _kafka_root(settings) / settings.kafka_version / "libs"
+
+
+def kafka_nodes(settings: Settings) -> list[KafkaNode]:
+    """The local nodes ``vdip stack up`` runs: node k (from 0) listens on the first bootstrap
+    address's port + 2k, its controller on ``kafka_controller_port`` + 2k. One node keeps its data
+    in ``<stack_dir>/kafka``; a cluster of N in ``<stack_dir>/kafka/cluster-N/node-<id>``."""
     host, _, port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
-    return host or "127.0.0.1", int(port)
+    root = _kafka_root(settings)
+    count = settings.kafka_brokers
+    return [
+        KafkaNode(
+            node_id=k + 1,
+            host=host or "127.0.0.1",
+            port=int(port) + 2 * k,
+            controller_port=settings.kafka_controller_port + 2 * k,
+            paths=KafkaPaths(root if count == 1 else root / f"cluster-{count}" / f"node-{k + 1}"),
+        )
+        for k in range(count)
+    ]
 
 
-def server_properties(settings: Settings, data_dir: Path) -> str:
-    host, port = _broker_host_port(settings)
-    cport = settings.kafka_controller_port
+def server_properties(node: KafkaNode, nodes: list[KafkaNode]) -> str:
+    replicas = min(len(nodes), 3)
+    insync = 2 if replicas >= 3 else 1
+    voters = ",".join(f"{n.node_id}@{n.host}:{n.controller_port}" for n in nodes)
     return "\n".join(
         [
-            "# Generated by `vdip stack up`: a single-node KRaft broker+controller.",
+            f"# Generated by `vdip stack up`: KRaft broker+controller {node.node_id} of {len(nodes)}.",
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@{host}:{cport}",
-            f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}",
-            f"advertised.listeners=PLAINTEXT://{host}:{port}",
+            f"node.id={node.node_id}",
+            f"controller.quorum.voters={voters}",
+            f"listeners=PLAINTEXT://{node.host}:{node.port},CONTROLLER://{node.host}:{node.controller_port}",
+            f"advertised.listeners=PLAINTEXT://{node.address}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
             "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            f"log.dirs={data_dir}",
+            f"log.dirs={node.paths.data}",
             "num.partitions=3",
-            # One node: every internal topic must have replication factor 1, or groups never work.
-            "default.replication.factor=1",
-            "offsets.topic.replication.factor=1",
+            # Internal topics: as many copies as there are nodes, up to 3 (with one node, a
+            # replication factor above 1 would leave consumer groups unable to work).
+            f"default.replication.factor={replicas}",
+            f"offsets.topic.replication.factor={replicas}",
             "offsets.topic.num.partitions=10",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            "min.insync.replicas=1",
+            f"transaction.state.log.replication.factor={replicas}",
+            f"transaction.state.log.min.isr={insync}",
+            f"share.coordinator.state.topic.replication.factor={replicas}",
+            f"share.coordinator.state.topic.min.isr={insync}",
+            f"min.insync.replicas={insync}",
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=false",
             "log.retention.hours=168",
@@ -210,8 +253,7 @@ def ensure_java_and_maven() -> None:
 
 def install_kafka(settings: Settings) -> Path:
     """Resolve the broker's jars with Maven, once per version. Returns the libs folder."""
-    paths = kafka_paths(settings)
-    libs = paths.libs(settings.kafka_version)
+    libs = kafka_libs(settings)
     marker = libs / ".complete"
     if marker.exists():
         return libs
@@ -257,76 +299,128 @@ async def kafka_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
         quiet.setLevel(level)
 
 
-def wait_for_kafka(settings: Settings, *, log_file: Path | None = None) -> None:
+async def kafka_brokers_up(bootstrap: str, timeout_s: float = 5.0) -> int:
+    """How many brokers the cluster reports (0 when it does not answer)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        cluster = await asyncio.wait_for(admin.describe_cluster(), timeout_s)
+        return len(cluster["brokers"])
+    except Exception:
+        return 0
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+        quiet.setLevel(level)
+
+
+def wait_for_kafka(settings: Settings, nodes: list[KafkaNode], *, started: bool = False) -> None:
+    """Wait until every node is a registered broker; raise with the nodes' logs if not. With
+    ``started`` (we spawned them), stop waiting as soon as one of them died."""
+    bootstrap = ",".join(node.address for node in nodes)
     deadline = time.monotonic() + settings.stack_timeout_s
     while time.monotonic() < deadline:
-        if asyncio.run(kafka_answers(settings.kafka_bootstrap)):
+        if asyncio.run(kafka_brokers_up(bootstrap)) >= len(nodes):
             return
-        pid = read_pid(kafka_paths(settings).pid)
-        if log_file is not None and pid is None:
-            break  # the broker died; no point waiting
+        if started and any(read_pid(node.paths.pid) is None for node in nodes):
+            break  # no point waiting
         time.sleep(1)
+    logs = [
+        f"node {n.node_id}:\n{tail(n.paths.logs / 'server.log', 20)}\n{tail(n.paths.logs / 'stdout.log', 9)}"
+        for n in nodes
+    ]
     raise StackError(
-        f"Kafka at {settings.kafka_bootstrap} did not answer a metadata request"
-        + (f"; last lines of {log_file}:\n{tail(log_file)}" if log_file else "")
+        f"Kafka at {bootstrap} did not report {len(nodes)} broker(s); the logs end with:\n" + "\n".join(logs)
     )
 
 
-def start_kafka(settings: Settings) -> None:
-    paths = kafka_paths(settings)
-    if read_pid(paths.pid) is not None or asyncio.run(kafka_answers(settings.kafka_bootstrap, 2)):
-        wait_for_kafka(settings)
+def start_kafka(settings: Settings, libs: Path | None = None) -> None:
+    """Start every local node that is not running (a single broker, or a KRaft cluster of
+    ``kafka_brokers`` nodes) and wait until each is a registered broker. ``libs``: the broker's
+    jars, if not those of ``settings.stack_dir``."""
+    nodes = kafka_nodes(settings)
+    _refuse_other_layout(settings)
+    down = [node for node in nodes if read_pid(node.paths.pid) is None]
+    if not down or (len(nodes) == 1 and asyncio.run(kafka_answers(nodes[0].address, 2))):
+        wait_for_kafka(settings, nodes)
         log(f"Kafka already running at {settings.kafka_bootstrap}")
         return
-    libs = install_kafka(settings)
-    paths.data.mkdir(parents=True, exist_ok=True)
-    paths.logs.mkdir(parents=True, exist_ok=True)
-    paths.config.write_text(server_properties(settings, paths.data))
-    classpath = f"{libs}/*"
-    if not (paths.data / "meta.properties").exists():
-        cluster_id = _run(["java", "-cp", classpath, "kafka.tools.StorageTool", "random-uuid"])
-        log("formatting Kafka storage (once)")
-        _run(
-            [
-                "java",
-                "-cp",
-                classpath,
-                "kafka.tools.StorageTool",
-                "format",
-                "--ignore-formatted",
-                "-t",
-                cluster_id.stdout.strip(),
-                "-c",
-                str(paths.config),
-            ]
+    libs = libs or install_kafka(settings)
+    cluster_id = _cluster_id(settings, nodes, libs)
+    for node in down:
+        node.paths.data.mkdir(parents=True, exist_ok=True)
+        node.paths.logs.mkdir(parents=True, exist_ok=True)
+        node.paths.config.write_text(server_properties(node, nodes))
+        if not (node.paths.data / "meta.properties").exists():
+            log(f"formatting the storage of Kafka node {node.node_id} (once)")
+            storage = ["java", "-cp", f"{libs}/*", "kafka.tools.StorageTool"]
+            _run([*storage, "format", "--ignore-formatted", "-t", cluster_id, "-c", str(node.paths.config)])
+    for node in down:
+        log(f"starting Kafka {settings.kafka_version} node {node.node_id} at {node.address}")
+        argv = kafka_argv(settings, node, libs)
+        spawn(argv, pid_file=node.paths.pid, log_file=node.paths.logs / "stdout.log")
+    wait_for_kafka(settings, nodes, started=True)
+    log(f"Kafka is up: {len(nodes)} broker(s) at {settings.kafka_bootstrap}")
+
+
+def kafka_argv(settings: Settings, node: KafkaNode, libs: Path) -> list[str]:
+    log4j = Path(str(resources.files("vdip.stackfiles").joinpath("log4j2.properties")))
+    return [
+        "java",
+        f"-Xmx{settings.kafka_heap}",
+        f"-Xms{settings.kafka_heap}",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={log4j}",
+        f"-Dkafka.logs.dir={node.paths.logs}",
+        "-cp",
+        f"{libs}/*",
+        "kafka.Kafka",
+        str(node.paths.config),
+    ]
+
+
+def _cluster_id(settings: Settings, nodes: list[KafkaNode], libs: Path) -> str:
+    """The cluster's id, made once and kept beside its nodes (every node is formatted with it)."""
+    path = nodes[0].paths.root.parent / "cluster-id" if len(nodes) > 1 else nodes[0].paths.root / "cluster-id"
+    if path.exists():
+        return path.read_text().strip()
+    made = _run(["java", "-cp", f"{libs}/*", "kafka.tools.StorageTool", "random-uuid"]).stdout.strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(made)
+    return made
+
+
+def _other_layouts(settings: Settings) -> list[KafkaPaths]:
+    root = _kafka_root(settings)
+    single = KafkaPaths(root)
+    clusters = [KafkaPaths(node) for node in sorted(root.glob("cluster-*/node-*"))]
+    mine = {node.paths for node in kafka_nodes(settings)}
+    return [paths for paths in [single, *clusters] if paths not in mine]
+
+
+def _refuse_other_layout(settings: Settings) -> None:
+    """A single broker and a cluster share ports: only one of them runs at a time."""
+    running = [paths for paths in _other_layouts(settings) if read_pid(paths.pid) is not None]
+    if running:
+        raise StackError(
+            f"another local Kafka runs ({running[0].root}); stop it first (`vdip stack down` stops"
+            " every local node) before starting one with VDIP_KAFKA_BROKERS="
+            f"{settings.kafka_brokers}"
         )
-    log4j = resources.files("vdip.stackfiles").joinpath("log4j2.properties")
-    with resources.as_file(log4j) as log4j_path:
-        argv = [
-            "java",
-            f"-Xmx{settings.kafka_heap}",
-            f"-Xms{settings.kafka_heap}",
-            "-XX:+UseG1GC",
-            "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={log4j_path}",
-            f"-Dkafka.logs.dir={paths.logs}",
-            "-cp",
-            classpath,
-            "kafka.Kafka",
-            str(paths.config),
-        ]
-        log(f"starting Kafka {settings.kafka_version} at {settings.kafka_bootstrap}")
-        spawn(argv, pid_file=paths.pid, log_file=paths.logs / "stdout.log")
-    try:
-        wait_for_kafka(settings, log_file=paths.logs / "server.log")
-    except StackError as exc:
-        raise StackError(f"{exc}\nstdout:\n{tail(paths.logs / 'stdout.log', 20)}") from None
-    log("Kafka is up")
 
 
 def stop_kafka(settings: Settings) -> None:
-    if terminate(kafka_paths(settings).pid, timeout_s=60):
-        log("Kafka stopped")
+    """Stop every local Kafka node, of this layout and of any other (single or cluster)."""
+    layouts = [node.paths for node in kafka_nodes(settings)] + _other_layouts(settings)
+    stopped = terminate_all([paths.pid for paths in layouts], timeout_s=60)
+    if stopped:
+        log(f"Kafka stopped ({len(stopped)} node(s))")
 
 
 # ------------------------------------------------------------------------------------- PostgreSQL

@@ -15,6 +15,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from vdip.errors import TopicError
+from vdip.settings import Settings
 
 
 def _config_value(value: Any) -> str:
@@ -31,7 +32,7 @@ class TopicSpec(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,200}$")
     description: str = ""
     partitions: int = Field(ge=1)
-    replication_factor: int = Field(ge=1)
+    replication_factor: int = Field(default=1, ge=1)
     config: TopicConfig = Field(default_factory=dict)
 
 
@@ -39,26 +40,53 @@ class _Defaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     partitions: int = 3
-    replication_factor: int = 1
     config: TopicConfig = Field(default_factory=dict)
 
 
-def load_topics(path: Path, prefix: str = "") -> list[TopicSpec]:
-    """Read topics.yaml; defaults fill what a topic leaves out; names get ``prefix``."""
+# How many copies a topic has depends on the cluster, not on the topic: it comes from settings.
+_FROM_SETTINGS = {
+    "replication_factor": "VDIP_TOPIC_REPLICATION_FACTOR",
+    "min.insync.replicas": "VDIP_TOPIC_MIN_INSYNC_REPLICAS",
+}
+
+
+def declared_topics(settings: Settings, path: Path | None = None) -> list[TopicSpec]:
+    """The system's topics (``settings.topics_file``, or ``path``) as this deployment wants them:
+    its topic prefix, replication factor and ``min.insync.replicas``."""
+    return load_topics(
+        path or settings.topics_file,
+        settings.topic_prefix,
+        replication_factor=settings.replication_factor,
+        min_insync_replicas=settings.min_insync_replicas,
+    )
+
+
+def load_topics(
+    path: Path, prefix: str = "", *, replication_factor: int = 1, min_insync_replicas: int = 1
+) -> list[TopicSpec]:
+    """Read topics.yaml; defaults fill what a topic leaves out; names get ``prefix``; every topic
+    gets ``replication_factor`` copies and ``min.insync.replicas`` (which the file may not set)."""
     try:
         raw: Any = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise TopicError(f"cannot read {path}: {exc}") from exc
     if not isinstance(raw, dict) or not isinstance(raw.get("topics"), list):
         raise TopicError(f"{path}: expected a mapping with a 'topics' list")
+    _refuse_replication(path, raw.get("defaults") or {})
     try:
         defaults = _Defaults.model_validate(raw.get("defaults") or {})
         specs = []
         for item in raw["topics"]:
             if not isinstance(item, dict):
                 raise TopicError(f"{path}: each topic must be a mapping, got {item!r}")
+            _refuse_replication(path, item)
             spec = TopicSpec.model_validate({**defaults.model_dump(exclude={"config"}), **item})
-            spec.config = {**defaults.config, **spec.config}
+            spec.replication_factor = replication_factor
+            spec.config = {
+                **defaults.config,
+                **spec.config,
+                "min.insync.replicas": str(min_insync_replicas),
+            }
             spec.name = prefix + spec.name
             specs.append(spec)
     except ValidationError as exc:
@@ -67,6 +95,13 @@ def load_topics(path: Path, prefix: str = "") -> list[TopicSpec]:
     if len(names) != len(set(names)):
         raise TopicError(f"{path}: a topic is declared twice")
     return specs
+
+
+def _refuse_replication(path: Path, item: dict[str, Any]) -> None:
+    config = item.get("config")
+    for key, variable in _FROM_SETTINGS.items():
+        if key in item or (isinstance(config, dict) and key in config):
+            raise TopicError(f"{path}: {key} is not set per topic but for the deployment, by {variable}")
 
 
 @dataclass
