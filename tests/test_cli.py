@@ -2,6 +2,7 @@
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from tests.conftest import ROOT, Services, _free_port, needs_local_stack, wait_until
-from vdip import stack
+from vdip import stack, supervisor
 from vdip.cli import stop_processes
 from vdip.settings import Settings
 
@@ -56,6 +57,26 @@ async def test_up_starts_everything_and_prints_a_working_demo_key(
         key = re.search(r"Demo API key: (\S+)", result.stdout)
         assert key, result.stdout
         assert "OpenAPI docs: http://" in result.stdout
+        run_dir = settings.stack_dir.resolve() / "run"
+        # A process that dies is started again by the supervisor, which says so in `vdip status`.
+        killed = stack.read_pid(run_dir / "worker.pid")
+        assert killed is not None
+        os.kill(killed, signal.SIGKILL)
+
+        async def restarted() -> bool:
+            worker = supervisor.read_state(run_dir).get("worker", {})
+            return worker.get("restarts") == 1 and stack.read_pid(run_dir / "worker.pid") not in (
+                None,
+                killed,
+            )
+
+        await wait_until(restarted, 30, message="the killed worker started again")
+        status = vdip("status", env=cli_env)
+        assert status.returncode == 0, status.stdout + status.stderr
+        rows = {line.split()[0]: line.split() for line in status.stdout.splitlines()[2:]}
+        assert set(rows) == {"gateway", "worker", "sink", "table-sink", "webhooks"}, status.stdout
+        assert rows["worker"][3] == "1" and "killed by SIGKILL" in status.stdout, status.stdout
+        assert all(row[3] == "0" for name, row in rows.items() if name != "worker"), status.stdout
         base = f"http://127.0.0.1:{cli_env['VDIP_GATEWAY_PORT']}"
         async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": key[1]}) as client:
             accepted = await client.post("/api/ingest/demo", json={"event_type": "hello", "payload": {}})
@@ -72,8 +93,21 @@ async def test_up_starts_everything_and_prints_a_working_demo_key(
         assert re.search(r"Demo API key: (\S+)", again.stdout)[1] != key[1]  # type: ignore[index]
     finally:
         stop_processes(settings)
-    for name in ("gateway", "worker", "sink", "table-sink"):
+    for name in ("supervisor", "gateway", "worker", "sink", "table-sink", "webhooks"):
         assert stack.read_pid(settings.stack_dir.resolve() / "run" / f"{name}.pid") is None
+
+
+def test_restarts_back_off_while_a_process_keeps_dying() -> None:
+    delays = []
+    delay = supervisor.FIRST_DELAY_S
+    for _ in range(8):
+        wait, delay = supervisor.next_delay(delay, ran_s=2)
+        delays.append(wait)
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert supervisor.next_delay(60, ran_s=supervisor.STABLE_AFTER_S) == (1, 2)
+    assert (
+        supervisor.describe_exit(-9) == "killed by SIGKILL" and supervisor.describe_exit(3) == "exit code 3"
+    )
 
 
 def test_topics_apply_exits_non_zero_on_drift(cli_env: dict[str, str], tmp_path: Path) -> None:

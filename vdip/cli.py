@@ -200,23 +200,96 @@ def admin_token(settings: Settings) -> str:
 
 
 def start_processes(settings: Settings) -> None:
-    """Start gateway, worker and sink in the background (each a no-op when it runs already)."""
+    """Start the supervisor in the background, which starts (or adopts) gateway, worker and sinks
+    and restarts whichever dies; a no-op for what runs already. Returns once each has a pid."""
     run_dir = _run_dir(settings)
-    env = {**os.environ, "VDIP_ADMIN_TOKEN": admin_token(settings)}
-    for name in PROCESSES:
-        pid_file = run_dir / f"{name}.pid"
-        if stack.read_pid(pid_file) is not None:
-            stack.log(f"{name} already running")
-            continue
-        argv = [sys.executable, "-m", "vdip.cli", name]
-        stack.spawn(argv, pid_file=pid_file, log_file=run_dir / f"{name}.log", env=env)
-        stack.log(f"started {name} (log: {run_dir / f'{name}.log'})")
+    supervisor_pid = run_dir / "supervisor.pid"
+    if stack.read_pid(supervisor_pid) is None:
+        for name in PROCESSES:
+            if stack.read_pid(run_dir / f"{name}.pid") is not None:
+                stack.log(f"{name} already running")
+        env = {**os.environ, "VDIP_ADMIN_TOKEN": admin_token(settings)}
+        argv = [sys.executable, "-m", "vdip.cli", "supervise"]
+        stack.spawn(argv, pid_file=supervisor_pid, log_file=run_dir / "supervisor.log", env=env)
+        stack.log(f"started the supervisor, which keeps {', '.join(PROCESSES)} running (log: {run_dir})")
+    else:
+        for name in PROCESSES:
+            stack.log(f"{name} already running (supervised)")
+    deadline = time.monotonic() + 30
+    while not all(stack.read_pid(run_dir / f"{name}.pid") for name in PROCESSES):
+        if stack.read_pid(supervisor_pid) is None or time.monotonic() > deadline:
+            raise VdipError(f"the processes did not start:\n{stack.tail(run_dir / 'supervisor.log')}")
+        time.sleep(0.2)
 
 
 def stop_processes(settings: Settings) -> None:
-    for name in reversed(PROCESSES):
-        if stack.terminate(_run_dir(settings) / f"{name}.pid"):
+    """Stop the supervisor (which stops the processes), then any process left without it."""
+    run_dir = _run_dir(settings)
+    if stack.terminate(run_dir / "supervisor.pid", timeout_s=60):
+        stack.log("stopped the supervisor and its processes")
+    for name in PROCESSES:
+        if stack.terminate(run_dir / f"{name}.pid"):
             stack.log(f"stopped {name}")
+
+
+def cmd_supervise(settings: Settings, _: argparse.Namespace) -> int:
+    from vdip import supervisor
+
+    run_dir = _run_dir(settings)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    supervisor.run(run_dir, PROCESSES, dict(os.environ))
+    return 0
+
+
+def cmd_status(settings: Settings, _: argparse.Namespace) -> int:
+    """Each process: pid, uptime, restarts, last exit, and its consumer group's lag."""
+    from vdip import supervisor
+    from vdip.topics import group_lag
+
+    run_dir = _run_dir(settings)
+    state = supervisor.read_state(run_dir)
+    inputs = {
+        "worker": (settings.worker_id, "events"),
+        "sink": (settings.sink_group_id, "events.routed"),
+        "table-sink": (settings.table_sink_group_id, "deliveries.table"),
+        "webhooks": (settings.webhook_group_id, "deliveries.webhook"),
+    }
+
+    async def lags() -> dict[str, int | None]:
+        found: dict[str, int | None] = {}
+        for name, (group, topic) in inputs.items():
+            try:
+                found[name] = await asyncio.wait_for(
+                    group_lag(settings.kafka_bootstrap, group, settings.topic(topic)), 10
+                )
+            except Exception:  # Kafka down or the topic missing: no figure
+                found[name] = None
+        return found
+
+    lag_of = asyncio.run(lags())
+    supervised = stack.read_pid(run_dir / "supervisor.pid") is not None
+    print(f"supervisor: {'running' if supervised else 'not running (vdip up starts it)'}")
+    print(f"{'process':<11} {'pid':>8} {'uptime':>9} {'restarts':>8} {'lag':>8}  last exit")
+    all_up = True
+    for name in PROCESSES:
+        item = state.get(name, {})
+        pid = stack.read_pid(run_dir / f"{name}.pid")
+        all_up = all_up and pid is not None
+        started = item.get("started_at") if pid is not None and item.get("pid") == pid else None
+        uptime = _duration(time.time() - started) if started else ("-" if pid is None else "?")
+        shown = "-" if lag_of.get(name) is None else str(lag_of[name])
+        print(
+            f"{name:<11} {pid if pid is not None else 'down':>8} {uptime:>9} {item.get('restarts', 0):>8}"
+            f" {shown:>8}  {item.get('last_exit') or '-'}"
+        )
+    return 0 if all_up else 1
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _wait_gateway(settings: Settings) -> None:
@@ -318,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("up", cmd_up, "Start everything: Kafka, PostgreSQL, schema, topics, gateway, worker, sink")
     p.add_argument("--file", default="topics.yaml")
     add("down", cmd_down, "Stop the pipeline's processes, Kafka and PostgreSQL")
+    add("status", cmd_status, "Each process of `vdip up`: pid, uptime, restarts, consumer lag")
+    add("supervise", cmd_supervise, "Keep gateway, worker and sinks running (what `vdip up` starts)")
     p = add(
         "stack", cmd_stack, "Start, stop or check the local Kafka and PostgreSQL (browser: install chromium)"
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -171,6 +171,28 @@ async def partitions_of(bootstrap: str, *topics: str) -> list[TopicPartition]:
     finally:
         await admin.close()
     return [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
+
+
+async def group_lag(bootstrap: str, group: str, topic: str) -> int | None:
+    """How many records of ``topic`` the consumer group has not committed yet (None: the group
+    has committed nothing there, or Kafka did not answer)."""
+    partitions = await partitions_of(bootstrap, topic)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+        await admin.close()
+    done: dict[TopicPartition, int] = {
+        tp: meta.offset for tp, meta in committed.items() if meta is not None and meta.offset >= 0
+    }
+    if not done:
+        return None
+    return sum(int(end) - done.get(tp, 0) for tp, end in ends.items())
 
 
 def dead_letter_headers(
