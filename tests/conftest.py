@@ -356,23 +356,37 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 async def pipeline(settings: Settings, log_dir: Path) -> AsyncIterator[Pipeline]:
+    async with running_pipeline(settings, log_dir) as found:
+        yield found
+
+
+@asynccontextmanager
+async def running_pipeline(settings: Settings, log_dir: Path, label: str = "") -> AsyncIterator[Pipeline]:
+    """Gateway, worker and the three sinks of ``settings``, started, and flowing once this yields
+    (one event went through); stopped at the end. ``label`` prefixes their log files."""
+
+    def process(name: str, extra_env: dict[str, str] | None = None) -> Process:
+        return Process(name, settings, log_dir, extra_env, label=f"{label}{name}")
+
     found = Pipeline(
         settings,
-        gateway=Process("gateway", settings, log_dir),
-        worker=Process("worker", settings, log_dir),
-        sink=Process("sink", settings, log_dir, {"VDIP_SINK_BATCH_SIZE": "100"}),
-        table_sink=Process("table-sink", settings, log_dir, {"VDIP_SINK_BATCH_SIZE": "100"}),
-        webhooks=Process("webhooks", settings, log_dir),
+        gateway=process("gateway"),
+        worker=process("worker"),
+        sink=process("sink", {"VDIP_SINK_BATCH_SIZE": "100"}),
+        table_sink=process("table-sink", {"VDIP_SINK_BATCH_SIZE": "100"}),
+        webhooks=process("webhooks"),
     )
-    found.worker.start()
-    found.sink.start()
-    found.table_sink.start()
-    found.webhooks.start()
-    await start_gateway(found.gateway)
-    await _wait_until_flowing(found)
-    yield found
-    for process in (found.gateway, found.worker, found.sink, found.table_sink, found.webhooks):
-        process.stop()
+    try:
+        found.worker.start()
+        found.sink.start()
+        found.table_sink.start()
+        found.webhooks.start()
+        await start_gateway(found.gateway)
+        await _wait_until_flowing(found)
+        yield found
+    finally:
+        for each in (found.gateway, found.worker, found.sink, found.table_sink, found.webhooks):
+            each.stop()
 
 
 async def _wait_until_flowing(found: Pipeline) -> None:
@@ -581,6 +595,16 @@ async def private_kafka(
     try:
         own = settings.model_copy(update={"kafka_bootstrap": found.bootstrap})
         await apply_topics(found.bootstrap, declared_topics(own, ROOT / "topics.yaml"))
+        yield found
+    finally:
+        await asyncio.to_thread(found.stop)
+
+
+@pytest.fixture(scope="session")
+async def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PrivateKafka]:
+    """A three-node KRaft cluster of this run (each node a broker and a controller voter)."""
+    found = await asyncio.to_thread(start_private_kafka, tmp_path_factory.mktemp("cluster"), 3)
+    try:
         yield found
     finally:
         await asyncio.to_thread(found.stop)

@@ -4,7 +4,6 @@ needs two in sync, and a broker killed under load loses no event the gateway ack
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -20,7 +19,6 @@ from tests.conftest import (
     PrivateKafka,
     another_gateway,
     read_to_end,
-    start_private_kafka,
     wait_until,
 )
 from vdip import stack
@@ -29,13 +27,9 @@ from vdip.settings import Settings
 from vdip.topics import apply_topics, declared_topics
 
 
-@pytest.fixture(scope="module")
-async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PrivateKafka]:
-    found = await asyncio.to_thread(start_private_kafka, tmp_path_factory.mktemp("cluster"), 3)
-    try:
-        yield found
-    finally:
-        await asyncio.to_thread(found.stop)
+@pytest.fixture
+def cluster(kafka_cluster: PrivateKafka) -> PrivateKafka:
+    return kafka_cluster
 
 
 @pytest.fixture
