@@ -49,6 +49,10 @@ def new_consumer(bootstrap: str, group_id: str, topic: str, *, max_records: int)
         max_poll_records=max_records,
         max_partition_fetch_bytes=4 * 1024 * 1024,
         metadata_max_age_ms=30_000,
+        # A member that died leaves the group after 8 s; heartbeats every second let the others
+        # hear of the rebalance (and take its partitions over) within about a second of that.
+        session_timeout_ms=8_000,
+        heartbeat_interval_ms=1_000,
     )
 
 

@@ -48,10 +48,10 @@ def create_app(settings: Settings) -> faust.App:
         # Re-read metadata every 30 s (not 5 min): a group that joined while the broker was still
         # loading its metadata after a restart, and so got no partitions, rebalances soon.
         consumer_metadata_max_age_ms=30_000,
-        # A worker that died is out of the group after 10 s (faust's default: 60 s), so its
+        # A worker that died is out of the group after 8 s (faust's default: 60 s), so its
         # partitions move to a live worker, or to its own restart, without a minute's stall.
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=3.0,
+        broker_session_timeout=8.0,
+        broker_heartbeat_interval=1.0,  # the others hear of a rebalance within a second
         topic_replication_factor=settings.replication_factor,  # queue topics created on first use
         topic_partitions=3,
         web_enabled=False,

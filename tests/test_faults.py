@@ -29,6 +29,7 @@ import asyncpg
 import httpx
 import orjson
 import pytest
+from aiokafka.partitioner import murmur2
 
 from tests.conftest import (
     WEBHOOK_RECEIVER_HOST,
@@ -59,10 +60,12 @@ INTERVAL_S = 0.05  # 200 events/s
 
 @dataclass
 class Load:
-    """The client side: what was sent, what was acknowledged, what the gateway answered."""
+    """The client side: what was sent, what was acknowledged, what the gateways answered. Batches
+    go round the applications (so round the partitions of ``events``) and the gateways; a batch
+    that was not acknowledged goes again, with the same ids, to the next gateway."""
 
-    base_url: str
-    app: AppKey
+    base_urls: list[str]
+    apps: list[AppKey]
     sent: dict[str, int] = field(default_factory=dict)  # event_id -> n
     acknowledged: set[str] = field(default_factory=set)
     answers: dict[str, int] = field(default_factory=dict)
@@ -74,7 +77,7 @@ class Load:
     async def run(self) -> None:
         """Send a batch every INTERVAL_S until stopped; each batch until it is acknowledged."""
         pending: list[asyncio.Task[None]] = []
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=15) as client:
+        async with httpx.AsyncClient(timeout=15) as client:
             while not self.stop.is_set():
                 batch = []
                 for _ in range(BATCH):
@@ -82,16 +85,20 @@ class Load:
                     self.sent[event_id] = n
                     flags = {"queue": n % 2 == 0, "table": n % 3 == 0, "webhook": n % 5 == 0}
                     batch.append({"event_id": event_id, "event_type": "load", "payload": {"n": n, **flags}})
-                pending.append(asyncio.create_task(self.deliver(client, batch)))
+                app = self.apps[len(pending) % len(self.apps)]
+                pending.append(asyncio.create_task(self.deliver(client, app, batch, len(pending))))
                 await asyncio.sleep(INTERVAL_S)
             await asyncio.gather(*pending)
 
-    async def deliver(self, client: httpx.AsyncClient, batch: list[dict[str, Any]]) -> None:
-        url = f"/api/ingest/{self.app.app_id}/batch"
+    async def deliver(
+        self, client: httpx.AsyncClient, app: AppKey, batch: list[dict[str, Any]], k: int
+    ) -> None:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
+            url = f"{self.base_urls[k % len(self.base_urls)]}/api/ingest/{app.app_id}/batch"
+            k += 1
             try:
-                answer = await client.post(url, json={"events": batch}, headers=self.app.headers)
+                answer = await client.post(url, json={"events": batch}, headers=app.headers)
             except httpx.HTTPError as exc:
                 self.count(type(exc).__name__)
             else:
@@ -108,46 +115,60 @@ class Load:
 class Setup:
     pipeline: Pipeline
     pool: asyncpg.Pool
-    app: AppKey
+    apps: list[AppKey]
     receiver: Receiver
     queue_topic: str
     table: str
-    rules: dict[str, int]  # destination type -> rule id
+
+    @property
+    def app_ids(self) -> list[str]:
+        return [app.app_id for app in self.apps]
+
+
+def apps_over_partitions(partitions: int = 3) -> list[str]:
+    """Application ids whose events land on each partition of ``events`` (key = app_id)."""
+    found: dict[int, str] = {}
+    while len(found) < partitions:
+        app_id = f"faults-{uuid.uuid4().hex[:8]}"
+        found.setdefault((murmur2(app_id.encode()) & 0x7FFFFFFF) % partitions, app_id)
+    return list(found.values())
 
 
 async def make_setup(pipeline: Pipeline, pool: asyncpg.Pool, receiver: Receiver) -> Setup:
-    app_id = f"faults-{uuid.uuid4().hex[:8]}"
-    created = await create_application(pool, app_id, app_id)
-    assert created is not None
-    app = AppKey(app_id, created[1])
+    """Three applications, one on each partition, each with a queue, a table and a webhook rule
+    (the same three destinations for all)."""
     queue, table = f"faults-{uuid.uuid4().hex[:8]}", f"faults_{uuid.uuid4().hex[:8]}"
     bodies = {
         "queue": ({"payload.queue": True}, {"topic": queue}),
         "database_table": ({"payload.table": True}, {"table": table}),
         "webhook": ({"payload.webhook": True}, {"url": receiver.url("/faults")}),
     }
-    rules = {}
+    apps = []
     async with httpx.AsyncClient(base_url=pipeline.base_url, timeout=30) as client:
-        for kind, (condition, config) in bodies.items():
-            body = {
-                "app_id": app_id,
-                "rule_name": kind,
-                "condition": condition,
-                "destination_type": kind,
-                "destination_config": config,
-            }
-            answer = await client.post("/api/routing-rules", json=body, headers=app.headers)
-            assert answer.status_code == 201, answer.text
-            await rule_applied(pipeline, answer.json()["data"])
-            rules[kind] = answer.json()["data"]["rule_id"]
-    return Setup(pipeline, pool, app, receiver, pipeline.settings.topic(queue), table, rules)
+        for app_id in apps_over_partitions():
+            created = await create_application(pool, app_id, app_id)
+            assert created is not None
+            app = AppKey(app_id, created[1])
+            apps.append(app)
+            for kind, (condition, config) in bodies.items():
+                body = {
+                    "app_id": app_id,
+                    "rule_name": kind,
+                    "condition": condition,
+                    "destination_type": kind,
+                    "destination_config": config,
+                }
+                answer = await client.post("/api/routing-rules", json=body, headers=app.headers)
+                assert answer.status_code == 201, answer.text
+                await rule_applied(pipeline, answer.json()["data"])
+    return Setup(pipeline, pool, apps, receiver, pipeline.settings.topic(queue), table)
 
 
 async def under_load(
-    setup: Setup, faults: Callable[[], Awaitable[None]], base_url: str | None = None
+    setup: Setup, faults: Callable[[], Awaitable[None]], base_urls: list[str] | None = None
 ) -> Load:
     """Run the load, apply ``faults`` while it runs (after 3 s), and stop it 3 s after."""
-    load = Load(base_url or setup.pipeline.base_url, setup.app)
+    load = Load(base_urls or [setup.pipeline.base_url], setup.apps)
     running = asyncio.create_task(load.run())
     await asyncio.sleep(3)
     try:
@@ -161,7 +182,7 @@ async def under_load(
 
 async def check(setup: Setup, load: Load, label: str) -> None:
     """Wait until everything is drained, then compare every destination with the ledger."""
-    pool, app_id = setup.pool, setup.app.app_id
+    pool, app_ids = setup.pool, setup.app_ids
     ledger = {uuid.UUID(event_id): n for event_id, n in load.sent.items()}
     assert load.acknowledged == set(load.sent)  # every batch was sent again until acknowledged
     expected = {
@@ -169,22 +190,22 @@ async def check(setup: Setup, load: Load, label: str) -> None:
         "database_table": {e for e, n in ledger.items() if n % 3 == 0},
         "webhook": {e for e, n in ledger.items() if n % 5 == 0},
     }
-    want = sum(len(ids) for ids in expected.values())
 
     async def drained() -> bool:
-        stored = await pool.fetchval("SELECT count(*) FROM data_events WHERE app_id = $1", app_id)
-        delivered = await pool.fetchval(
+        """Every event stored, and no delivery of them left to do."""
+        stored = await pool.fetchval("SELECT count(*) FROM data_events WHERE app_id = ANY($1)", app_ids)
+        open_deliveries = await pool.fetchval(
             """SELECT count(*) FROM deliveries d JOIN data_events e USING (event_id)
-               WHERE e.app_id = $1 AND d.status = 'delivered'""",
-            app_id,
+               WHERE e.app_id = ANY($1) AND d.status NOT IN ('delivered', 'failed')""",
+            app_ids,
         )
-        return bool(stored >= len(ledger) and delivered >= want)
+        return bool(stored >= len(ledger) and open_deliveries == 0)
 
     waited = time.monotonic()
     await wait_until(drained, 180, interval=1, message=f"{label}: every event stored and delivered")
     waited = time.monotonic() - waited
 
-    rows = await pool.fetch("SELECT event_id, routing FROM data_events WHERE app_id = $1", app_id)
+    rows = await pool.fetch("SELECT event_id, routing FROM data_events WHERE app_id = ANY($1)", app_ids)
     stored = [r["event_id"] for r in rows]
     lost = set(ledger) - set(stored)
     assert not lost, f"{label}: {len(lost)} acknowledged events not stored"
@@ -209,13 +230,14 @@ async def check(setup: Setup, load: Load, label: str) -> None:
 
     statuses = await pool.fetch(
         """SELECT d.destination_type, d.status, count(*) AS n FROM deliveries d
-           JOIN data_events e USING (event_id) WHERE e.app_id = $1 GROUP BY 1, 2""",
-        app_id,
+           JOIN data_events e USING (event_id) WHERE e.app_id = ANY($1) GROUP BY 1, 2""",
+        app_ids,
     )
     found = {(r["destination_type"], r["status"]): r["n"] for r in statuses}
     assert found == {(kind, "delivered"): len(ids) for kind, ids in expected.items()}, found
     now = datetime.now(UTC)
-    assert await check_statistics(pool, app_id, now - timedelta(hours=2), now + timedelta(hours=1)) == []
+    for app_id in app_ids:
+        assert await check_statistics(pool, app_id, now - timedelta(hours=2), now + timedelta(hours=1)) == []
     webhook_requests = sum(1 for r in setup.receiver.to("/faults"))
     print(
         f"\n{label}: sent {len(ledger)} events, acknowledged {len(load.acknowledged)}, stored"
