@@ -165,7 +165,7 @@ async def wait_ready(base_url: str, process: subprocess.Popen[bytes], timeout: f
 
 async def apply_own_topics(settings: Settings) -> ApplyReport:
     """Create the topics of topics.yaml under the settings' prefix."""
-    return await apply_topics(settings.kafka_bootstrap, declared_topics(settings, ROOT / "topics.yaml"))
+    return await apply_topics(settings, declared_topics(settings, ROOT / "topics.yaml"))
 
 
 async def delete_topics(bootstrap: str, prefix: str) -> list[str]:

@@ -21,6 +21,7 @@ from schemas import EventEnvelope
 from schemas.records import batch_records
 from vdip import metrics
 from vdip.errors import BrokerUnavailable
+from vdip.kafka import client_options
 from vdip.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class EventProducer:
     def _new_producer(self) -> AIOKafkaProducer:
         timeout_ms = int(self._settings.produce_timeout_s * 1000)
         return AIOKafkaProducer(
-            bootstrap_servers=self._settings.kafka_bootstrap,
+            **client_options(self._settings),
             client_id="vdip-gateway",
             acks="all",
             enable_idempotence=True,

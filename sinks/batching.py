@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from schemas.rules import Delivery
 from vdip import metrics
 from vdip.db import create_pool, migrate_url
+from vdip.kafka import client_options
 from vdip.settings import Settings
 from vdip.topics import dead_letter_headers
 
@@ -37,10 +38,10 @@ T = TypeVar("T")  # what a row came from (a record, or one value of a batch reco
 REFUSED = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
-def new_consumer(bootstrap: str, group_id: str, topic: str, *, max_records: int) -> AIOKafkaConsumer:
+def new_consumer(settings: Settings, group_id: str, topic: str, *, max_records: int) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **client_options(settings),
         group_id=group_id,
         client_id=group_id,
         enable_auto_commit=False,
@@ -209,10 +210,8 @@ async def serve_sink(
     """Run one sink until ``stop``: migrations, a pool, a dead-letter producer, the batch loop."""
     await migrate_url(settings.database_url)  # idempotent; concurrent starts wait on a lock
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True
-    )
-    consumer = new_consumer(settings.kafka_bootstrap, group_id, topic, max_records=settings.sink_batch_size)
+    producer = AIOKafkaProducer(**client_options(settings), acks="all", enable_idempotence=True)
+    consumer = new_consumer(settings, group_id, topic, max_records=settings.sink_batch_size)
     await producer.start()
     await consumer.start()
     log.info("sink %s consuming %s", group_id, topic)

@@ -24,6 +24,7 @@ from streams.fold import StatisticsFold
 from streams.router import Router
 from streams.rulebook import RuleBook
 from vdip import metrics
+from vdip.kafka import broker_credentials, client_options
 from vdip.settings import Settings
 from vdip.topics import partitions_of
 
@@ -34,6 +35,7 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.worker_id,
         broker=[f"kafka://{address}" for address in settings.kafka_bootstrap.split(",")],
+        broker_credentials=broker_credentials(settings),
         datadir=str(settings.worker_datadir),
         value_serializer="raw",
         key_serializer="raw",
@@ -57,7 +59,7 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=False,
     )
     events = app.topic(settings.topic("events"), value_type=bytes, key_type=bytes)
-    rulebook = RuleBook(settings.kafka_bootstrap, settings.topic("routing-rules"))
+    rulebook = RuleBook(settings, settings.topic("routing-rules"))
     router = Router(app, settings, rulebook)
     app.agent(events, name="router")(router.run)
 
@@ -72,7 +74,9 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
-async def commit_start_offsets(bootstrap: str, group: str, topics: list[str]) -> dict[TopicPartition, int]:
+async def commit_start_offsets(
+    settings: Settings, group: str, topics: list[str]
+) -> dict[TopicPartition, int]:
     """Commit, in ``group``, the start of every partition of ``topics`` that has no committed offset.
 
     faust resumes a newly assigned partition before it seeks it to its committed offset; where
@@ -82,8 +86,8 @@ async def commit_start_offsets(bootstrap: str, group: str, topics: list[str]) ->
     seek lands where the fetch began: at worst records are routed twice. Done before the worker
     joins its group; a group that already has members committed its offsets itself.
     """
-    partitions = await partitions_of(bootstrap, *topics)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    partitions = await partitions_of(settings, *topics)
+    consumer = AIOKafkaConsumer(**client_options(settings), group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
         missing = [tp for tp in partitions if await consumer.committed(tp) is None]
@@ -107,7 +111,7 @@ async def prepare_group(settings: Settings) -> None:
     sources = [settings.topic("events")]
     while True:
         try:
-            await commit_start_offsets(settings.kafka_bootstrap, settings.worker_id, sources)
+            await commit_start_offsets(settings, settings.worker_id, sources)
             return
         except (KafkaConnectionError, KafkaTimeoutError) as exc:
             log.warning("Kafka unavailable (%r); retrying in 2 s", exc)

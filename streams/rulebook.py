@@ -22,6 +22,8 @@ from pydantic import ValidationError
 
 from streams.routing import CompiledRule, compile_rules, parse_app_rules
 from vdip import metrics
+from vdip.kafka import client_options
+from vdip.settings import Settings
 from vdip.topics import partitions_of
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,8 @@ class RulesUnreadable(Exception):
 
 
 class RuleBook:
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.settings = settings  # how to reach Kafka
         self.topic = topic
         self._rules: dict[str, list[CompiledRule]] = {}
         self._unreadable: set[str] = set()
@@ -84,7 +86,7 @@ class RuleBook:
 
     async def _open(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **client_options(self.settings),
             enable_auto_commit=False,
             auto_offset_reset="earliest",  # besides the explicit seeks below, whatever the default
             group_id=None,
@@ -95,7 +97,7 @@ class RuleBook:
         )
         self._consumer = consumer
         await consumer.start()
-        self._partitions = await partitions_of(self.bootstrap, self.topic)
+        self._partitions = await partitions_of(self.settings, self.topic)
         if not self._partitions:
             raise KafkaError(f"topic {self.topic} does not exist")
         consumer.assign(self._partitions)

@@ -31,10 +31,12 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import SecretStr
 
 from vdip import stack
 from vdip.applications import create_application
 from vdip.db import create_pool, migrate_url
+from vdip.kafka import client_options
 from vdip.settings import Settings
 from vdip.topics import apply_topics, declared_topics, partitions_of
 
@@ -78,9 +80,7 @@ def _docker_engine() -> bool:
 
 def _local_stack_answers(settings: Settings) -> bool:
     async def check() -> bool:
-        return await stack.kafka_answers(settings.kafka_bootstrap, 3) and await stack.postgres_answers(
-            settings.database_url
-        )
+        return await stack.kafka_answers(settings, 3) and await stack.postgres_answers(settings.database_url)
 
     return asyncio.run(check())
 
@@ -160,7 +160,7 @@ async def settings(
         rate_limit="100000/second",
     )
     await migrate_url(test_settings.database_url)
-    await apply_topics(test_settings.kafka_bootstrap, declared_topics(test_settings, ROOT / "topics.yaml"))
+    await apply_topics(test_settings, declared_topics(test_settings, ROOT / "topics.yaml"))
     yield test_settings
     admin_conn = await asyncpg.connect(services.database_url)  # a new one: PostgreSQL may have restarted
     await admin_conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
@@ -269,6 +269,7 @@ class Process:
             "VDIP_PRODUCE_TIMEOUT_S": str(s.produce_timeout_s),
             "VDIP_ADMIN_TOKEN": s.admin_token.get_secret_value() if s.admin_token else "",
             "VDIP_RATE_LIMIT": s.rate_limit,
+            **kafka_security_env(s),
             **self.extra_env,
         }
 
@@ -301,6 +302,18 @@ class Process:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+def kafka_security_env(settings: Settings) -> dict[str, str]:
+    """The variables of the Kafka security settings that are set (``VDIP_KAFKA_SASL_USERNAME``...)."""
+    found = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if name.startswith(("kafka_security_", "kafka_sasl_", "kafka_ssl_")) and value is not None:
+            found[f"VDIP_{name.upper()}"] = str(
+                value.get_secret_value() if isinstance(value, SecretStr) else value
+            )
+    return found
 
 
 @dataclass
@@ -422,7 +435,7 @@ async def client(pipeline: Pipeline) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture(scope="session")
 async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
     """A direct producer, as an application writing to Kafka would use."""
-    kafka = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True)
+    kafka = AIOKafkaProducer(**client_options(settings), acks="all", enable_idempotence=True)
     await kafka.start()
     yield kafka
     await kafka.stop()
@@ -451,7 +464,7 @@ async def consume_all(
     """Read ``topic`` from the beginning until ``until(records)`` holds or time runs out."""
     consumer = AIOKafkaConsumer(
         settings.topic(topic),
-        bootstrap_servers=settings.kafka_bootstrap,
+        **client_options(settings),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
@@ -472,9 +485,9 @@ async def consume_all(
 async def read_to_end(settings: Settings, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of ``topic`` up to its end as Kafka reports it now: what was acknowledged
     before the call is all there, with no guess at how long to wait for it."""
-    partitions = await partitions_of(settings.kafka_bootstrap, settings.topic(topic))
+    partitions = await partitions_of(settings, settings.topic(topic))
     assert partitions, f"no topic {settings.topic(topic)}"
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
     try:
@@ -518,6 +531,7 @@ class PrivateKafka:
     by the stack's own code from its jars, on free ports, with their data in a folder of the run."""
 
     settings: Settings  # its stack_dir, ports and node count
+    extra_properties: Callable[[stack.KafkaNode], dict[str, str]] | None = None  # more listeners, say
 
     @property
     def bootstrap(self) -> str:
@@ -546,7 +560,7 @@ class PrivateKafka:
 
     def start(self) -> None:
         """Start the nodes that are not running, and wait until every one is a broker again."""
-        stack.start_kafka(self.settings, libs=stack.install_kafka(Settings()))
+        stack.start_kafka(self.settings, stack.install_kafka(Settings()), self.extra_properties)
 
     def stop(self) -> None:
         self.resume()  # a stopped JVM cannot act on SIGTERM
@@ -571,8 +585,13 @@ def _free_port_run(count: int) -> int:
                 sock.close()
 
 
-def start_private_kafka(root: Path, brokers: int = 1) -> PrivateKafka:
-    """Start ``brokers`` Kafka nodes (each a broker and a controller) in ``root``."""
+def start_private_kafka(
+    root: Path,
+    brokers: int = 1,
+    extra_properties: Callable[[stack.KafkaNode], dict[str, str]] | None = None,
+) -> PrivateKafka:
+    """Start ``brokers`` Kafka nodes (each a broker and a controller) in ``root``, with
+    ``extra_properties(node)`` in each node's server.properties."""
     base = _free_port_run(2 * brokers)
     own = Settings(
         stack_dir=root,
@@ -581,7 +600,7 @@ def start_private_kafka(root: Path, brokers: int = 1) -> PrivateKafka:
         kafka_controller_port=base + 1,
         kafka_heap="384m",
     )
-    found = PrivateKafka(own)
+    found = PrivateKafka(own, extra_properties)
     found.start()
     return found
 
@@ -594,7 +613,7 @@ async def private_kafka(
     found = await asyncio.to_thread(start_private_kafka, tmp_path_factory.mktemp("private-kafka"))
     try:
         own = settings.model_copy(update={"kafka_bootstrap": found.bootstrap})
-        await apply_topics(found.bootstrap, declared_topics(own, ROOT / "topics.yaml"))
+        await apply_topics(own, declared_topics(own, ROOT / "topics.yaml"))
         yield found
     finally:
         await asyncio.to_thread(found.stop)

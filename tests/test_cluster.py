@@ -49,9 +49,9 @@ async def _in_sync(bootstrap: str, topic: str) -> list[int]:
 
 
 async def test_every_topic_has_three_copies_and_needs_two(on_cluster: Settings) -> None:
-    assert await stack.kafka_brokers_up(on_cluster.kafka_bootstrap) == 3
+    assert await stack.kafka_brokers_up(on_cluster) == 3
     specs = declared_topics(on_cluster, ROOT / "topics.yaml")
-    report = await apply_topics(on_cluster.kafka_bootstrap, specs)
+    report = await apply_topics(on_cluster, specs)
     assert report.drift == [], report.drift
     admin = AIOKafkaAdminClient(bootstrap_servers=on_cluster.kafka_bootstrap)
     await admin.start()
@@ -67,14 +67,14 @@ async def test_every_topic_has_three_copies_and_needs_two(on_cluster: Settings) 
     entries = {entry[0]: entry[1] for entry in response.resources[0][4]}
     assert entries["min.insync.replicas"] == "2"
     # Applying again finds everything as declared.
-    again = await apply_topics(on_cluster.kafka_bootstrap, specs)
+    again = await apply_topics(on_cluster, specs)
     assert (again.created, again.drift) == ([], [])
 
 
 async def test_a_broker_killed_under_load_loses_no_acknowledged_event(
     on_cluster: Settings, cluster: PrivateKafka, pool: asyncpg.Pool, log_dir: Path
 ) -> None:
-    await apply_topics(on_cluster.kafka_bootstrap, declared_topics(on_cluster, ROOT / "topics.yaml"))
+    await apply_topics(on_cluster, declared_topics(on_cluster, ROOT / "topics.yaml"))
     apps = []
     for _ in range(3):  # three keys, so that every partition (and so every broker) leads some load
         app_id = f"app-{uuid.uuid4().hex[:12]}"

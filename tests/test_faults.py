@@ -337,7 +337,7 @@ async def test_a_broker_of_three_killed_under_load_loses_nothing(
             "worker_datadir": log_dir / f"worker-c{run}",
         }
     )
-    await apply_topics(on_cluster.kafka_bootstrap, declared_topics(on_cluster, ROOT / "topics.yaml"))
+    await apply_topics(on_cluster, declared_topics(on_cluster, ROOT / "topics.yaml"))
     async with (
         running_pipeline(on_cluster, log_dir, f"cluster-{run}-") as pipeline,
         load_setup(pipeline, pool) as setup,

@@ -138,11 +138,11 @@ async def test_the_rule_book_reads_thousands_of_records_over_several_segments(se
     assert written * 1200 > 3 * segment
 
     for _ in range(10):  # reading to the end does not depend on a race with the offset reset
-        book = RuleBook(settings.kafka_bootstrap, topic)
+        book = RuleBook(settings, topic)
         await book.start()
         await book.stop()
         assert book.rules_for("app-1")[0].rule.rule_id == 9
-    book = RuleBook(settings.kafka_bootstrap, topic)
+    book = RuleBook(settings, topic)
     await book.start()
     try:
         assert book.rules_for("app-0") == []

@@ -83,13 +83,13 @@ async def test_apply_creates_missing_and_reports_drift(services: Services, tmp_p
             "topics:\n  - name: fresh\n  - name: narrow\n"
         )
         specs = load_topics(path, prefix)
-        report = await apply_topics(services.kafka_bootstrap, specs)
+        report = await apply_topics(Settings(kafka_bootstrap=services.kafka_bootstrap), specs)
         assert report.created == [f"{prefix}fresh"]
         assert len(report.drift) == 1
         assert "1 partitions, declared 2" in report.drift[0]
         assert "retention.ms=5000, declared 60000" in report.drift[0]
 
-        again = await apply_topics(services.kafka_bootstrap, specs)
+        again = await apply_topics(Settings(kafka_bootstrap=services.kafka_bootstrap), specs)
         assert again.created == []
         assert again.unchanged == [f"{prefix}fresh"]
         described = await admin.describe_topics([f"{prefix}fresh"])
@@ -105,6 +105,7 @@ async def test_worker_group_gets_start_offsets_where_it_has_none(services: Servi
     from streams.app import commit_start_offsets
 
     topic, group = f"offsets-{uuid.uuid4().hex[:8]}", f"group-{uuid.uuid4().hex[:8]}"
+    on_services = Settings(kafka_bootstrap=services.kafka_bootstrap)
     admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
     await admin.start()
     try:
@@ -125,8 +126,8 @@ async def test_worker_group_gets_start_offsets_where_it_has_none(services: Servi
         p0, p1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
         consumer.assign([p0])
         await consumer.commit({p0: 3})  # p0 was read up to 3; p1 never
-        assert await commit_start_offsets(services.kafka_bootstrap, group, [topic]) == {p1: 0}
+        assert await commit_start_offsets(on_services, group, [topic]) == {p1: 0}
         assert (await consumer.committed(p0), await consumer.committed(p1)) == (3, 0)
-        assert await commit_start_offsets(services.kafka_bootstrap, group, [topic]) == {}
+        assert await commit_start_offsets(on_services, group, [topic]) == {}
     finally:
         await consumer.stop()

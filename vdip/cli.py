@@ -31,7 +31,7 @@ def cmd_stack(settings: Settings, args: argparse.Namespace) -> int:
     elif args.action == "browser":
         stack.install_browser()
     else:
-        brokers = asyncio.run(stack.kafka_brokers_up(settings.kafka_bootstrap, 3))
+        brokers = asyncio.run(stack.kafka_brokers_up(settings, 3))
         kafka = brokers > 0
         print(f"kafka {settings.kafka_bootstrap}: {f'up ({brokers} broker(s))' if kafka else 'down'}")
         postgres = asyncio.run(stack.postgres_answers(settings.database_url))
@@ -91,7 +91,7 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     from vdip.topics import apply_topics, declared_topics
 
     specs = declared_topics(settings, Path(args.file))
-    report = asyncio.run(apply_topics(settings.kafka_bootstrap, specs))
+    report = asyncio.run(apply_topics(settings, specs))
     for name in report.created:
         print(f"created  {name}")
     for name in report.unchanged:
@@ -259,9 +259,7 @@ def cmd_status(settings: Settings, _: argparse.Namespace) -> int:
         found: dict[str, int | None] = {}
         for name, (group, topic) in inputs.items():
             try:
-                found[name] = await asyncio.wait_for(
-                    group_lag(settings.kafka_bootstrap, group, settings.topic(topic)), 10
-                )
+                found[name] = await asyncio.wait_for(group_lag(settings, group, settings.topic(topic)), 10)
             except Exception:  # Kafka down or the topic missing: no figure
                 found[name] = None
         return found

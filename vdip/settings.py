@@ -5,16 +5,19 @@ Every default works with the local stack that ``vdip stack up`` starts.
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 WEBHOOK_LEASE_MARGIN_S = 5.0  # to record an attempt's outcome once it ended
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VDIP_", env_file=".env", extra="ignore")
+    # Errors name the setting and the reason, never the values given: passwords are among them.
+    model_config = SettingsConfigDict(
+        env_prefix="VDIP_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     # Kafka
     kafka_bootstrap: str = Field(
@@ -26,6 +29,27 @@ class Settings(BaseSettings):
         ge=1,
         le=9,
         description="How many Kafka nodes `vdip stack up` runs (each a broker and a controller).",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="How every client connects to Kafka: TLS (SSL), SASL, both."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="With SASL_PLAINTEXT or SASL_SSL (required then)."
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="With SASL (required then).")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="With SASL (required then).")
+    kafka_ssl_cafile: FilePath | None = Field(
+        default=None,
+        description="With SSL or SASL_SSL: PEM CA certificates of the brokers; unset: the system's.",
+    )
+    kafka_ssl_certfile: FilePath | None = Field(
+        default=None, description="With SSL or SASL_SSL: the client's PEM certificate (mutual TLS)."
+    )
+    kafka_ssl_keyfile: FilePath | None = Field(
+        default=None, description="The client certificate's PEM private key (the same file if it holds both)."
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(
+        default=None, description="The password of kafka_ssl_keyfile, when it is encrypted."
     )
     topic_replication_factor: int | None = Field(
         default=None,
@@ -173,6 +197,43 @@ class Settings(BaseSettings):
                 f"topic_min_insync_replicas ({self.min_insync_replicas}) exceeds the replication factor"
                 f" ({self.replication_factor}): no write could ever be acknowledged"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _kafka_security_consistent(self) -> Self:
+        """Refuse security settings the protocol would not use, and a protocol lacking what it needs."""
+        protocol = self.kafka_security_protocol
+        sasl = {
+            "kafka_sasl_mechanism": self.kafka_sasl_mechanism,
+            "kafka_sasl_username": self.kafka_sasl_username,
+            "kafka_sasl_password": self.kafka_sasl_password,
+        }
+        tls = {
+            "kafka_ssl_cafile": self.kafka_ssl_cafile,
+            "kafka_ssl_certfile": self.kafka_ssl_certfile,
+            "kafka_ssl_keyfile": self.kafka_ssl_keyfile,
+            "kafka_ssl_key_password": self.kafka_ssl_key_password,
+        }
+        if protocol.startswith("SASL_"):
+            missing = [name for name, value in sasl.items() if not value]
+            if missing:
+                raise ValueError(f"kafka_security_protocol {protocol} needs {', '.join(missing)}")
+        elif unused := [name for name, value in sasl.items() if value is not None]:
+            raise ValueError(
+                f"{', '.join(unused)} set, but kafka_security_protocol {protocol} does not use SASL"
+                " (SASL_PLAINTEXT or SASL_SSL do)"
+            )
+        if protocol not in ("SSL", "SASL_SSL") and (unused := [n for n, v in tls.items() if v is not None]):
+            raise ValueError(
+                f"{', '.join(unused)} set, but kafka_security_protocol {protocol} does not use TLS"
+                " (SSL or SASL_SSL do)"
+            )
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError(
+                "kafka_ssl_certfile and kafka_ssl_keyfile go together (the same file if it holds both)"
+            )
+        if self.kafka_ssl_key_password is not None and self.kafka_ssl_keyfile is None:
+            raise ValueError("kafka_ssl_key_password set without kafka_ssl_keyfile")
         return self
 
     @property

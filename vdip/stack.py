@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -210,7 +210,8 @@ def kafka_nodes(settings: Settings) -> list[KafkaNode]:
     ]
 
 
-def server_properties(node: KafkaNode, nodes: list[KafkaNode]) -> str:
+def server_properties(node: KafkaNode, nodes: list[KafkaNode], extra: Mapping[str, str] | None = None) -> str:
+    """One node's server.properties; ``extra`` comes last, so its keys win over the stack's."""
     replicas = min(len(nodes), 3)
     insync = 2 if replicas >= 3 else 1
     voters = ",".join(f"{n.node_id}@{n.host}:{n.controller_port}" for n in nodes)
@@ -240,6 +241,7 @@ def server_properties(node: KafkaNode, nodes: list[KafkaNode]) -> str:
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=false",
             "log.retention.hours=168",
+            *(f"{key}={value}" for key, value in (extra or {}).items()),  # a later key wins
             "",
         ]
     )
@@ -279,11 +281,13 @@ def install_kafka(settings: Settings) -> Path:
     return libs
 
 
-async def kafka_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
+async def kafka_answers(settings: Settings, timeout_s: float = 5.0) -> bool:
     """True when the broker answers a metadata request."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    from vdip.kafka import client_options
+
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=int(timeout_s * 1000))
     quiet = logging.getLogger("aiokafka")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # while waiting, "connection refused" is the expected answer
@@ -299,11 +303,13 @@ async def kafka_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
         quiet.setLevel(level)
 
 
-async def kafka_brokers_up(bootstrap: str, timeout_s: float = 5.0) -> int:
+async def kafka_brokers_up(settings: Settings, timeout_s: float = 5.0) -> int:
     """How many brokers the cluster reports (0 when it does not answer)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    from vdip.kafka import client_options
+
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=int(timeout_s * 1000))
     quiet = logging.getLogger("aiokafka")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
@@ -325,7 +331,7 @@ def wait_for_kafka(settings: Settings, nodes: list[KafkaNode], *, started: bool 
     bootstrap = ",".join(node.address for node in nodes)
     deadline = time.monotonic() + settings.stack_timeout_s
     while time.monotonic() < deadline:
-        if asyncio.run(kafka_brokers_up(bootstrap)) >= len(nodes):
+        if asyncio.run(kafka_brokers_up(settings)) >= len(nodes):
             return
         if started and any(read_pid(node.paths.pid) is None for node in nodes):
             break  # no point waiting
@@ -339,14 +345,25 @@ def wait_for_kafka(settings: Settings, nodes: list[KafkaNode], *, started: bool 
     )
 
 
-def start_kafka(settings: Settings, libs: Path | None = None) -> None:
+def start_kafka(
+    settings: Settings,
+    libs: Path | None = None,
+    extra_properties: Callable[[KafkaNode], Mapping[str, str]] | None = None,
+) -> None:
     """Start every local node that is not running (a single broker, or a KRaft cluster of
     ``kafka_brokers`` nodes) and wait until each is a registered broker. ``libs``: the broker's
-    jars, if not those of ``settings.stack_dir``."""
+    jars, if not those of ``settings.stack_dir``; ``extra_properties``: a node's further
+    server.properties, replacing the stack's values of those keys (e.g. listeners)."""
+    if settings.kafka_security_protocol != "PLAINTEXT":
+        raise StackError(
+            "the local Kafka speaks PLAINTEXT, but kafka_security_protocol is"
+            f" {settings.kafka_security_protocol}: with a cluster of your own, run the processes"
+            " without the local stack (`vdip migrate`, `vdip topics apply`, `vdip supervise`)"
+        )
     nodes = kafka_nodes(settings)
     _refuse_other_layout(settings)
     down = [node for node in nodes if read_pid(node.paths.pid) is None]
-    if not down or (len(nodes) == 1 and asyncio.run(kafka_answers(nodes[0].address, 2))):
+    if not down or (len(nodes) == 1 and asyncio.run(kafka_answers(settings, 2))):
         wait_for_kafka(settings, nodes)
         log(f"Kafka already running at {settings.kafka_bootstrap}")
         return
@@ -355,7 +372,9 @@ def start_kafka(settings: Settings, libs: Path | None = None) -> None:
     for node in down:
         node.paths.data.mkdir(parents=True, exist_ok=True)
         node.paths.logs.mkdir(parents=True, exist_ok=True)
-        node.paths.config.write_text(server_properties(node, nodes))
+        node.paths.config.write_text(
+            server_properties(node, nodes, extra_properties(node) if extra_properties else None)
+        )
         if not (node.paths.data / "meta.properties").exists():
             log(f"formatting the storage of Kafka node {node.node_id} (once)")
             storage = ["java", "-cp", f"{libs}/*", "kafka.tools.StorageTool"]

@@ -15,6 +15,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from vdip.errors import TopicError
+from vdip.kafka import client_options
 from vdip.settings import Settings
 
 
@@ -111,9 +112,9 @@ class ApplyReport:
     drift: list[str] = field(default_factory=list)
 
 
-async def apply_topics(bootstrap: str, specs: list[TopicSpec]) -> ApplyReport:
+async def apply_topics(settings: Settings, specs: list[TopicSpec]) -> ApplyReport:
     report = ApplyReport()
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -162,9 +163,9 @@ async def _check_drift(admin: AIOKafkaAdminClient, specs: list[TopicSpec], repor
             report.unchanged.append(spec.name)
 
 
-async def partitions_of(bootstrap: str, *topics: str) -> list[TopicPartition]:
+async def partitions_of(settings: Settings, *topics: str) -> list[TopicPartition]:
     """Every partition of ``topics`` (none for a topic that does not exist)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
         described = await admin.describe_topics(list(topics))
@@ -173,12 +174,12 @@ async def partitions_of(bootstrap: str, *topics: str) -> list[TopicPartition]:
     return [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
 
 
-async def group_lag(bootstrap: str, group: str, topic: str) -> int | None:
+async def group_lag(settings: Settings, group: str, topic: str) -> int | None:
     """How many records of ``topic`` the consumer group has not committed yet (None: the group
     has committed nothing there, or Kafka did not answer)."""
-    partitions = await partitions_of(bootstrap, topic)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    partitions = await partitions_of(settings, topic)
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
     await admin.start()
     await consumer.start()
     try:

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from gateway.deps import AppReader, PoolDep, SettingsDep
 from gateway.responses import errors
 from schemas import SuccessResponse
+from vdip.kafka import client_options
 from vdip.topics import partitions_of
 
 router = APIRouter(tags=["dashboard"])
@@ -69,12 +70,12 @@ async def dead_letters(
     """Reads the last ``10 * limit`` records of each partition (records keyed by this app_id)."""
     assert caller.application is not None
     key = caller.application.app_id.encode()
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
     await consumer.start()
     found: list[DeadLetter] = []
     try:
         topic = settings.topic("events.dlq")
-        partitions = await partitions_of(settings.kafka_bootstrap, topic)
+        partitions = await partitions_of(settings, topic)
         if partitions:
             consumer.assign(partitions)
             ends = await consumer.end_offsets(partitions)
