@@ -12,6 +12,8 @@ from schemas.events import AppId, DestinationType, EventEnvelope, JsonObject
 TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
+MAX_IN_FLIGHT = 64  # a webhook destination's max_in_flight, at most
+MAX_PER_SECOND = 10_000.0  # and its max_per_second
 
 
 class RuleFields(BaseModel):
@@ -29,7 +31,8 @@ class RuleFields(BaseModel):
     )
     destination_type: DestinationType
     destination_config: JsonObject = Field(
-        description='queue: {"topic"}; webhook: {"url", "headers"?}; database_table: {"table"}'
+        description='queue: {"topic"}; webhook: {"url", "headers"?, "max_in_flight"?, "max_per_second"?};'
+        ' database_table: {"table"}'
     )
     priority: int = Field(default=0, ge=-1_000_000, le=1_000_000, description="Higher runs first.")
     is_active: bool = True
@@ -95,7 +98,7 @@ def destination_problems(kind: str, config: dict[str, Any]) -> list[tuple[str, s
         elif topic.startswith("__") or topic in (".", ".."):
             problems.append(("topic", "an internal topic name cannot be a destination"))
     elif kind == "webhook":
-        allowed = {"url", "headers"}
+        allowed = {"url", "headers", "max_in_flight", "max_per_second"}
         url = config.get("url")
         if not isinstance(url, str) or len(url) > 2000 or not URL.fullmatch(url):
             problems.append(("url", "an http:// or https:// URL"))
@@ -105,6 +108,23 @@ def destination_problems(kind: str, config: dict[str, Any]) -> list[tuple[str, s
             for k, v in headers.items()
         ):
             problems.append(("headers", "an object of header names to string values"))
+        in_flight = config.get("max_in_flight", 1)
+        if (
+            not isinstance(in_flight, int)
+            or isinstance(in_flight, bool)
+            or not 1 <= in_flight <= MAX_IN_FLIGHT
+        ):
+            problems.append(
+                ("max_in_flight", f"an integer from 1 to {MAX_IN_FLIGHT}: requests in flight at once")
+            )
+        rate = config.get("max_per_second", 1.0)
+        if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 < rate <= MAX_PER_SECOND:
+            problems.append(
+                (
+                    "max_per_second",
+                    f"a number above 0, at most {MAX_PER_SECOND:g}: requests started per second",
+                )
+            )
     else:
         allowed = {"table"}
         table = config.get("table")

@@ -5,12 +5,17 @@ Two loops in one process:
 - **intake** consumes ``deliveries.webhook`` and records each delivery in ``deliveries`` (message
   included), then commits the offsets: from there PostgreSQL holds it durably, and the table is
   the delay queue. A replayed record changes nothing.
-- **dispatch** claims due deliveries (``next_attempt_at`` passed, a lease of ``webhook_lease_s``
-  so that a crashed dispatcher's claims come back), at most ``webhook_concurrency_per_endpoint``
-  per rule at a time: a slow or dead endpoint holds only its own slots, never another
-  endpoint's, and retries wait in the table, not in a partition. An attempt ends within
-  ``webhook_timeout_s`` in total, shorter than the lease (``Settings`` checks it), so a delivery
-  is never sent twice at once.
+- **dispatch** claims, in one statement, as many due deliveries of each webhook rule as it may
+  start now (the rule's ``max_in_flight``, default ``webhook_concurrency_per_endpoint``, less
+  what is in flight; no more than its ``max_per_second`` allows), each with a lease of
+  ``webhook_lease_s`` so that a crashed dispatcher's claims come back. It claims whenever the
+  intake recorded deliveries and whenever an attempt ended (its slot is free at once, before
+  its outcome is written), and every ``webhook_poll_interval_s`` for retries coming due and
+  leases running out. A slow or dead endpoint holds only its own slots, never another
+  endpoint's, and retries wait in the table, not in a partition. Successes are recorded many
+  in one statement. An attempt ends within ``webhook_timeout_s`` in total, shorter than the
+  lease (``Settings`` checks it), so a delivery is never sent twice at once, by this
+  dispatcher or another.
 
 Ordering: none is promised. Deliveries are attempted roughly in routing order, and a delivery
 waiting for its retry does not hold back the ones after it.
@@ -32,17 +37,19 @@ import hmac
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
+from uuid import UUID
 
 import asyncpg
 import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from schemas.rules import Delivery
+from schemas.rules import MAX_IN_FLIGHT, Delivery
 from sinks.addresses import guarded_client, networks
 from sinks.batching import (
     Record,
@@ -55,7 +62,7 @@ from sinks.batching import (
     serve_sink,
 )
 from vdip import metrics
-from vdip.db import create_pool
+from vdip.db import create_pool, migrate_url
 from vdip.errors import AddressRefused
 from vdip.logs import event_context
 from vdip.settings import Settings
@@ -63,6 +70,7 @@ from vdip.settings import Settings
 log = logging.getLogger(__name__)
 
 JITTER = 0.2
+ORPHANS_EVERY_S = 1.0  # deliveries of a deleted rule are failed this often
 
 # ------------------------------------------------------------------------------ pure parts
 
@@ -183,10 +191,20 @@ ON CONFLICT (delivery_id) DO UPDATE
 
 
 class Intake:
-    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, dlq_topic: str) -> None:
+    """Records each delivery, then calls ``recorded`` (the dispatcher's wake-up): in this
+    process, a delivery is claimed and sent as soon as it is in the table."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        dlq_topic: str,
+        recorded: Callable[[], None] = lambda: None,
+    ) -> None:
         self.pool = pool
         self.producer = producer
         self.dlq_topic = dlq_topic
+        self.recorded = recorded
 
     async def write(self, records: Records) -> None:
         rows = [
@@ -194,6 +212,8 @@ class Intake:
             for record, d, _ in await deliveries_of(records, "webhook", "url", self._refused)
         ]
         await insert_rows(self.pool, executing(RECORD), rows, self._refused)
+        if rows:
+            self.recorded()
 
     async def _refused(self, record: Record, reason: str) -> None:
         await dead_letter(self.producer, self.dlq_topic, record, "webhooks", reason)
@@ -201,13 +221,48 @@ class Intake:
 
 # ------------------------------------------------------------------------------ dispatch
 
-CLAIM = """
+# Each webhook rule's due deliveries, oldest first, as many as it may start now: its
+# max_in_flight (capped) less what this dispatcher has in flight for it ($2, $3), and no more
+# than its rate allows ($4: tokens left; NULL: not known yet, one second's worth).
+CLAIM = f"""
+WITH busy AS (
+    SELECT * FROM unnest($2::bigint[], $3::int[], $4::int[]) AS b(rule_id, busy, allowance)
+), picked AS (
+    SELECT due.delivery_id, r.webhook_secret, r.previous_webhook_secret,
+           r.previous_secret_expires_at > now() AS previous_valid, r.destination_disabled_reason,
+           r.destination_config
+    FROM routing_rules r
+    LEFT JOIN busy b ON b.rule_id = r.rule_id
+    CROSS JOIN LATERAL (
+        SELECT d.delivery_id FROM deliveries d
+        WHERE d.rule_id = r.rule_id AND d.status IN ('pending', 'retrying') AND d.destination_type = 'webhook'
+          AND d.message IS NOT NULL AND d.next_attempt_at <= now()
+          AND (d.claimed_until IS NULL OR d.claimed_until < now())
+        ORDER BY d.next_attempt_at
+        LIMIT greatest(0, least(
+            least(coalesce((r.destination_config->>'max_in_flight')::int, $5), {MAX_IN_FLIGHT})
+                - coalesce(b.busy, 0),
+            coalesce(b.allowance, ceil((r.destination_config->>'max_per_second')::float8)::int,
+                     {MAX_IN_FLIGHT})))
+        FOR UPDATE OF d SKIP LOCKED
+    ) due
+    WHERE r.destination_type = 'webhook'
+)
+UPDATE deliveries d SET claimed_until = now() + make_interval(secs => $1)
+FROM picked p WHERE d.delivery_id = p.delivery_id
+RETURNING d.delivery_id, d.rule_id, d.attempts, d.message, p.webhook_secret, p.previous_webhook_secret,
+          p.previous_valid, p.destination_disabled_reason, p.destination_config
+"""
+
+# Due deliveries whose rule is gone or no longer a webhook rule (CLAIM never sees them).
+ORPHANS = """
 UPDATE deliveries SET claimed_until = now() + make_interval(secs => $2)
 WHERE delivery_id IN (
-    SELECT delivery_id FROM deliveries
+    SELECT delivery_id FROM deliveries d
     WHERE status IN ('pending', 'retrying') AND destination_type = 'webhook' AND message IS NOT NULL
       AND next_attempt_at <= now() AND (claimed_until IS NULL OR claimed_until < now())
-      AND NOT (rule_id = ANY($3::bigint[]))
+      AND NOT EXISTS (SELECT 1 FROM routing_rules r
+                      WHERE r.rule_id = d.rule_id AND r.destination_type = 'webhook')
     ORDER BY next_attempt_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED)
@@ -227,6 +282,20 @@ UPDATE deliveries SET status = $2, attempts = attempts + $3, last_status_code = 
 WHERE delivery_id = $1
 """
 
+# Many successes in one statement each (what SET_OUTCOME writes for a 2xx).
+DELIVERED = """
+UPDATE deliveries d SET status = 'delivered', attempts = d.attempts + 1, last_status_code = o.status_code,
+       last_error = NULL, last_latency_ms = o.latency_ms, next_attempt_at = NULL, claimed_until = NULL,
+       delivered_at = now(), updated_at = now()
+FROM unnest($1::uuid[], $2::int[], $3::float8[]) AS o(delivery_id, status_code, latency_ms)
+WHERE d.delivery_id = o.delivery_id
+"""
+
+RECOVERED = """
+UPDATE routing_rules SET destination_failing_since = NULL
+WHERE rule_id = ANY($1::bigint[]) AND destination_failing_since IS NOT NULL
+"""
+
 FAILING = """
 UPDATE routing_rules SET destination_failing_since = coalesce(destination_failing_since, now())
 WHERE rule_id = $1 RETURNING extract(epoch FROM now() - destination_failing_since)
@@ -237,56 +306,175 @@ UPDATE routing_rules SET destination_disabled_at = now(), destination_disabled_r
 WHERE rule_id = $1 AND destination_disabled_at IS NULL
 """
 
+T = TypeVar("T")
+
+
+class GroupWriter(Generic[T]):
+    """Writes what is submitted while a write is under way together, in the next one: each
+    ``submit`` returns once its item is written (or raises what the write raised)."""
+
+    def __init__(self, write: Callable[[list[T]], Awaitable[None]]) -> None:
+        self.write = write
+        self.waiting: list[tuple[T, asyncio.Future[None]]] = []
+        self.writing: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self.waiting.append((item, done))
+        if self.writing is None:
+            self.writing = asyncio.create_task(self._drain())
+        await done
+
+    async def _drain(self) -> None:
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting, []
+                try:
+                    await self.write([item for item, _ in batch])
+                except Exception as exc:
+                    for _, done in batch:
+                        done.set_exception(exc)
+                else:
+                    for _, done in batch:
+                        done.set_result(None)
+        finally:
+            self.writing = None
+
+
+@dataclass
+class Bucket:
+    """A rule's ``max_per_second``: a token bucket holding at most one second's worth."""
+
+    rate: float
+    tokens: float
+    at: float
+
+    def refill(self, now: float) -> None:
+        self.tokens = min(max(1.0, self.rate), self.tokens + (now - self.at) * self.rate)
+        self.at = now
+
+
+@dataclass(frozen=True)
+class Success:
+    delivery_id: UUID
+    rule_id: int
+    status_code: int
+    latency_ms: float
+
 
 class Dispatcher:
+    """Claims what each endpoint may start, whenever the intake recorded deliveries or an
+    attempt ended (``wake``), and every ``webhook_poll_interval_s`` for retries coming due and
+    leases running out."""
+
     def __init__(self, pool: asyncpg.Pool, client: httpx.AsyncClient, settings: Settings) -> None:
         self.pool = pool
         self.client = client
         self.settings = settings
         self.busy: dict[int, int] = {}
+        self.buckets: dict[int, Bucket] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.rng = random.Random()
+        self.wake = asyncio.Event()
+        self.successes = GroupWriter(self._write_successes)
+        self.orphans_claimed_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self.wake.clear()
             try:
                 claimed = await self.claim()
+                if time.monotonic() - self.orphans_claimed_at >= ORPHANS_EVERY_S:
+                    self.orphans_claimed_at = time.monotonic()
+                    claimed += await self.claim_orphans()
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("claiming deliveries failed, retrying: %r", exc)
                 claimed = 0
+                await asyncio.sleep(self.settings.webhook_poll_interval_s)
             if not claimed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.settings.webhook_poll_interval_s)
+                    await asyncio.wait_for(self.wake.wait(), self._wait_s())
         if self.tasks:  # let attempts under way finish; their leases cover a crash
             await asyncio.wait(self.tasks, timeout=self.settings.webhook_timeout_s + 1)
 
-    async def claim(self) -> int:
-        per_rule = self.settings.webhook_concurrency_per_endpoint
-        full = [rule for rule, n in self.busy.items() if n >= per_rule]
-        rows = await self.pool.fetch(CLAIM, 100, self.settings.webhook_lease_s, full)
-        extra = []
-        for row in rows:
-            rule_id = row["rule_id"]
-            if self.busy.get(rule_id, 0) >= per_rule:
-                extra.append(row["delivery_id"])
-                continue
-            self.busy[rule_id] = self.busy.get(rule_id, 0) + 1
-            task = asyncio.create_task(self.deliver(rule_id, row["attempts"], row["message"]))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-        if extra:  # over this rule's bound: back in the queue, for the next claim
-            await self.pool.execute(
-                "UPDATE deliveries SET claimed_until = NULL WHERE delivery_id = ANY($1::uuid[])", extra
-            )
-        return len(rows) - len(extra)
+    def _wait_s(self) -> float:
+        """The poll interval, or less when a rate-limited rule gets its next token sooner."""
+        wait = self.settings.webhook_poll_interval_s
+        for bucket in self.buckets.values():
+            if bucket.tokens < 1:
+                wait = min(wait, (1 - bucket.tokens) / bucket.rate)
+        return max(wait, 0.001)
 
-    async def deliver(self, rule_id: int, attempts: int, message: dict[str, Any]) -> None:
+    async def claim(self) -> int:
+        now = time.monotonic()
+        for bucket in self.buckets.values():
+            bucket.refill(now)
+        rules = set(self.busy) | set(self.buckets)
+        busy = [self.busy.get(rule, 0) for rule in rules]
+        allowance = [int(self.buckets[r].tokens) if r in self.buckets else None for r in rules]
+        rows = await self.pool.fetch(
+            CLAIM,
+            self.settings.webhook_lease_s,
+            list(rules),
+            busy,
+            allowance,
+            self.settings.webhook_concurrency_per_endpoint,
+        )
+        for row in rows:
+            self._limit_rate(row["rule_id"], row["destination_config"], now)
+            self.start(row["rule_id"], row["attempts"], row["message"], row)
+        return len(rows)
+
+    def _limit_rate(self, rule_id: int, config: dict[str, Any], now: float) -> None:
+        rate = config.get("max_per_second")
+        if not rate:
+            self.buckets.pop(rule_id, None)
+            return
+        bucket = self.buckets.get(rule_id)
+        if bucket is None or bucket.rate != rate:
+            bucket = self.buckets[rule_id] = Bucket(float(rate), max(1.0, float(rate)), now)
+        bucket.tokens -= 1
+
+    async def claim_orphans(self) -> int:
+        rows = await self.pool.fetch(ORPHANS, 100, self.settings.webhook_lease_s)
+        for row in rows:
+            self.start(row["rule_id"], row["attempts"], row["message"], None)
+        return len(rows)
+
+    def start(
+        self, rule_id: int, attempts: int, message: dict[str, Any], endpoint: Mapping[str, Any] | None
+    ) -> None:
+        self.busy[rule_id] = self.busy.get(rule_id, 0) + 1
+        task = asyncio.create_task(self.deliver(rule_id, attempts, message, endpoint))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def deliver(
+        self, rule_id: int, attempts: int, message: dict[str, Any], endpoint: Mapping[str, Any] | None = None
+    ) -> None:
+        """One claimed delivery (counted in ``busy``): an attempt, its slot freed as soon as the
+        attempt ended, then its outcome recorded. ``endpoint``: the rule's secrets and state, as
+        claimed with it; None: read them now."""
+        freed = False
+
+        def free() -> None:
+            nonlocal freed
+            if not freed:
+                freed = True
+                self.busy[rule_id] -= 1
+                if not self.busy[rule_id]:
+                    del self.busy[rule_id]
+                self.wake.set()
+
         try:
             delivery = Delivery.model_validate(message)
-            endpoint = await self.pool.fetchrow(ENDPOINT, rule_id)
+            if endpoint is None:
+                endpoint = await self.pool.fetchrow(ENDPOINT, rule_id)
             if endpoint is None or endpoint["webhook_secret"] is None:
+                free()
                 await self.finish(delivery, attempts, Outcome(error="the rule no longer exists"), final=True)
             elif endpoint["destination_disabled_reason"] is not None:
+                free()
                 reason = f"destination disabled: {endpoint['destination_disabled_reason']}"
                 await self.finish(delivery, attempts, Outcome(error=reason), final=True)
             else:
@@ -294,23 +482,23 @@ class Dispatcher:
                 if endpoint["previous_valid"] and endpoint["previous_webhook_secret"]:
                     secrets.append(endpoint["previous_webhook_secret"])
                 outcome = await attempt(self.client, delivery, secrets, self.settings.webhook_timeout_s)
+                free()
                 await self.finish(delivery, attempts, outcome)
         except Exception:  # the lease brings the delivery back
             log.exception("delivering for rule %s failed", rule_id)
         finally:
-            self.busy[rule_id] -= 1
-            if not self.busy[rule_id]:
-                del self.busy[rule_id]
+            free()
 
     async def finish(self, delivery: Delivery, attempts: int, outcome: Outcome, final: bool = False) -> None:
         rule_id, tried = delivery.rule_id, 0 if final else 1
+        if outcome.delivered and outcome.status_code is not None:
+            await self.successes.submit(
+                Success(delivery.delivery_id, rule_id, outcome.status_code, outcome.latency_ms)
+            )
+            self._count(delivery, "delivered", attempts + 1, outcome)
+            return
         async with self.pool.acquire() as conn, conn.transaction():
-            if outcome.delivered:
-                status, wait = "delivered", None
-                await conn.execute(
-                    "UPDATE routing_rules SET destination_failing_since = NULL WHERE rule_id = $1", rule_id
-                )
-            elif final or outcome.refused:
+            if final or outcome.refused:
                 status, wait = "failed", None
             elif outcome.status_code == 410:
                 status, wait = "failed", None
@@ -339,18 +527,31 @@ class Dispatcher:
                 outcome.latency_ms if tried else None,
                 wait,
             )
+        self._count(delivery, status, attempts + tried, outcome)
+
+    def _count(self, delivery: Delivery, status: str, attempt_number: int, outcome: Outcome) -> None:
         metrics.WEBHOOK_ATTEMPTS.labels(status).inc()
-        if tried:
+        if outcome.status_code is not None or outcome.latency_ms:
             metrics.WEBHOOK_SECONDS.observe(outcome.latency_ms / 1000)
         log.info(
             "delivery %s (rule %s): %s after attempt %d (%s)",
             delivery.delivery_id,
-            rule_id,
+            delivery.rule_id,
             status,
-            attempts + tried,
+            attempt_number,
             outcome.status_code or outcome.error,
             extra=event_context(delivery.event),
         )
+
+    async def _write_successes(self, successes: list[Success]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(RECOVERED, sorted({s.rule_id for s in successes}))
+            await conn.execute(
+                DELIVERED,
+                [s.delivery_id for s in successes],
+                [s.status_code for s in successes],
+                [s.latency_ms for s in successes],
+            )
 
     async def disable(self, conn: asyncpg.Connection, rule_id: int, reason: str) -> None:
         if await conn.execute(DISABLE, rule_id, reason) == "UPDATE 1":
@@ -359,22 +560,28 @@ class Dispatcher:
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """The intake and the dispatcher, until ``stop``."""
-    intake = serve_sink(
-        settings,
-        topic=settings.topic("deliveries.webhook"),
-        group_id=settings.webhook_group_id,
-        make_write=lambda pool, producer: Intake(pool, producer, settings.topic("events.dlq")).write,
-        stop=stop,
-    )
-    intake_task = asyncio.create_task(intake)
+    await migrate_url(settings.database_url)  # before the first claim; serve_sink runs it too
     pool = await create_pool(settings.database_url, min_size=1, max_size=4)
     allowed = networks(settings.webhook_allowed_networks)
+    intake_task: asyncio.Task[None] | None = None
     try:
         async with guarded_client(allowed, settings.webhook_timeout_s) as client:
-            await Dispatcher(pool, client, settings).run(stop)
+            dispatcher = Dispatcher(pool, client, settings)
+            intake = serve_sink(
+                settings,
+                topic=settings.topic("deliveries.webhook"),
+                group_id=settings.webhook_group_id,
+                make_write=lambda pool, producer: (
+                    Intake(pool, producer, settings.topic("events.dlq"), dispatcher.wake.set).write
+                ),
+                stop=stop,
+            )
+            intake_task = asyncio.create_task(intake)
+            await dispatcher.run(stop)
     finally:
         stop.set()
-        await intake_task
+        if intake_task is not None:
+            await intake_task
         await pool.close()
 
 

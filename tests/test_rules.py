@@ -127,6 +127,29 @@ async def test_crud_and_validation(client: httpx.AsyncClient, app: AppKey, admin
             "http",
         ),
         (
+            {"destination_type": "webhook", "destination_config": {"url": "https://x", "max_in_flight": 65}},
+            "body.destination_config.max_in_flight",
+            "from 1 to 64",
+        ),
+        (
+            {"destination_type": "webhook", "destination_config": {"url": "https://x", "max_in_flight": "4"}},
+            "body.destination_config.max_in_flight",
+            "an integer",
+        ),
+        (
+            {"destination_type": "webhook", "destination_config": {"url": "https://x", "max_per_second": 0}},
+            "body.destination_config.max_per_second",
+            "above 0",
+        ),
+        (
+            {
+                "destination_type": "webhook",
+                "destination_config": {"url": "https://x", "max_per_second": True},
+            },
+            "body.destination_config.max_per_second",
+            "a number",
+        ),
+        (
             {"destination_type": "database_table", "destination_config": {"table": "Robert'); DROP"}},
             "body.destination_config.table",
             "table name",

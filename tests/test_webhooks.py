@@ -233,10 +233,17 @@ async def ok(_: Received) -> tuple[int, dict[str, str]]:
 
 
 async def webhook_rule(
-    pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey, url: str, **fields: Any
+    pipeline: Pipeline,
+    client: httpx.AsyncClient,
+    app: AppKey,
+    url: str,
+    limits: dict[str, Any] | None = None,
+    **fields: Any,
 ) -> dict[str, Any]:
-    """A webhook rule for every event, applied by the worker when this returns."""
-    body = rule_body(app, destination_type="webhook", destination_config={"url": url}, condition={}, **fields)
+    """A webhook rule for every event (``limits``: max_in_flight, max_per_second), applied by
+    the worker when this returns."""
+    config = {"url": url, **(limits or {})}
+    body = rule_body(app, destination_type="webhook", destination_config=config, condition={}, **fields)
     response = await client.post("/api/routing-rules", json=body, headers=app.headers)
     assert response.status_code == 201, response.text
     rule: dict[str, Any] = response.json()["data"]
