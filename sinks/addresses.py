@@ -132,11 +132,21 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await self.inner.sleep(seconds)
 
 
+KEEPALIVE_CONNECTIONS = 1024  # idle connections kept open, over all endpoints
+KEEPALIVE_EXPIRY_S = 5.0  # httpx's default
+
+
 def guarded_client(allowed: Sequence[Network], timeout_s: float) -> httpx.AsyncClient:
     """An HTTP client for webhooks: guarded addresses, no redirects, no proxies from the environment."""
     transport = httpx.AsyncHTTPTransport(retries=0)
     # httpx has no public way to pass httpcore a network backend: swap its pool for one that has ours.
+    # No bound on connections (httpcore's own is 10 in all): the dispatcher bounds requests per
+    # endpoint itself, and every request in flight needs a connection of its own.
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(), network_backend=GuardedBackend(allowed, timeout_s)
+        ssl_context=httpx.create_ssl_context(),
+        max_connections=None,
+        max_keepalive_connections=KEEPALIVE_CONNECTIONS,
+        keepalive_expiry=KEEPALIVE_EXPIRY_S,
+        network_backend=GuardedBackend(allowed, timeout_s),
     )
     return httpx.AsyncClient(transport=transport, timeout=timeout_s, follow_redirects=False, trust_env=False)

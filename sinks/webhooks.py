@@ -588,4 +588,5 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 def run(settings: Settings) -> None:
     """Run the webhook dispatcher in the foreground until SIGTERM/SIGINT."""
     metrics.serve(settings.webhooks_metrics_port, settings.metrics_host)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # each attempt is logged once, below
     run_until_signalled(lambda stop: serve(settings, stop))
