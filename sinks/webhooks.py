@@ -11,7 +11,10 @@ Two loops in one process:
   ``webhook_lease_s`` so that a crashed dispatcher's claims come back. It claims whenever the
   intake recorded deliveries and whenever an attempt ended (its slot is free at once, before
   its outcome is written), and every ``webhook_poll_interval_s`` for retries coming due and
-  leases running out. A slow or dead endpoint holds only its own slots, never another
+  leases running out. When the lease covers two attempts (the default), it claims up to twice
+  an endpoint's max_in_flight: the ones beyond its free slots wait in this process and start the
+  moment a slot frees, without a round trip to PostgreSQL (each within one attempt's time of
+  its claim, so well within its lease); stopping puts them back. A slow or dead endpoint holds only its own slots, never another
   endpoint's, and retries wait in the table, not in a partition. Successes are recorded many
   in one statement. An attempt ends within ``webhook_timeout_s`` in total, shorter than the
   lease (``Settings`` checks it), so a delivery is never sent twice at once, by this
@@ -37,6 +40,7 @@ import hmac
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -65,7 +69,7 @@ from vdip import metrics
 from vdip.db import create_pool, migrate_url
 from vdip.errors import AddressRefused
 from vdip.logs import event_context
-from vdip.settings import Settings
+from vdip.settings import WEBHOOK_LEASE_MARGIN_S, Settings
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +225,10 @@ class Intake:
 
 # ------------------------------------------------------------------------------ dispatch
 
-# Each webhook rule's due deliveries, oldest first, as many as it may start now: its
-# max_in_flight (capped) less what this dispatcher has in flight for it ($2, $3), and no more
-# than its rate allows ($4: tokens left; NULL: not known yet, one second's worth).
+# Each webhook rule's due deliveries, oldest first: $6 times its max_in_flight (capped; $6 is 2
+# when the next ones wait in this process, to start the moment a slot frees) less what this
+# dispatcher has in flight or waiting for it ($2, $3), and no more than its rate allows ($4:
+# tokens left; NULL: not known yet, one second's worth).
 CLAIM = f"""
 WITH busy AS (
     SELECT * FROM unnest($2::bigint[], $3::int[], $4::int[]) AS b(rule_id, busy, allowance)
@@ -240,7 +245,7 @@ WITH busy AS (
           AND (d.claimed_until IS NULL OR d.claimed_until < now())
         ORDER BY d.next_attempt_at
         LIMIT greatest(0, least(
-            least(coalesce((r.destination_config->>'max_in_flight')::int, $5), {MAX_IN_FLIGHT})
+            least(coalesce((r.destination_config->>'max_in_flight')::int, $5), {MAX_IN_FLIGHT}) * $6
                 - coalesce(b.busy, 0),
             coalesce(b.allowance, ceil((r.destination_config->>'max_per_second')::float8)::int,
                      {MAX_IN_FLIGHT})))
@@ -373,6 +378,12 @@ class Dispatcher:
         self.settings = settings
         self.busy: dict[int, int] = {}
         self.buckets: dict[int, Bucket] = {}
+        self.waiting: dict[int, deque[asyncpg.Record]] = {}  # claimed, to start when a slot frees
+        self.limits: dict[int, int] = {}  # each rule's max_in_flight, as last claimed
+        # Claimed deliveries may wait for a slot (at most one attempt's time) if their lease
+        # still covers that wait and their own attempt.
+        waits = settings.webhook_lease_s >= 2 * settings.webhook_timeout_s + WEBHOOK_LEASE_MARGIN_S
+        self.depth = 2 if waits else 1
         self.tasks: set[asyncio.Task[None]] = set()
         self.rng = random.Random()
         self.wake = asyncio.Event()
@@ -394,6 +405,8 @@ class Dispatcher:
             if not claimed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), self._wait_s())
+        with contextlib.suppress(OSError, asyncpg.PostgresError):
+            await self.release_waiting()
         if self.tasks:  # let attempts under way finish; their leases cover a crash
             await asyncio.wait(self.tasks, timeout=self.settings.webhook_timeout_s + 1)
 
@@ -409,8 +422,8 @@ class Dispatcher:
         now = time.monotonic()
         for bucket in self.buckets.values():
             bucket.refill(now)
-        rules = set(self.busy) | set(self.buckets)
-        busy = [self.busy.get(rule, 0) for rule in rules]
+        rules = set(self.busy) | set(self.buckets) | set(self.waiting)
+        busy = [self.busy.get(rule, 0) + len(self.waiting.get(rule, ())) for rule in rules]
         allowance = [int(self.buckets[r].tokens) if r in self.buckets else None for r in rules]
         rows = await self.pool.fetch(
             CLAIM,
@@ -419,11 +432,37 @@ class Dispatcher:
             busy,
             allowance,
             self.settings.webhook_concurrency_per_endpoint,
+            self.depth,
         )
         for row in rows:
-            self._limit_rate(row["rule_id"], row["destination_config"], now)
-            self.start(row["rule_id"], row["attempts"], row["message"], row)
+            rule_id, config = row["rule_id"], row["destination_config"]
+            self._limit_rate(rule_id, config, now)
+            self.limits[rule_id] = min(
+                config.get("max_in_flight", self.settings.webhook_concurrency_per_endpoint), MAX_IN_FLIGHT
+            )
+            self.waiting.setdefault(rule_id, deque()).append(row)
+        for rule_id in {row["rule_id"] for row in rows}:
+            self._start_waiting(rule_id)
         return len(rows)
+
+    def _start_waiting(self, rule_id: int) -> None:
+        """Start the rule's claimed deliveries while it has free slots."""
+        waiting = self.waiting.get(rule_id)
+        limit = self.limits.get(rule_id, self.settings.webhook_concurrency_per_endpoint)
+        while waiting and self.busy.get(rule_id, 0) < limit:
+            row = waiting.popleft()
+            self.start(rule_id, row["attempts"], row["message"], row)
+        if not waiting:
+            self.waiting.pop(rule_id, None)
+
+    async def release_waiting(self) -> None:
+        """Claimed deliveries not started (stopping): back in the queue for another dispatcher."""
+        ids = [row["delivery_id"] for rows in self.waiting.values() for row in rows]
+        self.waiting.clear()
+        if ids:
+            await self.pool.execute(
+                "UPDATE deliveries SET claimed_until = NULL WHERE delivery_id = ANY($1::uuid[])", ids
+            )
 
     def _limit_rate(self, rule_id: int, config: dict[str, Any], now: float) -> None:
         rate = config.get("max_per_second")
@@ -464,6 +503,7 @@ class Dispatcher:
                 self.busy[rule_id] -= 1
                 if not self.busy[rule_id]:
                     del self.busy[rule_id]
+                self._start_waiting(rule_id)
                 self.wake.set()
 
         try:
