@@ -33,8 +33,9 @@ STAGE_COLUMNS = """ord integer, event_id uuid, app_id text, event_type text, pay
 # produce was acknowledged; the others are pending until their sink says otherwise. stored_at is
 # the moment of the write (clock_timestamp), not the start of the transaction.
 INSERT = f"""
-INSERT INTO deliveries (delivery_id, event_id, rule_id, destination_type, status, attempts, delivered_at)
-SELECT DISTINCT ON (d.delivery_id) d.delivery_id, s.event_id, d.rule_id, d.destination_type,
+INSERT INTO deliveries (delivery_id, app_id, event_id, rule_id, destination_type, status, attempts,
+                        delivered_at)
+SELECT DISTINCT ON (d.delivery_id) d.delivery_id, s.app_id, s.event_id, d.rule_id, d.destination_type,
        CASE WHEN d.destination_type = 'queue' THEN 'delivered' ELSE 'pending' END,
        CASE WHEN d.destination_type = 'queue' THEN 1 ELSE 0 END,
        CASE WHEN d.destination_type = 'queue' THEN s.routed_at END
@@ -45,12 +46,12 @@ ON CONFLICT (delivery_id) DO NOTHING;
 
 INSERT INTO data_events (event_id, app_id, event_type, payload, metadata, received_at,
                          occurred_at, occurred_at_clamped, schema_version, status, routing, stored_at)
-SELECT DISTINCT ON (event_id) event_id, app_id, event_type, payload::jsonb, metadata::jsonb,
+SELECT DISTINCT ON (app_id, event_id) event_id, app_id, event_type, payload::jsonb, metadata::jsonb,
        received_at, occurred_at, occurred_at_clamped, schema_version, status, routing::jsonb,
        clock_timestamp()
 FROM {STAGE}
-ORDER BY event_id, ord
-ON CONFLICT (event_id) DO NOTHING
+ORDER BY app_id, event_id, ord
+ON CONFLICT (app_id, event_id) DO NOTHING
 """
 
 

@@ -193,8 +193,8 @@ async def test_sink_killed_mid_stream_stores_each_of_2000_events_once(
     assert sorted(r["payload"]["n"] for r in rows) == list(range(total))
     assert {r["event_id"] for r in rows} == {uuid.UUID(str(e["event_id"])) for e in sent}
     deliveries = await pool.fetch(
-        """SELECT d.event_id, d.status, d.attempts FROM deliveries d JOIN data_events e USING (event_id)
-           WHERE e.app_id = $1""",
+        """SELECT d.event_id, d.status, d.attempts
+           FROM deliveries d JOIN data_events e USING (app_id, event_id) WHERE e.app_id = $1""",
         app.app_id,
     )
     even = {uuid.UUID(str(e["event_id"])) for e in sent[::2]}
