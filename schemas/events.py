@@ -159,7 +159,8 @@ class EventEnvelope(BaseModel):
     schema_version: Literal[1] = Field(default=1, description="Envelope version (SCHEMA_VERSION).")
     event_id: UUID = Field(
         description=(
-            "Unique id: a UUIDv7 assigned by the gateway, or supplied by a direct producer, who must"
+            "Unique within its application (another application's event with the same id is another"
+            " event): a UUIDv7 assigned by the gateway, or supplied by a direct producer, who must"
             " reuse it when retrying so that the event is stored once."
         ),
     )
@@ -201,8 +202,8 @@ class IngestRequest(BaseModel):
     event_id: UUID | None = Field(
         default=None,
         description=(
-            "Your own id for the event (any UUID). Sending the same id again, a second or a month"
-            " later, stores and counts the event once."
+            "Your own id for the event (any UUID), unique within your application. Sending the same"
+            " id again, a second or a month later, stores and counts the event once."
         ),
     )
     event_type: EventType

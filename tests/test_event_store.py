@@ -73,6 +73,38 @@ async def test_an_event_twice_in_one_batch_is_stored_once_its_first_version(
     assert delivery["delivered_at"] == first.routing.routed_at
 
 
+async def test_two_applications_events_with_one_id_are_two_events_with_their_own_deliveries(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    """In one batch and across batches: ids are per application, so neither event is dropped and
+    each keeps its deliveries."""
+    a, b, c = (f"store-{uuid.uuid4().hex[:8]}" for _ in range(3))
+    first = routed(a, EventStatus.PENDING)
+    first.routing.deliveries = [DeliveryRef(delivery_id=uuid.uuid4(), rule_id=1, destination_type="webhook")]
+    same_id = [first.model_copy(deep=True) for _ in (b, c)]
+    for event, app_id, rule_id in zip(same_id, (b, c), (2, 3), strict=True):
+        event.event.app_id = app_id
+        event.event.payload = {"app": app_id}
+        event.routing.deliveries = [
+            DeliveryRef(delivery_id=uuid.uuid4(), rule_id=rule_id, destination_type="queue")
+        ]
+    store = EventStore(pool, producer, settings.topic("events.dlq"))
+    await store.write([as_record(e.model_dump_json().encode(), i) for i, e in enumerate([first, same_id[0]])])
+    await store.write([as_record(same_id[1].model_dump_json().encode(), 2)])
+    rows = await pool.fetch(
+        """SELECT app_id, event_status(status, app_id, event_id) AS status,
+                  (SELECT array_agg(rule_id) FROM deliveries d
+                   WHERE (d.app_id, d.event_id) = (e.app_id, e.event_id)) AS rules
+           FROM data_events e WHERE event_id = $1""",
+        first.event.event_id,
+    )
+    assert sorted((r["app_id"], r["status"], r["rules"]) for r in rows) == [
+        (a, "pending", [1]),
+        (b, "processed", [2]),
+        (c, "processed", [3]),
+    ]
+
+
 async def test_stored_at_is_the_moment_of_the_write(settings: Settings) -> None:
     """Not the start of the transaction: the latency from received_at to stored_at is not understated."""
     event = routed(f"store-{uuid.uuid4().hex[:8]}")

@@ -10,6 +10,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from tests.conftest import AppKey, Pipeline, consume_all, read_to_end, rule_applied, wait_until
+from tests.test_rules import create
+from vdip.applications import create_application
 from vdip.statistics import check
 
 
@@ -210,3 +212,102 @@ async def test_sink_killed_mid_stream_stores_each_of_2000_events_once(
     assert sum(d["total_events"] for d in daily) == sum(d["processed_events"] for d in daily) == total
     dead = [r for r in await read_to_end(pipeline.settings, "events.dlq") if app.app_id.encode() in r.value]
     assert dead == []
+
+
+async def test_two_applications_may_use_the_same_event_id(
+    pipeline: Pipeline,
+    client: httpx.AsyncClient,
+    producer: AIOKafkaProducer,
+    pool: asyncpg.Pool,
+    app: AppKey,
+    admin: dict[str, str],
+) -> None:
+    """Event ids are per application: A and B each send X (over HTTP) and Y (into the events topic
+    directly). Each of the four events is stored, read, routed by its own application's rules,
+    delivered and counted as its own."""
+    created = await create_application(pool, f"app-{uuid.uuid4().hex[:12]}", "the other one")
+    assert created is not None
+    apps = [app, AppKey(created[0].app_id, created[1])]
+    shared_table = f"shared_{uuid.uuid4().hex[:8]}"
+    queues, rules = {}, {}
+    for each in apps:
+        queues[each.app_id] = f"ids-{uuid.uuid4().hex[:8]}"
+        queue = await create(client, each, condition={}, destination_config={"topic": queues[each.app_id]})
+        table = await create(
+            client,
+            each,
+            condition={},
+            destination_type="database_table",
+            destination_config={"table_name": shared_table},
+        )
+        rules[each.app_id] = {queue["rule_id"], table["rule_id"]}
+        await rule_applied(pipeline, table)
+    x, y = uuid.uuid4(), uuid.uuid4()
+    for each in apps:
+        sent = await client.post(
+            f"/api/ingest/{each.app_id}",
+            json={"event_id": str(x), "event_type": "shared", "payload": {"owner": each.app_id}},
+            headers=each.headers,
+        )
+        assert sent.status_code == 202, sent.text
+        direct = envelope(each.app_id, event_id=str(y), event_type="shared", payload={"owner": each.app_id})
+        await producer.send_and_wait(
+            pipeline.settings.topic("events"), orjson.dumps(direct), key=each.app_id.encode()
+        )
+
+    async def all_processed() -> bool:
+        statuses = [
+            r["s"]
+            for r in await pool.fetch(
+                """SELECT event_status(status, app_id, event_id) AS s FROM data_events
+                   WHERE event_id = ANY($1::uuid[])""",
+                [x, y],
+            )
+        ]
+        return statuses == ["processed"] * 4
+
+    await wait_until(all_processed, 30, message="both applications' X and Y stored and delivered")
+
+    for each in apps:
+        for event_id in (x, y):
+            read = await client.get(f"/api/events/{event_id}", headers=each.headers)
+            assert read.status_code == 200, read.text
+            event = read.json()["data"]
+            assert (event["app_id"], event["payload"]) == (each.app_id, {"owner": each.app_id})
+            assert {d["rule_id"] for d in event["deliveries"]} == rules[each.app_id]
+            listed = await client.get(f"/api/events/{event_id}/deliveries", headers=each.headers)
+            assert {d["rule_id"] for d in listed.json()["data"]} == rules[each.app_id]
+            chosen = await client.get(f"/api/events/{event_id}?app_id={each.app_id}", headers=admin)
+            assert chosen.json()["data"]["payload"] == {"owner": each.app_id}
+        other = next(a for a in apps if a != each)
+        assert (
+            await client.get(f"/api/events/{x}?app_id={other.app_id}", headers=each.headers)
+        ).status_code == 401
+        theirs = (await client.get(f"/api/events/{x}?app_id={other.app_id}", headers=admin)).json()["data"]
+        for delivery in theirs["deliveries"]:  # not one of this application's event's deliveries
+            path = f"/api/events/{x}/deliveries/{delivery['delivery_id']}/redeliver"
+            assert (await client.post(path, headers=each.headers)).status_code == 404
+        ambiguous = await client.get(f"/api/events/{x}", headers=admin)
+        assert ambiguous.status_code == 409, ambiguous.text
+        body = ambiguous.json()
+        assert body["success"] is False and all(a.app_id in body["message"] for a in apps)
+        assert body["errors"][0]["field"] == "query.app_id"
+
+        records = await consume_all(pipeline.settings, queues[each.app_id], until=lambda rs: len(rs) >= 2)
+        delivered = [orjson.loads(r.value)["event"] for r in records]
+        assert sorted((e["event_id"], e["payload"]["owner"]) for e in delivered) == sorted(
+            (str(i), each.app_id) for i in (x, y)
+        )
+        now = datetime.now(UTC)
+        assert await check(pool, each.app_id, now - timedelta(hours=2), now + timedelta(hours=1)) == []
+        total, processed = await pool.fetchrow(
+            """SELECT sum(total_events), sum(processed_events) FROM event_statistics
+               WHERE app_id = $1 AND time_period = 'daily'""",
+            each.app_id,
+        )
+        assert total == processed == 2  # X and Y, once each
+
+    rows = await pool.fetch(f'SELECT event_id, rule_id, app_id, payload FROM vdip_tables."{shared_table}"')
+    assert sorted((r["event_id"], r["app_id"], r["payload"]["owner"]) for r in rows) == sorted(
+        (i, a.app_id, a.app_id) for i in (x, y) for a in apps
+    )
