@@ -19,6 +19,7 @@ from streams.routing import (
     route_record,
 )
 from streams.rulebook import RuleBook, RulesUnreadable
+from vdip.settings import Settings
 
 
 def record(**overrides: object) -> bytes:
@@ -183,7 +184,7 @@ def test_invalid_records_and_failing_rules_are_rejected_with_a_stage() -> None:
 
 
 def test_a_rule_set_holding_another_applications_rule_is_unreadable() -> None:
-    book = RuleBook("127.0.0.1:9", "routing-rules")  # apply() needs no broker
+    book = RuleBook(Settings(kafka_bootstrap="127.0.0.1:9"), "routing-rules")  # apply() needs no broker
     book.apply(b"shop", AppRules(app_id="shop", rules=[rule(1)]).model_dump_json().encode())
     assert [r.rule.rule_id for r in book.rules_for("shop")] == [1]
     book.apply(
