@@ -5,6 +5,7 @@ Producers that write to Kafka directly write the same envelope as JSON (its JSON
 ``schemas/event-envelope.schema.json``). The worker validates it and passes a ``RoutedEvent`` on.
 """
 
+import hashlib
 import ipaddress
 import math
 import re
@@ -13,6 +14,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+import orjson
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -246,3 +248,10 @@ class RoutedEvent(BaseModel):
     event: EventEnvelope
     status: EventStatus
     routing: RoutingSummary
+
+
+def content_hash(event_type: str, payload: dict[str, Any]) -> bytes:
+    """The hash of an event's version, (event_type, payload), whatever the order of its keys: the
+    SHA-256 of ``[event_type, payload]`` as JSON with sorted keys. The gateway and the router
+    compare versions of an event with it (the first version of an event_id wins)."""
+    return hashlib.sha256(orjson.dumps([event_type, payload], option=orjson.OPT_SORT_KEYS)).digest()

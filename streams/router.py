@@ -31,9 +31,11 @@ from typing import Any
 import faust
 from aiokafka.structs import RecordMetadata
 
+from schemas import EventEnvelope
 from schemas.records import batch_records
 from schemas.rules import RoutingRule
-from streams.routing import Routing, route_record, routing_failed
+from streams.claims import Claims, Verdict, Version, version_of
+from streams.routing import Routing, conflicting, parse_record, route_event, routing_failed
 from streams.rulebook import RuleBook
 from vdip import metrics
 from vdip.logs import event_context
@@ -56,10 +58,11 @@ class Output:
 class Router:
     """The routing agent's body (``run`` is the agent), with the topics it writes to."""
 
-    def __init__(self, app: faust.App, settings: Settings, rulebook: RuleBook) -> None:
+    def __init__(self, app: faust.App, settings: Settings, rulebook: RuleBook, claims: Claims) -> None:
         self.app = app
         self.settings = settings
         self.rulebook = rulebook
+        self.claims = claims
         self.routed = settings.topic("events.routed")
         self.dlq = settings.topic("events.dlq")
         self.sinks = {
@@ -85,13 +88,22 @@ class Router:
         """Route a batch of faust events and return once every output is acknowledged."""
         await self.rulebook.catch_up()
         now = datetime.now(UTC)
+        parsed = [parse_record(record.value) for record in batch]
+        events = [item for items in parsed for _, item in items if isinstance(item, EventEnvelope)]
+        versions = [version_of(event) for event in events]
+        verdicts = iter(zip(versions, await self.claims.decide(versions), strict=True))
         outputs: list[Output] = []
-        counts = {"routed": 0, "invalid": 0, "failed": 0}
+        counts = {"routed": 0, "invalid": 0, "failed": 0, "duplicate": 0, "conflict": 0}
         routed: list[Output] = []
-        for record in batch:
+        for record, items in zip(batch, parsed, strict=True):
             values: list[bytes] = []
             apps: set[str] = set()
-            for routing in route_record(record.value, self.rulebook.rules_for, now):
+            for index, item in items:
+                if isinstance(item, Routing):  # not a valid envelope
+                    routing = item
+                else:
+                    version, verdict = next(verdicts)
+                    routing = self.route(item, version, verdict, now, index)
                 try:
                     topics = [await self.topic_of(rule) for rule, _ in routing.deliveries]
                 except Exception as exc:  # a queue topic Kafka will not create: the event fails
@@ -121,6 +133,19 @@ class Router:
             end = self.app.consumer.highwater(tp)
             if end is not None:
                 metrics.CONSUMER_LAG.labels(self.app.conf.id, tp.topic, tp.partition).set(end - offset - 1)
+
+    def route(
+        self, event: EventEnvelope, version: Version, verdict: Verdict, now: datetime, index: int | None
+    ) -> Routing:
+        """Route an event its claim let through (the first version, or an identical copy, counted
+        as a duplicate); dead-letter one whose id another version claimed first."""
+        if verdict.outcome == "conflict":
+            assert verdict.first is not None
+            return conflicting(event, verdict.first, version.content_hash, index)
+        routing = route_event(event, self.rulebook.rules_for, now, index)
+        if verdict.outcome == "identical" and routing.outcome == "routed":
+            routing.outcome = "duplicate"
+        return routing
 
     def outputs_of(self, message: Any, routing: Routing, topics: list[str]) -> list[Output]:
         """The records to send for one event of an input record (``topics``: of its deliveries)."""

@@ -31,6 +31,10 @@ RULES_VERSION = Gauge(
 ROUTER_WAITING_FOR_RULES = Gauge(
     "vdip_router_waiting_for_rules", "1 while routing waits to read the newest rules from Kafka"
 )
+ROUTER_WAITING_FOR_DATABASE = Gauge(
+    "vdip_router_waiting_for_database",
+    "1 while routing waits for PostgreSQL to claim the events of a batch (offsets stay put)",
+)
 ROUTER_SEND_FAILURES = Counter(
     "vdip_router_send_failures", "Records Kafka did not acknowledge (sent again; no offset is committed)"
 )

@@ -1,0 +1,156 @@
+"""Claims: the first version of an event wins, decided in PostgreSQL before the event is routed.
+
+An event's *version* is its ``(event_type, payload)``, hashed by ``schemas.events.content_hash``.
+Before routing a batch, the router claims every event of it in ``event_claims``, keyed by
+``(app_id, event_id)``, in one statement, committed before any output is sent (``decide``):
+
+1. the events are deduplicated per key in Python, the first in batch (offset) order kept;
+2. ``INSERT … SELECT FROM unnest … ON CONFLICT DO NOTHING RETURNING`` (autocommit) claims the
+   keys no one claimed yet: those it returns are won;
+3. a separate ``SELECT``, for the other keys only, reads the hash each was claimed with. It is a
+   new statement, so it sees a concurrent claimer's row, which step 2 waited for. A claim made
+   before claims existed (hash NULL) is compared with the stored event.
+
+Each event is then ``won`` (its version was claimed now), ``identical`` (the claimed version:
+routed again with the same delivery ids) or ``conflict`` (another version came first: it is only
+dead-lettered). A claim is never committed for a record that is not routed afterwards (its offset
+is committed only after its outputs), so the claimed version is the one that is stored.
+
+While PostgreSQL does not answer, routing waits (``Claims.decide`` retries with a growing pause
+and sets ``vdip_router_waiting_for_database``): routing v2 of an event to a queue could not be
+undone.
+"""
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+from uuid import UUID
+
+import asyncpg
+
+from schemas import EventEnvelope
+from schemas.events import content_hash
+from vdip import metrics
+from vdip.db import create_pool
+
+log = logging.getLogger(__name__)
+
+STATEMENT_TIMEOUT_S = 10.0
+
+CLAIM = """
+INSERT INTO event_claims (app_id, event_id, content_hash)
+SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[])
+ON CONFLICT DO NOTHING
+RETURNING app_id, event_id
+"""
+
+# A claim made before claims existed has no hash: the stored event's version is the claimed one.
+CLAIMED = """
+SELECT c.app_id, c.event_id, c.content_hash, d.event_type, d.payload
+FROM unnest($1::text[], $2::uuid[]) AS k(app_id, event_id)
+JOIN event_claims c ON c.app_id = k.app_id AND c.event_id = k.event_id
+LEFT JOIN data_events d ON c.content_hash IS NULL AND d.app_id = c.app_id AND d.event_id = c.event_id
+"""
+
+
+class Version(NamedTuple):
+    app_id: str
+    event_id: UUID
+    content_hash: bytes
+
+
+def version_of(event: EventEnvelope) -> Version:
+    return Version(event.app_id, event.event_id, content_hash(event.event_type, event.payload))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: Literal["won", "identical", "conflict"]
+    first: bytes | None  # the claimed version's hash (None: claimed before hashes, nothing stored)
+
+
+async def decide(conn: asyncpg.Connection, versions: Sequence[Version]) -> list[Verdict]:
+    """Claim ``versions`` (in batch order) on ``conn``, outside a transaction; a verdict for each."""
+    firsts: dict[tuple[str, UUID], bytes] = {}
+    for version in versions:
+        firsts.setdefault((version.app_id, version.event_id), version.content_hash)
+    # Sorted: two claimers of the same keys take their locks in one order (no deadlock).
+    keys = sorted(firsts)
+    won = await conn.fetch(
+        CLAIM,
+        [app_id for app_id, _ in keys],
+        [event_id for _, event_id in keys],
+        [firsts[key] for key in keys],
+        timeout=STATEMENT_TIMEOUT_S,
+    )
+    fresh = {(row["app_id"], row["event_id"]) for row in won}  # their first copy won the claim
+    claimed: dict[tuple[str, UUID], bytes | None] = {key: firsts[key] for key in fresh}
+    others = [key for key in keys if key not in fresh]
+    if others:
+        rows = await conn.fetch(
+            CLAIMED,
+            [app_id for app_id, _ in others],
+            [event_id for _, event_id in others],
+            timeout=STATEMENT_TIMEOUT_S,
+        )
+        for row in rows:
+            first = row["content_hash"]
+            if first is None and row["event_type"] is not None:
+                first = content_hash(row["event_type"], row["payload"])
+            claimed[row["app_id"], row["event_id"]] = first
+    verdicts = []
+    for version in versions:
+        key = (version.app_id, version.event_id)
+        first = claimed.get(key)
+        if key in fresh and version.content_hash == first:
+            fresh.discard(key)
+            verdicts.append(Verdict("won", first))
+        elif first is None or version.content_hash == first:
+            # first None: a claim older than hashes whose event is not stored; the event store
+            # keeps what it stores consistent (it checks versions against stored rows too).
+            verdicts.append(Verdict("identical", first))
+        else:
+            verdicts.append(Verdict("conflict", first))
+    return verdicts
+
+
+class Claims:
+    """``decide`` on a connection of its own, waiting (failing closed) while PostgreSQL is away."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.pool: asyncpg.Pool | None = None
+
+    async def decide(self, versions: Sequence[Version]) -> list[Verdict]:
+        if not versions:
+            return []
+        pause = 0.5
+        while True:
+            try:
+                if self.pool is None:
+                    self.pool = await asyncio.wait_for(
+                        create_pool(self.database_url, min_size=1, max_size=1), STATEMENT_TIMEOUT_S
+                    )
+                pool: asyncpg.Pool = self.pool
+                async with pool.acquire(timeout=STATEMENT_TIMEOUT_S) as conn:
+                    verdicts = await decide(conn, versions)
+                metrics.ROUTER_WAITING_FOR_DATABASE.set(0)
+                return verdicts
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                metrics.ROUTER_WAITING_FOR_DATABASE.set(1)
+                log.warning(
+                    "routing waits for PostgreSQL: claiming %d event(s) failed (%r); trying again in"
+                    " %.1f s (offsets stay put)",
+                    len(versions),
+                    exc,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 10.0)
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
