@@ -9,7 +9,8 @@ Before routing a batch, the router claims every event of it in ``event_claims``,
    keys no one claimed yet: those it returns are won;
 3. a separate ``SELECT``, for the other keys only, reads the hash each was claimed with. It is a
    new statement, so it sees a concurrent claimer's row, which step 2 waited for. A claim made
-   before claims existed (hash NULL) is compared with the stored event.
+   before claims existed (hash NULL, backfilled from ``data_events``) takes the hash of the
+   batch's version that equals the stored event, if one does (a third statement, only then).
 
 Each event is then ``won`` (its version was claimed now), ``identical`` (the claimed version:
 routed again with the same delivery ids) or ``conflict`` (another version came first: it is only
@@ -46,12 +47,23 @@ ON CONFLICT DO NOTHING
 RETURNING app_id, event_id
 """
 
-# A claim made before claims existed has no hash: the stored event's version is the claimed one.
 CLAIMED = """
-SELECT c.app_id, c.event_id, c.content_hash, d.event_type, d.payload
+SELECT c.app_id, c.event_id, c.content_hash
 FROM unnest($1::text[], $2::uuid[]) AS k(app_id, event_id)
 JOIN event_claims c ON c.app_id = k.app_id AND c.event_id = k.event_id
-LEFT JOIN data_events d ON c.content_hash IS NULL AND d.app_id = c.app_id AND d.event_id = c.event_id
+"""
+
+# A claim made before claims existed has no hash: it gets the hash of the version that equals
+# the stored event (jsonb equality: jsonb may write a number another way than JSON did).
+STORED_VERSION = """
+UPDATE event_claims c SET content_hash = v.content_hash
+FROM unnest($1::text[], $2::uuid[], $3::bytea[], $4::text[], $5::jsonb[])
+     AS v(app_id, event_id, content_hash, event_type, payload),
+     data_events d
+WHERE c.app_id = v.app_id AND c.event_id = v.event_id AND c.content_hash IS NULL
+  AND d.app_id = v.app_id AND d.event_id = v.event_id
+  AND d.event_type = v.event_type AND d.payload = v.payload
+RETURNING c.app_id, c.event_id, c.content_hash
 """
 
 
@@ -59,16 +71,18 @@ class Version(NamedTuple):
     app_id: str
     event_id: UUID
     content_hash: bytes
+    event: EventEnvelope | None = None  # what the hash is of (to compare with a stored event)
 
 
 def version_of(event: EventEnvelope) -> Version:
-    return Version(event.app_id, event.event_id, content_hash(event.event_type, event.payload))
+    return Version(event.app_id, event.event_id, content_hash(event.event_type, event.payload), event)
 
 
 @dataclass(frozen=True)
 class Verdict:
     outcome: Literal["won", "identical", "conflict"]
-    first: bytes | None  # the claimed version's hash (None: claimed before hashes, nothing stored)
+    first: bytes | None  # the claimed version's hash (None: a claim from before hashes, and none
+    # of this batch's versions is the stored one)
 
 
 async def decide(conn: asyncpg.Connection, versions: Sequence[Version]) -> list[Verdict]:
@@ -95,11 +109,10 @@ async def decide(conn: asyncpg.Connection, versions: Sequence[Version]) -> list[
             [event_id for _, event_id in others],
             timeout=STATEMENT_TIMEOUT_S,
         )
-        for row in rows:
-            first = row["content_hash"]
-            if first is None and row["event_type"] is not None:
-                first = content_hash(row["event_type"], row["payload"])
-            claimed[row["app_id"], row["event_id"]] = first
+        claimed.update({(row["app_id"], row["event_id"]): row["content_hash"] for row in rows})
+        legacy = {key for key in others if claimed.get(key) is None}
+        if legacy:
+            claimed.update(await _stored_versions(conn, [v for v in versions if (v[0], v[1]) in legacy]))
     verdicts = []
     for version in versions:
         key = (version.app_id, version.event_id)
@@ -107,13 +120,28 @@ async def decide(conn: asyncpg.Connection, versions: Sequence[Version]) -> list[
         if key in fresh and version.content_hash == first:
             fresh.discard(key)
             verdicts.append(Verdict("won", first))
-        elif first is None or version.content_hash == first:
-            # first None: a claim older than hashes whose event is not stored; the event store
-            # keeps what it stores consistent (it checks versions against stored rows too).
+        elif version.content_hash == first:
             verdicts.append(Verdict("identical", first))
         else:
             verdicts.append(Verdict("conflict", first))
     return verdicts
+
+
+async def _stored_versions(
+    conn: asyncpg.Connection, versions: list[Version]
+) -> dict[tuple[str, UUID], bytes]:
+    """Give claims made before hashes the hash of the one of ``versions`` that was stored."""
+    distinct = list({(v.app_id, v.event_id, v.content_hash): v for v in versions}.values())
+    rows = await conn.fetch(
+        STORED_VERSION,
+        [v.app_id for v in distinct],
+        [v.event_id for v in distinct],
+        [v.content_hash for v in distinct],
+        [v.event.event_type if v.event else None for v in distinct],
+        [v.event.payload if v.event else None for v in distinct],
+        timeout=STATEMENT_TIMEOUT_S,
+    )
+    return {(row["app_id"], row["event_id"]): row["content_hash"] for row in rows}
 
 
 class Claims:

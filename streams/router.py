@@ -140,7 +140,6 @@ class Router:
         """Route an event its claim let through (the first version, or an identical copy, counted
         as a duplicate); dead-letter one whose id another version claimed first."""
         if verdict.outcome == "conflict":
-            assert verdict.first is not None
             return conflicting(event, verdict.first, version.content_hash, index)
         routing = route_event(event, self.rulebook.rules_for, now, index)
         if verdict.outcome == "identical" and routing.outcome == "routed":

@@ -105,12 +105,14 @@ def route_event(event: EventEnvelope, rules_for: RulesFor, routed_at: datetime, 
     return routing
 
 
-def conflicting(event: EventEnvelope, first: bytes, now: bytes, index: int | None) -> Routing:
-    """An event whose id was first claimed with another version (hash ``first``; its own is
-    ``now``): only dead-lettered, the event alone when it came in a batch record."""
+def conflicting(event: EventEnvelope, first: bytes | None, now: bytes, index: int | None) -> Routing:
+    """An event whose id was first claimed with another version (hash ``first``, None for the
+    event stored before claims; its own is ``now``): only dead-lettered, the event alone when it
+    came in a batch record."""
+    was = "the stored event" if first is None else f"sha256 {first.hex()}"
     reason = (
         f"event_id {event.event_id} of app {event.app_id} was first accepted with other content"
-        f" (sha256 {first.hex()} != {now.hex()}); the first version is kept"
+        f" ({was} != sha256 {now.hex()}); the first version is kept"
     )
     alone = None if index is None else event.model_dump_json().encode()
     return Routing("conflict", event, rejection=("conflict", reason), index=index, value=alone)
