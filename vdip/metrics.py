@@ -18,6 +18,10 @@ INGEST_REQUESTS = Counter(
     ["outcome", "reason"],
 )
 INGEST_EVENTS = Counter("vdip_ingest_events", "Events accepted, or rejected inside a batch", ["outcome"])
+CONFLICT_CHECKS_SKIPPED = Counter(
+    "vdip_ingest_conflict_checks_skipped",
+    "Ingest requests with client-chosen ids accepted without the conflict check (PostgreSQL slow or away)",
+)
 PRODUCE_SECONDS = Histogram("vdip_produce_seconds", "From produce to Kafka's acknowledgement, per send")
 
 # Worker
