@@ -3,20 +3,24 @@
 For each batch faust hands over (``noack_take``: nothing is acknowledged for us):
 
 1. the rule book catches up with every rule set published so far (it fails closed);
-2. each record is routed (``streams.routing.route_record``): its events with their routing
+2. every valid event is claimed in PostgreSQL (``streams.claims``: one statement per batch,
+   waiting while PostgreSQL is away): the first version of an event id wins, and only it and
+   identical copies are routed; another version is only dead-lettered (stage ``conflict``);
+3. each record is routed (``streams.routing.route_event``): its events with their routing
    summaries for ``events.routed`` (together, as a batch record, when the input record was one:
    ``schemas.records``), one record per match for its destination's topic, and what is not a
    valid envelope (or whose routing raised) for ``events.dlq``;
-3. every one of those records is sent, and the batch waits until Kafka acknowledged each of them
+4. every one of those records is sent, and the batch waits until Kafka acknowledged each of them
    (``acks=all``): deliveries and dead letters first, then the routed events (the event store
    records a queue delivery as done when it stores its event). A record Kafka refuses is sent
    again alone, then with a growing pause, until it is acknowledged: the batch never moves on
    without its outputs;
-4. only then is each input record acknowledged to faust, which commits offsets of acknowledged
+5. only then is each input record acknowledged to faust, which commits offsets of acknowledged
    records only, in order.
 
-A crash anywhere before step 4 leaves the batch's offsets uncommitted: it is routed again, and
-every effect downstream is keyed by ``event_id`` or ``delivery_id``, so nothing is duplicated.
+A crash anywhere before step 5 leaves the batch's offsets uncommitted: it is routed again, and
+every effect downstream is keyed by ``event_id`` or ``delivery_id``, so nothing is duplicated
+(the replayed claims read as identical: the same version goes out with the same ids).
 While a refused record is retried, routing stops (``vdip_router_send_failures_total`` counts the
 refusals and the log names the topic and the error).
 """
@@ -87,11 +91,11 @@ class Router:
     async def route_batch(self, batch: list[Any]) -> None:
         """Route a batch of faust events and return once every output is acknowledged."""
         await self.rulebook.catch_up()
-        now = datetime.now(UTC)
         parsed = [parse_record(record.value) for record in batch]
         events = [item for items in parsed for _, item in items if isinstance(item, EventEnvelope)]
         versions = [version_of(event) for event in events]
         verdicts = iter(zip(versions, await self.claims.decide(versions), strict=True))
+        now = datetime.now(UTC)
         outputs: list[Output] = []
         counts = {"routed": 0, "invalid": 0, "failed": 0, "duplicate": 0, "conflict": 0}
         routed: list[Output] = []
