@@ -34,7 +34,7 @@ import asyncpg
 from schemas import EventEnvelope
 from schemas.events import content_hash
 from vdip import metrics
-from vdip.db import create_pool
+from vdip.db import connect
 
 log = logging.getLogger(__name__)
 
@@ -145,11 +145,12 @@ async def _stored_versions(
 
 
 class Claims:
-    """``decide`` on a connection of its own, waiting (failing closed) while PostgreSQL is away."""
+    """``decide`` on a connection of its own (a pool would reset it, one more round trip, after
+    each batch), waiting (failing closed) while PostgreSQL is away."""
 
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
-        self.pool: asyncpg.Pool | None = None
+        self.conn: asyncpg.Connection | None = None
 
     async def decide(self, versions: Sequence[Version]) -> list[Verdict]:
         if not versions:
@@ -157,13 +158,9 @@ class Claims:
         pause = 0.5
         while True:
             try:
-                if self.pool is None:
-                    self.pool = await asyncio.wait_for(
-                        create_pool(self.database_url, min_size=1, max_size=1), STATEMENT_TIMEOUT_S
-                    )
-                pool: asyncpg.Pool = self.pool
-                async with pool.acquire(timeout=STATEMENT_TIMEOUT_S) as conn:
-                    verdicts = await decide(conn, versions)
+                if self.conn is None or self.conn.is_closed():
+                    self.conn = await asyncio.wait_for(connect(self.database_url), STATEMENT_TIMEOUT_S)
+                verdicts = await decide(self.conn, versions)
                 metrics.ROUTER_WAITING_FOR_DATABASE.set(0)
                 return verdicts
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -175,10 +172,11 @@ class Claims:
                     exc,
                     pause,
                 )
+                await self.close()
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 10.0)
 
     async def close(self) -> None:
-        if self.pool is not None:
-            await self.pool.close()
-            self.pool = None
+        if self.conn is not None:
+            self.conn.terminate()
+            self.conn = None

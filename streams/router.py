@@ -4,8 +4,9 @@ For each batch faust hands over (``noack_take``: nothing is acknowledged for us)
 
 1. the rule book catches up with every rule set published so far (it fails closed);
 2. every valid event is claimed in PostgreSQL (``streams.claims``: one statement per batch,
-   waiting while PostgreSQL is away): the first version of an event id wins, and only it and
-   identical copies are routed; another version is only dead-lettered (stage ``conflict``);
+   waiting while PostgreSQL is away), while the router routes them: the first version of an
+   event id wins, and only it and identical copies are routed; another version is only
+   dead-lettered (stage ``conflict``);
 3. each record is routed (``streams.routing.route_event``): its events with their routing
    summaries for ``events.routed`` (together, as a batch record, when the input record was one:
    ``schemas.records``), one record per match for its destination's topic, and what is not a
@@ -27,6 +28,7 @@ refusals and the log names the topic and the error).
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -92,22 +94,31 @@ class Router:
         """Route a batch of faust events and return once every output is acknowledged."""
         await self.rulebook.catch_up()
         parsed = [parse_record(record.value) for record in batch]
-        events = [item for items in parsed for _, item in items if isinstance(item, EventEnvelope)]
-        versions = [version_of(event) for event in events]
-        verdicts = iter(zip(versions, await self.claims.decide(versions), strict=True))
-        now = datetime.now(UTC)
+        versions = [version_of(e) for items in parsed for _, e in items if isinstance(e, EventEnvelope)]
+        # The events are routed while PostgreSQL claims them (on another core); nothing is sent
+        # before the claims are committed, and what a claim refuses is dead-lettered instead.
+        claiming = asyncio.ensure_future(self.claims.decide(versions))
+        try:
+            await asyncio.sleep(0)  # the claim goes out
+            started, now = time.monotonic(), datetime.now(UTC)
+            routings = self.route_all(parsed, now)
+            verdicts = await claiming
+        finally:
+            claiming.cancel()  # only if routing raised
+        if time.monotonic() - started > 1.0:  # it waited for PostgreSQL: routed with today's rules
+            await self.rulebook.catch_up()
+            now = datetime.now(UTC)
+            routings = self.route_all(parsed, now)
+        judged = iter(zip(versions, verdicts, strict=True))
         outputs: list[Output] = []
         counts = {"routed": 0, "invalid": 0, "failed": 0, "duplicate": 0, "conflict": 0}
         routed: list[Output] = []
-        for record, items in zip(batch, parsed, strict=True):
+        for record, record_routings in zip(batch, routings, strict=True):
             values: list[bytes] = []
             apps: set[str] = set()
-            for index, item in items:
-                if isinstance(item, Routing):  # not a valid envelope
-                    routing = item
-                else:
-                    version, verdict = next(verdicts)
-                    routing = self.route(item, version, verdict, now, index)
+            for routing in record_routings:
+                if routing.event is not None:  # a valid envelope: as its claim says
+                    routing = self.judged(routing, *next(judged))
                 try:
                     topics = [await self.topic_of(rule) for rule, _ in routing.deliveries]
                 except Exception as exc:  # a queue topic Kafka will not create: the event fails
@@ -138,14 +149,26 @@ class Router:
             if end is not None:
                 metrics.CONSUMER_LAG.labels(self.app.conf.id, tp.topic, tp.partition).set(end - offset - 1)
 
-    def route(
-        self, event: EventEnvelope, version: Version, verdict: Verdict, now: datetime, index: int | None
-    ) -> Routing:
-        """Route an event its claim let through (the first version, or an identical copy, counted
-        as a duplicate); dead-letter one whose id another version claimed first."""
+    def route_all(
+        self, parsed: list[list[tuple[int | None, EventEnvelope | Routing]]], now: datetime
+    ) -> list[list[Routing]]:
+        """Each parsed record's events routed (what is not an envelope stays as it is)."""
+        rules_for = self.rulebook.rules_for
+        return [
+            [
+                item if isinstance(item, Routing) else route_event(item, rules_for, now, index)
+                for index, item in items
+            ]
+            for items in parsed
+        ]
+
+    @staticmethod
+    def judged(routing: Routing, version: Version, verdict: Verdict) -> Routing:
+        """An event's routing as its claim lets it through (the first version, or an identical
+        copy, counted as a duplicate), or its dead letter when another version claimed it first."""
+        assert routing.event is not None
         if verdict.outcome == "conflict":
-            return conflicting(event, verdict.first, version.content_hash, index)
-        routing = route_event(event, self.rulebook.rules_for, now, index)
+            return conflicting(routing.event, verdict.first, version.content_hash, routing.index)
         if verdict.outcome == "identical" and routing.outcome == "routed":
             routing.outcome = "duplicate"
         return routing

@@ -37,6 +37,15 @@ def loopback_without_tls(database_url: str) -> bool:
     return url.hostname in ("127.0.0.1", "localhost", "::1") and "sslmode" not in parse_qs(url.query)
 
 
+async def connect(database_url: str) -> asyncpg.Connection:
+    """One connection, as the pool's are (json/jsonb as Python objects, no TLS on loopback)."""
+    conn: asyncpg.Connection = await asyncpg.connect(
+        database_url, ssl=False if loopback_without_tls(database_url) else None
+    )
+    await _init_connection(conn)
+    return conn
+
+
 async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """A pool whose json/jsonb columns take and give Python objects."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
