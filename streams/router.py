@@ -100,12 +100,13 @@ class Router:
         claiming = asyncio.ensure_future(self.claims.decide(versions))
         try:
             await asyncio.sleep(0)  # the claim goes out
-            started, now = time.monotonic(), datetime.now(UTC)
+            now = datetime.now(UTC)
             routings = self.route_all(parsed, now)
+            routed_by = time.monotonic()
             verdicts = await claiming
         finally:
             claiming.cancel()  # only if routing raised
-        if time.monotonic() - started > 1.0:  # it waited for PostgreSQL: routed with today's rules
+        if time.monotonic() - routed_by > 1.0:  # it waited for PostgreSQL: routed with today's rules
             await self.rulebook.catch_up()
             now = datetime.now(UTC)
             routings = self.route_all(parsed, now)
