@@ -25,7 +25,6 @@ undone.
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal, NamedTuple
 from uuid import UUID
 
@@ -40,16 +39,22 @@ log = logging.getLogger(__name__)
 
 STATEMENT_TIMEOUT_S = 10.0
 
+# Claims the keys no one claimed yet, and returns the positions (1-based) of the others: none in
+# the common case, so that the router decodes nothing.
 CLAIM = """
-INSERT INTO event_claims (app_id, event_id, content_hash)
-SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[])
-ON CONFLICT DO NOTHING
-RETURNING app_id, event_id
+WITH won AS (
+    INSERT INTO event_claims (app_id, event_id, content_hash)
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[])
+    ON CONFLICT DO NOTHING
+    RETURNING app_id, event_id
+)
+SELECT k.n FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS k(app_id, event_id, n)
+WHERE NOT EXISTS (SELECT FROM won WHERE won.app_id = k.app_id AND won.event_id = k.event_id)
 """
 
 CLAIMED = """
-SELECT c.app_id, c.event_id, c.content_hash
-FROM unnest($1::text[], $2::uuid[]) AS k(app_id, event_id)
+SELECT k.n, c.content_hash
+FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS k(app_id, event_id, n)
 JOIN event_claims c ON c.app_id = k.app_id AND c.event_id = k.event_id
 """
 
@@ -78,52 +83,58 @@ def version_of(event: EventEnvelope) -> Version:
     return Version(event.app_id, event.event_id, content_hash(event.event_type, event.payload), event)
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     outcome: Literal["won", "identical", "conflict"]
     first: bytes | None  # the claimed version's hash (None: a claim from before hashes, and none
     # of this batch's versions is the stored one)
 
 
 async def decide(conn: asyncpg.Connection, versions: Sequence[Version]) -> list[Verdict]:
-    """Claim ``versions`` (in batch order) on ``conn``, outside a transaction; a verdict for each."""
-    firsts: dict[tuple[str, UUID], bytes] = {}
-    for version in versions:
-        firsts.setdefault((version.app_id, version.event_id), version.content_hash)
-    # Sorted: two claimers of the same keys take their locks in one order (no deadlock).
-    keys = sorted(firsts)
-    won = await conn.fetch(
-        CLAIM,
-        [app_id for app_id, _ in keys],
-        [event_id for _, event_id in keys],
-        [firsts[key] for key in keys],
-        timeout=STATEMENT_TIMEOUT_S,
-    )
-    fresh = {(row["app_id"], row["event_id"]) for row in won}  # their first copy won the claim
-    claimed: dict[tuple[str, UUID], bytes | None] = {key: firsts[key] for key in fresh}
-    others = [key for key in keys if key not in fresh]
+    """Claim ``versions`` (in batch order) on ``conn``, outside a transaction; a verdict for each.
+
+    Keys go to PostgreSQL in batch order, not sorted: two claimers of one partition (a zombie and
+    the new owner) meet its keys in the same order; any other deadlock is detected by PostgreSQL
+    and the claimer it aborts tries again."""
+    slot_of: dict[tuple[str, int], int] = {}  # (app_id, event_id) -> its key's slot
+    slots: list[int] = []  # per version
+    keys: list[Version] = []  # per slot, the first copy
+    first_copies: list[int] = []  # per slot, the position of its first copy
+    for position, version in enumerate(versions):
+        slot = slot_of.setdefault((version.app_id, version.event_id.int), len(keys))
+        if slot == len(keys):
+            keys.append(version)
+            first_copies.append(position)
+        slots.append(slot)
+    app_ids, event_ids = [k.app_id for k in keys], [k.event_id for k in keys]
+    hashes = [k.content_hash for k in keys]
+    others = await conn.fetch(CLAIM, app_ids, event_ids, hashes, timeout=STATEMENT_TIMEOUT_S)
+    claimed: list[bytes | None] = list(hashes)  # the claimed version's hash, per slot
+    won = [True] * len(keys)
     if others:
+        lost = [row[0] - 1 for row in others]
+        for slot in lost:
+            won[slot], claimed[slot] = False, None
         rows = await conn.fetch(
-            CLAIMED,
-            [app_id for app_id, _ in others],
-            [event_id for _, event_id in others],
-            timeout=STATEMENT_TIMEOUT_S,
+            CLAIMED, [app_ids[s] for s in lost], [event_ids[s] for s in lost], timeout=STATEMENT_TIMEOUT_S
         )
-        claimed.update({(row["app_id"], row["event_id"]): row["content_hash"] for row in rows})
-        legacy = {key for key in others if claimed.get(key) is None}
+        for row in rows:
+            claimed[lost[row[0] - 1]] = row[1]
+        legacy = {slot for slot in lost if claimed[slot] is None}
         if legacy:
-            claimed.update(await _stored_versions(conn, [v for v in versions if (v[0], v[1]) in legacy]))
+            stored = await _stored_versions(
+                conn, [v for v, s in zip(versions, slots, strict=True) if s in legacy]
+            )
+            for slot in legacy:
+                claimed[slot] = stored.get((app_ids[slot], event_ids[slot]))
     verdicts = []
-    for version in versions:
-        key = (version.app_id, version.event_id)
-        first = claimed.get(key)
-        if key in fresh and version.content_hash == first:
-            fresh.discard(key)
-            verdicts.append(Verdict("won", first))
-        elif version.content_hash == first:
-            verdicts.append(Verdict("identical", first))
-        else:
+    for position, (version, slot) in enumerate(zip(versions, slots, strict=True)):
+        first = claimed[slot]
+        if version.content_hash != first:
             verdicts.append(Verdict("conflict", first))
+        elif won[slot] and first_copies[slot] == position:
+            verdicts.append(Verdict("won", first))
+        else:
+            verdicts.append(Verdict("identical", first))
     return verdicts
 
 
