@@ -203,3 +203,20 @@ async def test_event_ids_become_per_application_on_a_database_holding_data(
     assert await status("app-b", x) == "failed"
     checked = stats(url, "check")
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+async def test_events_stored_before_claims_are_claimed_without_a_hash(empty_db: asyncpg.Connection) -> None:
+    """0009 claims every stored event with a NULL hash, so that a differing retry of an old
+    event cannot win a claim of its own (the router compares it with the stored event)."""
+    before = [m for m in load_migrations() if m.name != "event_claims"]
+    await migrate(empty_db, before)
+    event_id = uuid.uuid4()
+    await empty_db.execute(
+        """INSERT INTO data_events (event_id, app_id, event_type, payload, metadata, received_at,
+                                    schema_version, status, routing)
+           VALUES ($1, 'old-app', 'order', '{"total": 10}', '{}', now(), 1, 'processed', '{}')""",
+        event_id,
+    )
+    assert await migrate(empty_db) == ["0009_event_claims"]
+    claims = await empty_db.fetch("SELECT app_id, event_id, content_hash FROM event_claims")
+    assert [tuple(c) for c in claims] == [("old-app", event_id, None)]
