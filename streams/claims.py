@@ -5,8 +5,9 @@ Before routing a batch, the router claims every event of it in ``event_claims``,
 ``(app_id, event_id)``, in one statement, committed before any output is sent (``decide``):
 
 1. the events are deduplicated per key in Python, the first in batch (offset) order kept;
-2. ``INSERT … SELECT FROM unnest … ON CONFLICT DO NOTHING RETURNING`` (autocommit) claims the
-   keys no one claimed yet: those it returns are won;
+2. ``INSERT … SELECT FROM unnest …`` (autocommit) claims them all, the common case; when a key
+   was claimed already, that fails, and ``INSERT … ON CONFLICT DO NOTHING RETURNING`` claims the
+   keys no one claimed yet (those it returns are won);
 3. a separate ``SELECT``, for the other keys only, reads the hash each was claimed with. It is a
    new statement, so it sees a concurrent claimer's row, which step 2 waited for. A claim made
    before claims existed (hash NULL, backfilled from ``data_events``) takes the hash of the
@@ -39,8 +40,15 @@ log = logging.getLogger(__name__)
 
 STATEMENT_TIMEOUT_S = 10.0
 
-# Claims the keys no one claimed yet, and returns the positions (1-based) of the others: none in
-# the common case, so that the router decodes nothing.
+# The common case: no key was claimed before. A plain INSERT costs PostgreSQL about 40 % less
+# than one ON CONFLICT DO NOTHING (no speculative insertion); any key claimed before (or by a
+# concurrent claimer, which it waits for) fails it whole, and CLAIM does the work.
+FRESH = """
+INSERT INTO event_claims (app_id, event_id, content_hash)
+SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[])
+"""
+
+# Claims the keys no one claimed yet, and returns the positions (1-based) of the others.
 CLAIM = """
 WITH won AS (
     INSERT INTO event_claims (app_id, event_id, content_hash)
@@ -107,7 +115,11 @@ async def decide(conn: asyncpg.Connection, versions: Sequence[Version]) -> list[
         slots.append(slot)
     app_ids, event_ids = [k.app_id for k in keys], [k.event_id for k in keys]
     hashes = [k.content_hash for k in keys]
-    others = await conn.fetch(CLAIM, app_ids, event_ids, hashes, timeout=STATEMENT_TIMEOUT_S)
+    try:
+        await conn.execute(FRESH, app_ids, event_ids, hashes, timeout=STATEMENT_TIMEOUT_S)
+        others = []
+    except asyncpg.UniqueViolationError:
+        others = await conn.fetch(CLAIM, app_ids, event_ids, hashes, timeout=STATEMENT_TIMEOUT_S)
     claimed: list[bytes | None] = list(hashes)  # the claimed version's hash, per slot
     won = [True] * len(keys)
     if others:
