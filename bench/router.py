@@ -12,7 +12,8 @@ or looks for an sku in an array), so the figures measure rule evaluation, not fa
 - relay: an aiokafka consumer that produces each event of each record, unchanged and unparsed
   when the record is one event, split out of its array otherwise, to another topic: the floor
   cost of consuming and producing an event in Python, without validation or rules
-- router N: the faust worker validating and routing each event against N active rules
+- router N: the faust worker validating, claiming (in a database of the run's own, see
+  ``streams/claims.py``) and routing each event against N active rules
 
 Run: .venv/bin/python -m bench.router [--rounds 3] [--events 20000] [--batch 100] [--rules 0 10 100]
 """
@@ -22,16 +23,21 @@ import asyncio
 import statistics
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.common import Processes, apply_own_topics, free_port, process_env
+from bench.pipeline import with_database
 from schemas import EventEnvelope
 from schemas.records import batch_records
 from schemas.rules import AppRules, RoutingRule
+from vdip.db import migrate_url
 from vdip.settings import Settings
 
 APP = "bench"
@@ -154,13 +160,40 @@ async def relay(settings: Settings) -> None:
         await producer.stop()
 
 
+@asynccontextmanager
+async def own_database(name: str) -> AsyncIterator[str]:
+    """A database of this run (the router claims events in it), migrated; dropped at the end."""
+    base = Settings().database_url
+    conn = await asyncpg.connect(base)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    url = with_database(base, name)
+    try:
+        await migrate_url(url)
+        yield url
+    finally:
+        conn = await asyncpg.connect(base)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
 async def measure(kind: str, rule_count: int, events: int, batch: int) -> float:
     run = uuid.uuid4().hex[:8]
+    if kind == "relay":  # no database
+        return await measure_with(kind, rule_count, events, batch, run, Settings().database_url)
+    async with own_database(f"vdip_bench_router_{run}") as database_url:
+        return await measure_with(kind, rule_count, events, batch, run, database_url)
+
+
+async def measure_with(
+    kind: str, rule_count: int, events: int, batch: int, run: str, database_url: str
+) -> float:
     settings = Settings(
         topic_prefix=f"bench-router-{run}.",
         worker_id=f"bench-router-{run}",
         worker_datadir=Path(f"/tmp/bench-router-{run}"),
         worker_metrics_port=free_port(),
+        database_url=database_url,
     )
     await apply_own_topics(settings)
     log_path = Path(f"/tmp/bench-router-{run}.log")

@@ -18,6 +18,7 @@ from typing import Annotated
 import asyncpg
 from fastapi import Depends, Header, Path, Query, Request
 
+from gateway.conflicts import ConflictCheck
 from gateway.errors import ApiError
 from gateway.limits import Limits, RateLimiter
 from gateway.producer import EventProducer
@@ -178,6 +179,7 @@ class Ingest:
     producer: EventProducer
     limiter: RateLimiter
     limits: Limits
+    conflicts: ConflictCheck
 
 
 async def ingest_dependency(
@@ -188,7 +190,9 @@ async def ingest_dependency(
     key = await _presented_key(authorization, x_api_key)
     caller = await authorize_app(state.applications, state.settings, app_id, key, ingest=True)
     assert caller.application is not None
-    return Ingest(caller.application, state.settings, state.producer, state.rate_limiter, state.limits)
+    return Ingest(
+        caller.application, state.settings, state.producer, state.rate_limiter, state.limits, state.conflicts
+    )
 
 
 async def _app_reader(

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from gateway.conflicts import ConflictCheck
 from gateway.deps import ApplicationCache
 from gateway.errors import install_error_handlers
 from gateway.limits import Limits, RateLimiter
@@ -24,6 +25,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await migrate_url(settings.database_url)  # idempotent; concurrent starts wait on a lock
         app.state.pool = await create_pool(settings.database_url, min_size=0)
         app.state.applications = ApplicationCache(app.state.pool, settings.app_cache_ttl_s)
+        app.state.conflicts = ConflictCheck(
+            app.state.pool, settings.conflict_check_timeout_s, settings.conflict_check_pause_s
+        )
         app.state.producer = EventProducer(settings)
         app.state.republisher = rules.Republisher(app.state.pool, app.state.producer, settings)
         await app.state.producer.start()

@@ -85,6 +85,7 @@ REJECTED_BECAUSE = {
     401: "unauthorized",
     403: "disabled_app",
     404: "unknown_app",
+    409: "conflict",
     413: "too_large",
     422: "invalid",
     429: "rate_limited",

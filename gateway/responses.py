@@ -76,3 +76,29 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         }
         for code in codes
     }
+
+
+# Ingest's 409: a client-chosen event id already claimed by another version of the event.
+EVENT_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": ErrorResponse,
+        "description": "The event_id (yours, or made from your Idempotency-Key) was accepted before with"
+        " another event_type or payload: the first version is kept, this one is not accepted",
+        "content": {
+            "application/json": {
+                "example": {
+                    "success": False,
+                    "message": "Event 0193a4f2-7c1e-7d3a-9f00-5b2a1c3d4e5f was accepted before with"
+                    " other content",
+                    "errors": [
+                        {
+                            "field": "body.event_id",
+                            "reason": "another version of this event (event_type and payload) was accepted"
+                            " first; it is kept",
+                        }
+                    ],
+                }
+            }
+        },
+    }
+}

@@ -5,6 +5,7 @@ Producers that write to Kafka directly write the same envelope as JSON (its JSON
 ``schemas/event-envelope.schema.json``). The worker validates it and passes a ``RoutedEvent`` on.
 """
 
+import hashlib
 import ipaddress
 import math
 import re
@@ -13,6 +14,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+import orjson
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -159,7 +161,8 @@ class EventEnvelope(BaseModel):
     schema_version: Literal[1] = Field(default=1, description="Envelope version (SCHEMA_VERSION).")
     event_id: UUID = Field(
         description=(
-            "Unique id: a UUIDv7 assigned by the gateway, or supplied by a direct producer, who must"
+            "Unique within its application (another application's event with the same id is another"
+            " event): a UUIDv7 assigned by the gateway, or supplied by a direct producer, who must"
             " reuse it when retrying so that the event is stored once."
         ),
     )
@@ -201,8 +204,8 @@ class IngestRequest(BaseModel):
     event_id: UUID | None = Field(
         default=None,
         description=(
-            "Your own id for the event (any UUID). Sending the same id again, a second or a month"
-            " later, stores and counts the event once."
+            "Your own id for the event (any UUID), unique within your application. Sending the same"
+            " id again, a second or a month later, stores and counts the event once."
         ),
     )
     event_type: EventType
@@ -245,3 +248,10 @@ class RoutedEvent(BaseModel):
     event: EventEnvelope
     status: EventStatus
     routing: RoutingSummary
+
+
+def content_hash(event_type: str, payload: dict[str, Any]) -> bytes:
+    """The hash of an event's version, (event_type, payload), whatever the order of its keys: the
+    SHA-256 of ``[event_type, payload]`` as JSON with sorted keys. The gateway and the router
+    compare versions of an event with it (the first version of an event_id wins)."""
+    return hashlib.sha256(orjson.dumps([event_type, payload], option=orjson.OPT_SORT_KEYS)).digest()

@@ -4,7 +4,10 @@ Consumes ``events.routed`` (a record holds one routed event, or several as a bat
 ``schemas.records``) in batches and writes each batch in one transaction: COPY into a
 temporary staging table, then one ``INSERT ... SELECT`` for the deliveries and one for the events,
 ``ON CONFLICT DO NOTHING``: a replayed record never duplicates a row nor overwrites a status that
-moved on since, and a record that comes twice in one batch is written once (its first copy). A
+moved on since, and a record that comes twice in one batch is written once (its first copy).
+Only the version of an event (its ``event_type`` and ``payload``) that the router claimed is
+written, with its deliveries; a routed event of another version (which only a producer bypassing
+the router, or a bug, could bring) is dead-lettered (stage ``conflict``), never attached. A
 value that is not a ``RoutedEvent`` (which only a bug could produce), or a row PostgreSQL
 refuses, goes to ``events.dlq`` with the reason (one event of a batch record alone), so that it
 is never silently lost; the rest of its batch is written.
@@ -18,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import TypeAdapter
 
 from schemas import RoutedEvent
+from schemas.events import content_hash
 from schemas.records import Invalid, parse_batch
 from sinks.batching import Record, Records, dead_letter, insert_rows, run_sink, stage
 from vdip.settings import Settings
@@ -26,15 +30,39 @@ from vdip.settings import Settings
 STAGE = "event_stage"
 STAGE_COLUMNS = """ord integer, event_id uuid, app_id text, event_type text, payload text, metadata text,
     received_at timestamptz, occurred_at timestamptz, occurred_at_clamped boolean,
-    schema_version smallint, status text, routing text, routed_at timestamptz"""
+    schema_version smallint, status text, routing text, routed_at timestamptz, content_hash bytea"""
+
+# The staged events that are not the version of their event_id, taken out of the stage: the
+# version is the claimed one (streams/claims.py); else, for an event stored before claims, the
+# stored one; else the first staged copy. Their deliveries are not attached to the stored event.
+OTHER_VERSIONS = f"""
+WITH firsts AS (
+    SELECT DISTINCT ON (app_id, event_id) app_id, event_id, content_hash
+    FROM {STAGE} ORDER BY app_id, event_id, ord
+), others AS (
+    SELECT s.ord, c.content_hash AS claimed
+    FROM {STAGE} s
+    JOIN firsts f ON f.app_id = s.app_id AND f.event_id = s.event_id
+    LEFT JOIN event_claims c ON c.app_id = s.app_id AND c.event_id = s.event_id
+    LEFT JOIN data_events d ON d.app_id = s.app_id AND d.event_id = s.event_id
+    WHERE CASE
+        WHEN c.content_hash IS NOT NULL THEN s.content_hash <> c.content_hash
+        WHEN d.event_id IS NOT NULL THEN s.event_type <> d.event_type OR s.payload::jsonb <> d.payload
+        ELSE s.content_hash <> f.content_hash
+    END
+)
+DELETE FROM {STAGE} s USING others o WHERE s.ord = o.ord
+RETURNING s.ord, o.claimed
+"""
 
 # Deliveries first: the statistics triggers then find no event yet and count each event once,
 # when it is inserted, under its final status. A delivery to a queue was done when the router's
 # produce was acknowledged; the others are pending until their sink says otherwise. stored_at is
 # the moment of the write (clock_timestamp), not the start of the transaction.
 INSERT = f"""
-INSERT INTO deliveries (delivery_id, event_id, rule_id, destination_type, status, attempts, delivered_at)
-SELECT DISTINCT ON (d.delivery_id) d.delivery_id, s.event_id, d.rule_id, d.destination_type,
+INSERT INTO deliveries (delivery_id, app_id, event_id, rule_id, destination_type, status, attempts,
+                        delivered_at)
+SELECT DISTINCT ON (d.delivery_id) d.delivery_id, s.app_id, s.event_id, d.rule_id, d.destination_type,
        CASE WHEN d.destination_type = 'queue' THEN 'delivered' ELSE 'pending' END,
        CASE WHEN d.destination_type = 'queue' THEN 1 ELSE 0 END,
        CASE WHEN d.destination_type = 'queue' THEN s.routed_at END
@@ -45,12 +73,12 @@ ON CONFLICT (delivery_id) DO NOTHING;
 
 INSERT INTO data_events (event_id, app_id, event_type, payload, metadata, received_at,
                          occurred_at, occurred_at_clamped, schema_version, status, routing, stored_at)
-SELECT DISTINCT ON (event_id) event_id, app_id, event_type, payload::jsonb, metadata::jsonb,
+SELECT DISTINCT ON (app_id, event_id) event_id, app_id, event_type, payload::jsonb, metadata::jsonb,
        received_at, occurred_at, occurred_at_clamped, schema_version, status, routing::jsonb,
        clock_timestamp()
 FROM {STAGE}
-ORDER BY event_id, ord
-ON CONFLICT (event_id) DO NOTHING
+ORDER BY app_id, event_id, ord
+ON CONFLICT (app_id, event_id) DO NOTHING
 """
 
 
@@ -69,13 +97,20 @@ def to_row(routed: RoutedEvent) -> tuple[Any, ...]:
         routed.status.value,
         routed.routing.model_dump_json(),
         routed.routing.routed_at,
+        content_hash(event.event_type, event.payload),
     )
 
 
-async def write_rows(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Write ``to_row`` rows and their deliveries (inside the caller's transaction)."""
+async def write_rows(
+    conn: asyncpg.Connection, rows: list[tuple[Any, ...]]
+) -> list[tuple[tuple[Any, ...], bytes | None]]:
+    """Write ``to_row`` rows and their deliveries (inside the caller's transaction), except the
+    rows of another version than their event's: those are returned, each with the hash of the
+    claimed version (None when the stored event or the batch's first copy decided)."""
     await stage(conn, STAGE, STAGE_COLUMNS, [(n, *row) for n, row in enumerate(rows)])
+    others = await conn.fetch(OTHER_VERSIONS)
     await conn.execute(INSERT)
+    return [(rows[other["ord"]], other["claimed"]) for other in others]
 
 
 Part = tuple[Record, int | None, RoutedEvent | None]  # a record, or one event of a batch record
@@ -99,7 +134,24 @@ class EventStore:
                     await self._dead_letter(record, item.reason, part)
                 else:
                     parsed.append(((record, index, item), to_row(item)))
-        await insert_rows(self.pool, write_rows, parsed, self._refused)
+        part_of = {id(row): part for part, row in parsed}
+        others: list[tuple[Part, bytes | None]] = []
+
+        async def write(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+            others.extend((part_of[id(row)], claimed) for row, claimed in await write_rows(conn, rows))
+
+        await insert_rows(self.pool, write, parsed, self._refused)
+        for (record, index, routed), claimed in others:
+            assert routed is not None
+            event = routed.event
+            first = "the stored event" if claimed is None else f"sha256 {claimed.hex()}"
+            mine = "sha256 " + content_hash(event.event_type, event.payload).hex()
+            reason = (
+                f"event_id {event.event_id} of app {event.app_id} was first accepted with other"
+                f" content ({first} != {mine}); the first version is kept"
+            )
+            alone = None if index is None else (index, routed.model_dump_json().encode())
+            await dead_letter(self.producer, self.dlq_topic, record, "conflict", reason, alone)
 
     async def _refused(self, part: Part, reason: str) -> None:
         record, index, routed = part

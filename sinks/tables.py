@@ -89,8 +89,8 @@ def insert_statement(schema: str, table: str) -> str:
                    FROM batch ORDER BY event_id, rule_id, ord
                    ON CONFLICT (event_id, rule_id) DO NOTHING)
                INSERT INTO deliveries
-                   (delivery_id, event_id, rule_id, destination_type, status, attempts, delivered_at)
-               SELECT DISTINCT ON (delivery_id) delivery_id, event_id, rule_id, 'database_table',
+                   (delivery_id, app_id, event_id, rule_id, destination_type, status, attempts, delivered_at)
+               SELECT DISTINCT ON (delivery_id) delivery_id, app_id, event_id, rule_id, 'database_table',
                       'delivered', 1, now()
                FROM batch ORDER BY delivery_id, ord
                ON CONFLICT (delivery_id) DO UPDATE SET status = 'delivered', last_error = NULL,
@@ -99,9 +99,9 @@ def insert_statement(schema: str, table: str) -> str:
 
 
 FAILED = """INSERT INTO deliveries
-                (delivery_id, event_id, rule_id, destination_type, status, attempts, last_error)
-            VALUES ($1, $2, $3, 'database_table', 'failed', 1, $4)
-            ON CONFLICT (delivery_id) DO UPDATE SET status = 'failed', last_error = $4,
+                (delivery_id, app_id, event_id, rule_id, destination_type, status, attempts, last_error)
+            VALUES ($1, $2, $3, $4, 'database_table', 'failed', 1, $5)
+            ON CONFLICT (delivery_id) DO UPDATE SET status = 'failed', last_error = $5,
                 attempts = deliveries.attempts + 1, updated_at = now()"""
 
 
@@ -172,7 +172,12 @@ class TableWriter:
         except ValidationError:
             return  # no delivery to speak of
         await self.pool.execute(
-            FAILED, delivery["delivery_id"], delivery["event"]["event_id"], delivery["rule_id"], reason[:1000]
+            FAILED,
+            delivery["delivery_id"],
+            delivery["event"]["app_id"],
+            delivery["event"]["event_id"],
+            delivery["rule_id"],
+            reason[:1000],
         )
 
 

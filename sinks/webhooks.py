@@ -186,8 +186,9 @@ async def attempt(
 # ------------------------------------------------------------------------------ intake
 
 RECORD = """
-INSERT INTO deliveries (delivery_id, event_id, rule_id, destination_type, status, message, next_attempt_at)
-VALUES ($1, $2, $3, 'webhook', 'pending', $4, now())
+INSERT INTO deliveries
+    (delivery_id, app_id, event_id, rule_id, destination_type, status, message, next_attempt_at)
+VALUES ($1, $2, $3, $4, 'webhook', 'pending', $5, now())
 ON CONFLICT (delivery_id) DO UPDATE
     SET message = EXCLUDED.message, next_attempt_at = now(), updated_at = now()
     WHERE deliveries.message IS NULL
@@ -212,7 +213,7 @@ class Intake:
 
     async def write(self, records: Records) -> None:
         rows = [
-            (record, (d.delivery_id, d.event.event_id, d.rule_id, d.model_dump(mode="json")))
+            (record, (d.delivery_id, d.event.app_id, d.event.event_id, d.rule_id, d.model_dump(mode="json")))
             for record, d, _ in await deliveries_of(records, "webhook", "url", self._refused)
         ]
         await insert_rows(self.pool, executing(RECORD), rows, self._refused)

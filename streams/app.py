@@ -20,6 +20,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
+from streams.claims import Claims
 from streams.fold import StatisticsFold
 from streams.router import Router
 from streams.rulebook import RuleBook
@@ -60,7 +61,7 @@ def create_app(settings: Settings) -> faust.App:
     )
     events = app.topic(settings.topic("events"), value_type=bytes, key_type=bytes)
     rulebook = RuleBook(settings, settings.topic("routing-rules"))
-    router = Router(app, settings, rulebook)
+    router = Router(app, settings, rulebook, Claims(settings.database_url))
     app.agent(events, name="router")(router.run)
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]

@@ -3,26 +3,32 @@
 For each batch faust hands over (``noack_take``: nothing is acknowledged for us):
 
 1. the rule book catches up with every rule set published so far (it fails closed);
-2. each record is routed (``streams.routing.route_record``): its events with their routing
+2. every valid event is claimed in PostgreSQL (``streams.claims``: one statement per batch,
+   waiting while PostgreSQL is away), while the router routes them: the first version of an
+   event id wins, and only it and identical copies are routed; another version is only
+   dead-lettered (stage ``conflict``);
+3. each record is routed (``streams.routing.route_event``): its events with their routing
    summaries for ``events.routed`` (together, as a batch record, when the input record was one:
    ``schemas.records``), one record per match for its destination's topic, and what is not a
    valid envelope (or whose routing raised) for ``events.dlq``;
-3. every one of those records is sent, and the batch waits until Kafka acknowledged each of them
+4. every one of those records is sent, and the batch waits until Kafka acknowledged each of them
    (``acks=all``): deliveries and dead letters first, then the routed events (the event store
    records a queue delivery as done when it stores its event). A record Kafka refuses is sent
    again alone, then with a growing pause, until it is acknowledged: the batch never moves on
    without its outputs;
-4. only then is each input record acknowledged to faust, which commits offsets of acknowledged
+5. only then is each input record acknowledged to faust, which commits offsets of acknowledged
    records only, in order.
 
-A crash anywhere before step 4 leaves the batch's offsets uncommitted: it is routed again, and
-every effect downstream is keyed by ``event_id`` or ``delivery_id``, so nothing is duplicated.
+A crash anywhere before step 5 leaves the batch's offsets uncommitted: it is routed again, and
+every effect downstream is keyed by ``event_id`` or ``delivery_id``, so nothing is duplicated
+(the replayed claims read as identical: the same version goes out with the same ids).
 While a refused record is retried, routing stops (``vdip_router_send_failures_total`` counts the
 refusals and the log names the topic and the error).
 """
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,9 +37,11 @@ from typing import Any
 import faust
 from aiokafka.structs import RecordMetadata
 
+from schemas import EventEnvelope
 from schemas.records import batch_records
 from schemas.rules import RoutingRule
-from streams.routing import Routing, route_record, routing_failed
+from streams.claims import Claims, Verdict, Version, version_of
+from streams.routing import Routing, conflicting, parse_record, route_event, routing_failed
 from streams.rulebook import RuleBook
 from vdip import metrics
 from vdip.logs import event_context
@@ -56,10 +64,11 @@ class Output:
 class Router:
     """The routing agent's body (``run`` is the agent), with the topics it writes to."""
 
-    def __init__(self, app: faust.App, settings: Settings, rulebook: RuleBook) -> None:
+    def __init__(self, app: faust.App, settings: Settings, rulebook: RuleBook, claims: Claims) -> None:
         self.app = app
         self.settings = settings
         self.rulebook = rulebook
+        self.claims = claims
         self.routed = settings.topic("events.routed")
         self.dlq = settings.topic("events.dlq")
         self.sinks = {
@@ -84,14 +93,33 @@ class Router:
     async def route_batch(self, batch: list[Any]) -> None:
         """Route a batch of faust events and return once every output is acknowledged."""
         await self.rulebook.catch_up()
-        now = datetime.now(UTC)
+        parsed = [parse_record(record.value) for record in batch]
+        versions = [version_of(e) for items in parsed for _, e in items if isinstance(e, EventEnvelope)]
+        # The events are routed while PostgreSQL claims them (on another core); nothing is sent
+        # before the claims are committed, and what a claim refuses is dead-lettered instead.
+        claiming = asyncio.ensure_future(self.claims.decide(versions))
+        try:
+            await asyncio.sleep(0)  # the claim goes out
+            now = datetime.now(UTC)
+            routings = self.route_all(parsed, now)
+            routed_by = time.monotonic()
+            verdicts = await claiming
+        finally:
+            claiming.cancel()  # only if routing raised
+        if time.monotonic() - routed_by > 1.0:  # it waited for PostgreSQL: routed with today's rules
+            await self.rulebook.catch_up()
+            now = datetime.now(UTC)
+            routings = self.route_all(parsed, now)
+        judged = iter(zip(versions, verdicts, strict=True))
         outputs: list[Output] = []
-        counts = {"routed": 0, "invalid": 0, "failed": 0}
+        counts = {"routed": 0, "invalid": 0, "failed": 0, "duplicate": 0, "conflict": 0}
         routed: list[Output] = []
-        for record in batch:
+        for record, record_routings in zip(batch, routings, strict=True):
             values: list[bytes] = []
             apps: set[str] = set()
-            for routing in route_record(record.value, self.rulebook.rules_for, now):
+            for routing in record_routings:
+                if routing.event is not None:  # a valid envelope: as its claim says
+                    routing = self.judged(routing, *next(judged))
                 try:
                     topics = [await self.topic_of(rule) for rule, _ in routing.deliveries]
                 except Exception as exc:  # a queue topic Kafka will not create: the event fails
@@ -121,6 +149,30 @@ class Router:
             end = self.app.consumer.highwater(tp)
             if end is not None:
                 metrics.CONSUMER_LAG.labels(self.app.conf.id, tp.topic, tp.partition).set(end - offset - 1)
+
+    def route_all(
+        self, parsed: list[list[tuple[int | None, EventEnvelope | Routing]]], now: datetime
+    ) -> list[list[Routing]]:
+        """Each parsed record's events routed (what is not an envelope stays as it is)."""
+        rules_for = self.rulebook.rules_for
+        return [
+            [
+                item if isinstance(item, Routing) else route_event(item, rules_for, now, index)
+                for index, item in items
+            ]
+            for items in parsed
+        ]
+
+    @staticmethod
+    def judged(routing: Routing, version: Version, verdict: Verdict) -> Routing:
+        """An event's routing as its claim lets it through (the first version, or an identical
+        copy, counted as a duplicate), or its dead letter when another version claimed it first."""
+        assert routing.event is not None
+        if verdict.outcome == "conflict":
+            return conflicting(routing.event, verdict.first, version.content_hash, routing.index)
+        if verdict.outcome == "identical" and routing.outcome == "routed":
+            routing.outcome = "duplicate"
+        return routing
 
     def outputs_of(self, message: Any, routing: Routing, topics: list[str]) -> list[Output]:
         """The records to send for one event of an input record (``topics``: of its deliveries)."""

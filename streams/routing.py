@@ -74,7 +74,9 @@ RulesFor = Callable[[str], list[CompiledRule]]
 class Routing:
     """What routing one event (or what should have been one) gave: the records to send."""
 
-    outcome: str  # "routed", "invalid" (not an envelope) or "failed" (routing raised)
+    # "routed", "invalid" (not an envelope), "failed" (routing raised), "conflict" (another
+    # version of the event was claimed first: dead-lettered only)
+    outcome: str
     event: EventEnvelope | None = None
     routed: bytes | None = None  # the value for events.routed
     deliveries: list[tuple[RoutingRule, bytes]] = field(default_factory=list)  # one per match
@@ -89,16 +91,31 @@ def route_record(value: bytes | None, rules_for: RulesFor, now: datetime | None 
     routed_at = now or datetime.now(UTC)
     found = []
     for index, item in parse_record(value):
-        if isinstance(item, Routing):
-            found.append(item)
-            continue
-        try:
-            routing = _route(item, rules_for(item.app_id), routed_at)
-            routing.index = index
-        except Exception as exc:  # never skip an event silently: stored as failed, and dead-lettered
-            routing = routing_failed(item, exc, routed_at, index)
-        found.append(routing)
+        found.append(item if isinstance(item, Routing) else route_event(item, rules_for, routed_at, index))
     return found
+
+
+def route_event(event: EventEnvelope, rules_for: RulesFor, routed_at: datetime, index: int | None) -> Routing:
+    """Route one valid event (``index``: its position in a batch record) with its application's rules."""
+    try:
+        routing = _route(event, rules_for(event.app_id), routed_at)
+        routing.index = index
+    except Exception as exc:  # never skip an event silently: stored as failed, and dead-lettered
+        routing = routing_failed(event, exc, routed_at, index)
+    return routing
+
+
+def conflicting(event: EventEnvelope, first: bytes | None, now: bytes, index: int | None) -> Routing:
+    """An event whose id was first claimed with another version (hash ``first``, None for the
+    event stored before claims; its own is ``now``): only dead-lettered, the event alone when it
+    came in a batch record."""
+    was = "the stored event" if first is None else f"sha256 {first.hex()}"
+    reason = (
+        f"event_id {event.event_id} of app {event.app_id} was first accepted with other content"
+        f" ({was} != sha256 {now.hex()}); the first version is kept"
+    )
+    alone = None if index is None else event.model_dump_json().encode()
+    return Routing("conflict", event, rejection=("conflict", reason), index=index, value=alone)
 
 
 def routing_failed(

@@ -61,6 +61,15 @@ class RuleBook:
             log.error("the rules of %s cannot be read; its events are dead-lettered: %s", app_id, exc)
             self._unreadable.add(app_id)
             return
+        # A rule belongs to one application for good: delivery ids and table rows (keyed by event
+        # id and rule id) are unique per application only because no rule routes another's events.
+        foreign = sorted({rule.app_id for rule in rules} - {app_id})
+        if foreign:
+            log.error(
+                "the rules published for %s belong to %s; its events are dead-lettered", app_id, foreign
+            )
+            self._unreadable.add(app_id)
+            return
         self._unreadable.discard(app_id)
         self._rules[app_id] = compile_rules(rules)
         newest = max((rule.updated_at for rule in rules), default=None)

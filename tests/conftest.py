@@ -158,6 +158,7 @@ async def settings(
         produce_timeout_s=3.0,
         admin_token=f"admin-{run_id}",
         rate_limit="100000/second",
+        conflict_check_timeout_s=1.0,  # a cold connection on a busy machine: not a skipped check
     )
     await migrate_url(test_settings.database_url)
     await apply_topics(test_settings, declared_topics(test_settings, ROOT / "topics.yaml"))
@@ -270,6 +271,7 @@ class Process:
             "VDIP_ADMIN_TOKEN": s.admin_token.get_secret_value() if s.admin_token else "",
             "VDIP_RATE_LIMIT": s.rate_limit,
             **kafka_security_env(s),
+            "VDIP_CONFLICT_CHECK_TIMEOUT_S": str(s.conflict_check_timeout_s),
             **self.extra_env,
         }
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from schemas import EventEnvelope, EventStatus, RoutedEvent, RoutingSummary
 from schemas.events import DeliveryRef
 from sinks.event_store import EventStore, to_row, write_rows
+from streams.claims import decide, version_of
 from tests.conftest import consume_all, consumed
 from tests.test_schemas import json_values, texts
 from vdip.db import _init_connection
@@ -53,7 +54,7 @@ async def test_an_event_twice_in_one_batch_is_stored_once_its_first_version(
 ) -> None:
     app_id = f"store-{uuid.uuid4().hex[:8]}"
     first = routed(app_id)
-    first.routing.deliveries = [DeliveryRef(delivery_id=uuid.uuid4(), rule_id=7, destination_type="queue")]
+    first.routing.deliveries = [queue_delivery()]
     retry = first.model_copy(deep=True)
     retry.event.payload = {"n": 2}
     other = routed(app_id)
@@ -71,6 +72,36 @@ async def test_an_event_twice_in_one_batch_is_stored_once_its_first_version(
     )
     assert (delivery["status"], delivery["attempts"]) == ("delivered", 1)
     assert delivery["delivered_at"] == first.routing.routed_at
+
+
+async def test_two_applications_events_with_one_id_are_two_events_with_their_own_deliveries(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    """In one batch and across batches: ids are per application, so neither event is dropped and
+    each keeps its deliveries."""
+    a, b, c = (f"store-{uuid.uuid4().hex[:8]}" for _ in range(3))
+    first = routed(a, EventStatus.PENDING)
+    first.routing.deliveries = [DeliveryRef(delivery_id=uuid.uuid4(), rule_id=1, destination_type="webhook")]
+    same_id = [first.model_copy(deep=True) for _ in (b, c)]
+    for event, app_id, rule_id in zip(same_id, (b, c), (2, 3), strict=True):
+        event.event.app_id = app_id
+        event.event.payload = {"app": app_id}
+        event.routing.deliveries = [
+            DeliveryRef(delivery_id=uuid.uuid4(), rule_id=rule_id, destination_type="queue")
+        ]
+    store = EventStore(pool, producer, settings.topic("events.dlq"))
+    await store.write([as_record(e.model_dump_json().encode(), i) for i, e in enumerate([first, same_id[0]])])
+    await store.write([as_record(same_id[1].model_dump_json().encode(), 2)])
+    rows = await pool.fetch(
+        """SELECT app_id, event_status(status, app_id, event_id) AS status,
+                  (SELECT array_agg(rule_id) FROM deliveries d
+                   WHERE (d.app_id, d.event_id) = (e.app_id, e.event_id)) AS rules
+           FROM data_events e WHERE event_id = $1""",
+        first.event.event_id,
+    )
+    assert sorted((r["app_id"], r["status"], r["rules"]) for r in rows) == sorted(
+        [(a, "pending", [1]), (b, "processed", [2]), (c, "processed", [3])]
+    )
 
 
 async def test_stored_at_is_the_moment_of_the_write(settings: Settings) -> None:
@@ -224,3 +255,50 @@ def decimal_numbers(value: Any) -> Any:
     if isinstance(value, list):
         return [decimal_numbers(v) for v in value]
     return {k: decimal_numbers(v) for k, v in value.items()}
+
+
+async def test_another_version_of_an_event_never_gets_its_deliveries_attached(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    """v2 of a claimed event (claimed as v1), and v2 of a stored event that has no claim hash:
+    neither is stored nor has its delivery recorded; each is dead-lettered (stage conflict)."""
+    app_id = f"store-{uuid.uuid4().hex[:8]}"
+    store = EventStore(pool, producer, settings.topic("events.dlq"))
+    claimed, stored = routed(app_id), routed(app_id)
+    await store.write([as_record(stored.model_dump_json().encode())])  # stored: its version is kept
+    async with pool.acquire() as conn:
+        await decide(conn, [version_of(claimed.event)])  # claimed as v1 ({"n": 1}), not stored yet
+    others = []
+    for event in (claimed, stored):
+        other = event.model_copy(deep=True)
+        other.event.payload = {"n": 2}
+        other.routing.deliveries = [queue_delivery()]
+        others.append(other)
+    await store.write([as_record(e.model_dump_json().encode(), 40 + i) for i, e in enumerate(others)])
+    rows = await pool.fetch("SELECT event_id, payload FROM data_events WHERE app_id = $1", app_id)
+    assert {r["event_id"]: r["payload"] for r in rows} == {stored.event.event_id: {"n": 1}}
+    ids = [claimed.event.event_id, stored.event.event_id]
+    assert await pool.fetch("SELECT 1 FROM deliveries WHERE event_id = ANY($1::uuid[])", ids) == []
+    markers = [str(i).encode() for i in ids]
+
+    def ours(records: list[ConsumerRecord[bytes, bytes]]) -> list[ConsumerRecord[bytes, bytes]]:
+        return [r for r in records if any(m in r.value for m in markers)]
+
+    dead = ours(await consume_all(settings, "events.dlq", until=lambda rs: len(ours(rs)) >= 2))
+    assert sorted(RoutedEvent.model_validate_json(r.value).event.event_id for r in dead) == sorted(ids)
+    for record in dead:
+        headers = dict(record.headers)
+        assert headers["error.stage"] == b"conflict"
+        assert b"the first version is kept" in headers["error"]
+    claimed_error = next(dict(r.headers)["error"] for r in dead if markers[0] in r.value)
+    assert version_of(claimed.event).content_hash.hex().encode() in claimed_error
+    assert version_of(others[0].event).content_hash.hex().encode() in claimed_error
+    # The claimed version itself is stored, with its delivery, when it comes.
+    claimed.routing.deliveries = [queue_delivery()]
+    await store.write([as_record(claimed.model_dump_json().encode())])
+    assert await pool.fetchval("SELECT count(*) FROM deliveries WHERE event_id = $1", ids[0]) == 1
+
+
+def queue_delivery() -> DeliveryRef:
+    """A delivery of a rule no test creates (a real rule's id would count it in its statistics)."""
+    return DeliveryRef(delivery_id=uuid.uuid4(), rule_id=2**62, destination_type="queue")

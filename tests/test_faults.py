@@ -195,7 +195,7 @@ async def check(setup: Setup, load: Load, label: str) -> None:
         """Every event stored, and no delivery of them left to do."""
         stored = await pool.fetchval("SELECT count(*) FROM data_events WHERE app_id = ANY($1)", app_ids)
         open_deliveries = await pool.fetchval(
-            """SELECT count(*) FROM deliveries d JOIN data_events e USING (event_id)
+            """SELECT count(*) FROM deliveries d JOIN data_events e USING (app_id, event_id)
                WHERE e.app_id = ANY($1) AND d.status NOT IN ('delivered', 'failed')""",
             app_ids,
         )
@@ -230,7 +230,7 @@ async def check(setup: Setup, load: Load, label: str) -> None:
 
     statuses = await pool.fetch(
         """SELECT d.destination_type, d.status, count(*) AS n FROM deliveries d
-           JOIN data_events e USING (event_id) WHERE e.app_id = ANY($1) GROUP BY 1, 2""",
+           JOIN data_events e USING (app_id, event_id) WHERE e.app_id = ANY($1) GROUP BY 1, 2""",
         app_ids,
     )
     found = {(r["destination_type"], r["status"]): r["n"] for r in statuses}

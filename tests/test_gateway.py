@@ -1,11 +1,16 @@
 """The gateway over real HTTP, with the real pipeline behind it."""
 
+import asyncio
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import httpx
 import pytest
 
+from gateway.conflicts import Candidate, ConflictCheck
+from schemas.events import content_hash
 from tests.conftest import AppKey, Pipeline, another_gateway, wait_until
 
 
@@ -239,3 +244,90 @@ async def test_a_record_the_kafka_client_refuses_is_a_503_never_a_500(
     small, refused = batch.json()["data"]["results"]
     assert small["status"] == "accepted" and refused["status"] == "rejected"
     assert refused["errors"][0]["field"] == "kafka"
+
+
+async def test_a_known_differing_retry_is_409_an_identical_one_202(
+    pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey, pool: asyncpg.Pool
+) -> None:
+    """Once the router claimed an event's first version, a retry with another payload (by
+    event_id or by Idempotency-Key) is a 409; the same version, keys in any order, is a 202; in
+    a batch, the conflicting event alone is rejected (207), or the batch is a 409."""
+    x = str(uuid.uuid4())
+    first: dict[str, object] = {
+        "event_id": x,
+        "event_type": "order",
+        "payload": {"total": 10, "currency": "EUR"},
+    }
+    assert (await ingest(client, app, first)).status_code == 202
+    keyed = {"Idempotency-Key": f"order-{uuid.uuid4().hex[:8]}"}
+    by_key = await ingest(client, app, {"event_type": "order", "payload": {"total": 1}}, **keyed)
+    assert by_key.status_code == 202
+    ids = [uuid.UUID(x), uuid.UUID(by_key.json()["data"]["event_id"])]
+
+    async def claimed() -> bool:
+        found = await pool.fetchval(
+            "SELECT count(*) FROM event_claims WHERE app_id = $1 AND event_id = ANY($2::uuid[])",
+            app.app_id,
+            ids,
+        )
+        return bool(found == 2)
+
+    await wait_until(claimed, 30, message="both events claimed by the router")
+    rejected = await rejected_for_conflict(pipeline)
+
+    retry = await ingest(client, app, {**first, "payload": {"total": 100, "currency": "EUR"}})
+    assert retry.status_code == 409, retry.text
+    assert retry.json()["errors"][0]["field"] == "body.event_id"
+    again = await ingest(client, app, {**first, "payload": {"currency": "EUR", "total": 10}})
+    assert again.status_code == 202 and again.json()["data"]["event_id"] == x
+    assert (await ingest(client, app, {**first, "event_type": "refund"})).status_code == 409
+    keyed_retry = await ingest(client, app, {"event_type": "order", "payload": {"total": 2}}, **keyed)
+    assert keyed_retry.status_code == 409
+    assert keyed_retry.json()["errors"][0]["field"] == "header.Idempotency-Key"
+    assert await rejected_for_conflict(pipeline) == rejected + 3
+
+    url = f"/api/ingest/{app.app_id}/batch"
+    other = {"event_type": "order", "payload": {"total": 5}}
+    mixed = await client.post(url, json={"events": [retry_body(first), other]}, headers=app.headers)
+    assert mixed.status_code == 207, mixed.text
+    results = mixed.json()["data"]["results"]
+    assert [r["status"] for r in results] == ["rejected", "accepted"]
+    assert results[0]["errors"][0]["field"] == "body.events.0.event_id"
+    alone = await client.post(url, json={"events": [retry_body(first)]}, headers=app.headers)
+    assert alone.status_code == 409, alone.text
+    assert (await client.post(url, json={"events": [first]}, headers=app.headers)).status_code == 202
+
+
+def retry_body(first: dict[str, object]) -> dict[str, object]:
+    return {**first, "payload": {"total": 100}}
+
+
+async def rejected_for_conflict(pipeline: Pipeline) -> float:
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{pipeline.base_url}/metrics")).text
+    series = 'vdip_ingest_requests_total{outcome="rejected",reason="conflict"} '
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series))
+
+
+async def test_the_conflict_check_fails_open_and_then_pauses(pool: asyncpg.Pool, app: AppKey) -> None:
+    """While PostgreSQL does not answer within the timeout (event_claims locked here), the check
+    finds no conflict, and skips PostgreSQL altogether for the pause that follows."""
+    x = uuid.uuid4()
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO event_claims (app_id, event_id, content_hash) VALUES ($1, $2, $3)",
+            app.app_id,
+            x,
+            content_hash("order", {"total": 10}),
+        )
+    check = ConflictCheck(pool, timeout_s=0.05, pause_s=2.0)
+    candidate = Candidate(x, "order", {"total": 100})
+    assert await check.conflicting(app.app_id, [candidate]) == {x}
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("LOCK TABLE event_claims IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        assert await check.conflicting(app.app_id, [candidate]) == set()
+        assert time.monotonic() - started < 0.5
+    assert await check.conflicting(app.app_id, [candidate]) == set()  # paused: not asked
+    await asyncio.sleep(2.0)
+    assert await check.conflicting(app.app_id, [candidate]) == {x}

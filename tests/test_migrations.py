@@ -1,12 +1,16 @@
 """Migrations against a real, fresh PostgreSQL database."""
 
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import asyncpg
+import orjson
 import pytest
 
-from tests.conftest import Services, _with_database
+from tests.conftest import ROOT, Services, _with_database
 from vdip.db import Migration, create_pool, load_migrations, loopback_without_tls, migrate
 from vdip.errors import MigrationError
 from vdip.settings import Settings
@@ -82,3 +86,137 @@ async def test_pool_connections_to_the_local_server_are_not_encrypted(settings: 
         assert await pool.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") is False
     finally:
         await pool.close()
+
+
+def stats(database_url: str, action: str) -> subprocess.CompletedProcess[str]:
+    """``vdip stats check|refresh`` on the database at ``database_url``."""
+    return subprocess.run(
+        [sys.executable, "-m", "vdip.cli", "stats", action],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "VDIP_DATABASE_URL": database_url},
+        cwd=ROOT,
+        timeout=60,
+    )
+
+
+async def test_event_ids_become_per_application_on_a_database_holding_data(
+    empty_db: asyncpg.Connection, services: Services
+) -> None:
+    """0007 -> 0008 on data written with event ids global: application B's delivery attached to
+    application A's event with the same id (B's event itself was never stored), deliveries of
+    deleted rules, one that nothing can place."""
+    await migrate(empty_db, load_migrations()[:7])
+    db = empty_db
+    for app_id in ("app-a", "app-b"):
+        await db.execute("INSERT INTO applications (app_id, name) VALUES ($1, $1)", app_id)
+    rule_a, rule_b = [
+        await db.fetchval(
+            """INSERT INTO routing_rules (app_id, rule_name, destination_type)
+               VALUES ($1, 'r', 'queue') RETURNING rule_id""",
+            app_id,
+        )
+        for app_id in ("app-a", "app-b")
+    ]
+    gone_webhook, gone_queue, gone_unknown = 9001, 9002, 9003  # rules deleted since
+    x, y, z, w = (uuid.uuid4() for _ in range(4))
+    now = datetime.now(UTC)
+
+    async def event(event_id: uuid.UUID, matched: list[int]) -> None:
+        routing = {
+            "rules_evaluated": 1,
+            "matched_rules": matched,
+            "deliveries": [],
+            "routed_at": now.isoformat(),
+        }
+        await db.execute(
+            """INSERT INTO data_events (event_id, app_id, event_type, payload, metadata, received_at,
+                                        schema_version, status, routing)
+               VALUES ($1, 'app-a', 't', '{}', '{}', $2, 1, 'processed', $3::jsonb)""",
+            event_id,
+            now,
+            orjson.dumps(routing).decode(),
+        )
+
+    async def delivery(event_id: uuid.UUID, rule_id: int, status: str, message: object = None) -> uuid.UUID:
+        delivery_id = uuid.uuid4()
+        await db.execute(
+            """INSERT INTO deliveries (delivery_id, event_id, rule_id, destination_type, status, message)
+               VALUES ($1, $2, $3, 'queue', $4, $5::jsonb)""",
+            delivery_id,
+            event_id,
+            rule_id,
+            status,
+            None if message is None else orjson.dumps(message).decode(),
+        )
+        return delivery_id
+
+    await event(x, [rule_a])
+    await event(y, [gone_webhook])
+    await event(z, [])  # a delivery its routing summary does not list
+    own = await delivery(x, rule_a, "delivered")
+    cross = await delivery(x, rule_b, "failed")  # B's X: counted A's X as failed
+    by_message = await delivery(y, gone_webhook, "delivered", {"event": {"app_id": "app-b"}})
+    by_event = await delivery(z, gone_queue, "delivered")
+    orphan = await delivery(w, gone_unknown, "pending")
+
+    async def status(app_id: str, event_id: uuid.UUID) -> str:
+        found: str = await db.fetchval(
+            """SELECT event_status(status, app_id, event_id) FROM data_events
+               WHERE app_id = $1 AND event_id = $2""",
+            app_id,
+            event_id,
+        )
+        return found
+
+    notices: list[str] = []
+    assert await migrate(db, load_migrations()[:8], report=notices.append) == ["0008_event_ids_per_app"]
+
+    apps = dict(await db.fetch("SELECT delivery_id, app_id FROM deliveries"))
+    assert apps == {own: "app-a", cross: "app-b", by_message: "app-b", by_event: "app-a"}
+    assert await db.fetchval("SELECT array_agg(delivery_id) FROM deliveries_orphaned_0008") == [orphan]
+    assert any("1 delivery row(s)" in n and "deliveries_orphaned_0008" in n for n in notices), notices
+    (lost,) = [n for n in notices if "send them again" in n]
+    assert (
+        lost.startswith("0008_event_ids_per_app: 2 event(s)")
+        and f"(app-b, {x})" in lost
+        and f"(app-b, {y})" in lost
+    )
+    assert any("1 delivery row(s) are not among the rules" in n for n in notices), notices  # z's
+
+    url = _with_database(services.database_url, await db.fetchval("SELECT current_database()"))
+    # A's X was counted failed for B's delivery: it is processed, its own only. A refresh says so.
+    assert stats(url, "check").returncode == 1
+    assert stats(url, "refresh").returncode == 0
+    checked = stats(url, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert await status("app-a", x) == "processed"
+
+    # B's X, sent again, is stored beside A's, with the delivery it already had.
+    await db.execute(
+        """INSERT INTO data_events (event_id, app_id, event_type, payload, metadata, received_at,
+                                    schema_version, status)
+           VALUES ($1, 'app-b', 't', '{}', '{}', $2, 1, 'processed')""",
+        x,
+        now,
+    )
+    assert await status("app-b", x) == "failed"
+    checked = stats(url, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+async def test_events_stored_before_claims_are_claimed_without_a_hash(empty_db: asyncpg.Connection) -> None:
+    """0009 claims every stored event with a NULL hash, so that a differing retry of an old
+    event cannot win a claim of its own (the router compares it with the stored event)."""
+    before = [m for m in load_migrations() if m.name != "event_claims"]
+    await migrate(empty_db, before)
+    event_id = uuid.uuid4()
+    await empty_db.execute(
+        """INSERT INTO data_events (event_id, app_id, event_type, payload, metadata, received_at,
+                                    schema_version, status, routing)
+           VALUES ($1, 'old-app', 'order', '{"total": 10}', '{}', now(), 1, 'processed', '{}')""",
+        event_id,
+    )
+    assert await migrate(empty_db) == ["0009_event_claims"]
+    claims = await empty_db.fetch("SELECT app_id, event_id, content_hash FROM event_claims")
+    assert [tuple(c) for c in claims] == [("old-app", event_id, None)]

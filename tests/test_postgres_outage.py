@@ -1,5 +1,5 @@
-"""PostgreSQL goes away for 20 seconds: ingest goes on, the sinks pause, nothing is lost or
-dead-lettered, and everything is written once it is back."""
+"""PostgreSQL goes away: ingest goes on, the sinks pause and routing waits, nothing is lost or
+dead-lettered, and everything is written (and delivered, once) when it is back."""
 
 import asyncio
 import uuid
@@ -7,7 +7,17 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import AppKey, Pipeline, Services, consume_all, needs_local_stack, wait_until
+from tests.conftest import (
+    AppKey,
+    Pipeline,
+    Services,
+    consume_all,
+    needs_local_stack,
+    rule_applied,
+    wait_until,
+)
+from tests.test_router import metric
+from tests.test_rules import create, queue_event_ids, send
 from vdip import stack
 from vdip.db import create_pool
 from vdip.settings import Settings
@@ -66,3 +76,40 @@ async def test_twenty_seconds_without_postgres_lose_nothing(
         await pool.close()
     dead = await consume_all(pipeline.settings, "events.dlq", until=lambda rs: False, timeout=5)
     assert not [r for r in dead if any(i.encode() in r.value for i in sent)], "nothing was dead-lettered"
+
+
+@pytest.mark.disruptive
+async def test_routing_waits_for_postgres_and_then_delivers_each_event_once(
+    services: Services, pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey
+) -> None:
+    """The router claims each event in PostgreSQL before routing it: while PostgreSQL is away it
+    waits (fails closed, vdip_router_waiting_for_database 1) and nothing reaches the queue; once
+    it is back, every event is delivered, once."""
+    needs_local_stack(services, "PostgreSQL, which this test stops and starts")
+    rule = await create(client, app, condition={})
+    await rule_applied(pipeline, rule)
+    queue = rule["destination_config"]["topic"]
+    warm = await send(client, app, 1)
+    await queue_event_ids(pipeline, queue, {warm})
+    postgres = Settings(database_url=services.database_url)
+    sent: list[str] = []
+    await asyncio.to_thread(stack.stop_postgres, postgres)
+    try:
+        for n in range(10):  # ingest goes on (server ids: no conflict check)
+            sent.append(await send(client, app, n))
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(5)
+        assert set(await queue_event_ids(pipeline, queue, set(sent), timeout=3)) == {warm}
+        waiting = await metric(pipeline.settings.worker_metrics_port, "vdip_router_waiting_for_database")
+        assert waiting == 1
+    finally:
+        await asyncio.to_thread(stack.start_postgres, postgres)
+    delivered = await queue_event_ids(pipeline, queue, set(sent), timeout=120)
+    assert sorted(delivered) == sorted([warm, *sent])  # each once
+    await wait_until(
+        lambda: metric_is(pipeline, "vdip_router_waiting_for_database", 0), 30, message="routing again"
+    )
+
+
+async def metric_is(pipeline: Pipeline, name: str, value: float) -> bool:
+    return await metric(pipeline.settings.worker_metrics_port, name) == value

@@ -8,11 +8,13 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from schemas.rules import AppRules, RoutingRule
+from streams.routing import delivery_id
 from streams.rulebook import RuleBook
 from tests.conftest import (
     AppKey,
@@ -20,6 +22,8 @@ from tests.conftest import (
     Process,
     _free_port,
     consume_all,
+    read_to_end,
+    rule_applied,
     wait_until,
 )
 from tests.test_rules import create, queue_event_ids, send
@@ -242,3 +246,70 @@ async def metric(port: int, name: str) -> float:
         text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")]
     return values[0] if values else 0.0
+
+
+async def test_a_batch_replayed_after_its_claim_routes_the_first_version_with_the_same_ids(
+    pipeline: Pipeline,
+    client: httpx.AsyncClient,
+    app: AppKey,
+    pool: asyncpg.Pool,
+    settings: Settings,
+    producer: AIOKafkaProducer,
+) -> None:
+    """X(v1) is claimed, but its delivery is held (a queue topic that refuses it); the worker is
+    killed (SIGKILL) before any output; the topic is fixed and the worker restarted; then X(v2)
+    comes. v1 is delivered with its delivery id and stored, v2 is only dead-lettered."""
+    name = f"held-{uuid.uuid4().hex[:8]}"
+    topic = settings.topic(name)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "1000"})])
+        rule = await create(client, app, condition={"big": True}, destination_config={"topic": name})
+        await rule_applied(pipeline, rule)
+        x = uuid.uuid4()
+        now = datetime.now(UTC).isoformat()
+        v1, v2 = (
+            {
+                "event_id": str(x),
+                "app_id": app.app_id,
+                "event_type": "order",
+                "payload": {"big": True, "blob": blob * 2000},
+                "received_at": now,
+            }
+            for blob in "ab"
+        )
+        events, key = settings.topic("events"), app.app_id.encode()
+        await producer.send_and_wait(events, orjson.dumps(v1), key=key)
+
+        async def claimed_and_held() -> bool:
+            claim = await pool.fetchval("SELECT 1 FROM event_claims WHERE event_id = $1", x)
+            failures = await metric(settings.worker_metrics_port, "vdip_router_send_failures_total")
+            return bool(claim) and failures > 0
+
+        await wait_until(claimed_and_held, 30, message="v1 claimed and its delivery held")
+        pipeline.worker.kill()
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": "1048588"})]
+        )
+    finally:
+        await admin.close()
+    pipeline.worker.start()
+    await producer.send_and_wait(events, orjson.dumps(v2), key=key)
+
+    def of_x(records: list[Any]) -> list[Any]:
+        return [r for r in records if str(x).encode() in r.value]
+
+    (dead,) = of_x(await consume_all(settings, "events.dlq", until=lambda rs: bool(of_x(rs)), timeout=90))
+    assert dict(dead.headers)["error.stage"] == b"conflict"
+    assert orjson.loads(dead.value)["payload"]["blob"][0] == "b"
+    queued = [orjson.loads(r.value) for r in of_x(await read_to_end(settings, name))]
+    assert queued, "v1 was delivered"
+    assert {(q["delivery_id"], q["event"]["payload"]["blob"][0]) for q in queued} == {
+        (str(delivery_id(x, rule["rule_id"])), "a")
+    }
+    (row,) = await routed_rows(pool, [str(x)])
+    assert row["routing"]["matched_rules"] == [rule["rule_id"]]
+    assert (
+        await pool.fetchval("SELECT payload->>'blob' FROM data_events WHERE event_id = $1", x) == "a" * 2000
+    )

@@ -18,6 +18,8 @@ from streams.routing import (
     parse_envelope,
     route_record,
 )
+from streams.rulebook import RuleBook, RulesUnreadable
+from vdip.settings import Settings
 
 
 def record(**overrides: object) -> bytes:
@@ -179,6 +181,17 @@ def test_invalid_records_and_failing_rules_are_rejected_with_a_stage() -> None:
     assert (
         stored.status == EventStatus.FAILED and stored.routing.error == "ValueError: rules of shop unreadable"
     )
+
+
+def test_a_rule_set_holding_another_applications_rule_is_unreadable() -> None:
+    book = RuleBook(Settings(kafka_bootstrap="127.0.0.1:9"), "routing-rules")  # apply() needs no broker
+    book.apply(b"shop", AppRules(app_id="shop", rules=[rule(1)]).model_dump_json().encode())
+    assert [r.rule.rule_id for r in book.rules_for("shop")] == [1]
+    book.apply(
+        b"shop", AppRules(app_id="shop", rules=[rule(1), rule(2, app_id="other")]).model_dump_json().encode()
+    )
+    with pytest.raises(RulesUnreadable):
+        book.rules_for("shop")
 
 
 def test_a_batch_record_routes_each_event_and_rejects_each_invalid_one_alone() -> None:

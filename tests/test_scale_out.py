@@ -106,7 +106,7 @@ async def test_two_of_each_process_share_the_work_and_the_survivors_take_over(
         """SELECT e.app_id, min(e.stored_at) AS stored,
                   min(d.delivered_at) FILTER (WHERE d.destination_type = 'database_table') AS tabled,
                   min(d.delivered_at) FILTER (WHERE d.destination_type = 'webhook') AS hooked
-           FROM data_events e LEFT JOIN deliveries d USING (event_id)
+           FROM data_events e LEFT JOIN deliveries d USING (app_id, event_id)
            WHERE e.app_id = ANY($1) AND e.received_at > $2 GROUP BY e.app_id""",
         setup.app_ids,
         killed_at,

@@ -145,8 +145,8 @@ async def truth(
 ) -> dict[tuple[str, datetime], tuple[int, ...]]:
     rows = await pool.fetch(
         """SELECT event_type, stat_bucket($2, received_at) AS b, count(*) AS t,
-                  count(*) FILTER (WHERE event_status(status, event_id) = 'processed') AS p,
-                  count(*) FILTER (WHERE event_status(status, event_id) = 'failed') AS f
+                  count(*) FILTER (WHERE event_status(status, app_id, event_id) = 'processed') AS p,
+                  count(*) FILTER (WHERE event_status(status, app_id, event_id) = 'failed') AS f
            FROM data_events WHERE app_id = $1 GROUP BY 1, 2""",
         app_id,
         period,
@@ -417,12 +417,13 @@ async def everything_of(
     end: datetime,
 ) -> Everything:
     rows = await pool.fetch(
-        "SELECT event_id, stored_at, event_status(status, event_id) FROM data_events WHERE app_id = $1",
+        """SELECT event_id, stored_at, event_status(status, app_id, event_id) FROM data_events
+           WHERE app_id = $1""",
         app.app_id,
     )
     deliveries = await pool.fetch(
         """SELECT d.delivery_id, d.event_id, d.status, d.attempts FROM deliveries d
-           JOIN data_events e USING (event_id) WHERE e.app_id = $1""",
+           JOIN data_events e USING (app_id, event_id) WHERE e.app_id = $1""",
         app.app_id,
     )
     dead = [

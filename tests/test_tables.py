@@ -123,9 +123,10 @@ async def test_a_refused_row_is_dead_lettered_alone_and_its_delivery_failed(
     # The event store recorded them as pending: the sink updates those rows.
     for d in batch:
         await pool.execute(
-            """INSERT INTO deliveries (delivery_id, event_id, rule_id, destination_type, status)
-               VALUES ($1, $2, $3, 'database_table', 'pending')""",
+            """INSERT INTO deliveries (delivery_id, app_id, event_id, rule_id, destination_type, status)
+               VALUES ($1, $2, $3, $4, 'database_table', 'pending')""",
             d.delivery_id,
+            d.event.app_id,
             d.event.event_id,
             d.rule_id,
         )

@@ -508,9 +508,10 @@ async def test_an_endpoint_failing_for_too_long_is_disabled(
             until it is delivered or failed, or 10 s passed: its status, attempts and requests."""
             delivery = new_delivery(rule.rule_id, app.app_id, url)
             await pool.execute(
-                "INSERT INTO deliveries (delivery_id, event_id, rule_id, destination_type, status)"
-                " VALUES ($1, $2, $3, 'webhook', 'pending')",
+                "INSERT INTO deliveries (delivery_id, app_id, event_id, rule_id, destination_type, status)"
+                " VALUES ($1, $2, $3, $4, 'webhook', 'pending')",
                 delivery.delivery_id,
+                app.app_id,
                 delivery.event.event_id,
                 rule.rule_id,
             )
@@ -593,10 +594,11 @@ async def test_an_attempt_has_one_deadline_however_slowly_the_receiver_drips(
     delivery = new_delivery(rule.rule_id, app.app_id, url)
     # Claimed for an hour, as if by this dispatcher: the pipeline's own dispatcher keeps away.
     await pool.execute(
-        "INSERT INTO deliveries (delivery_id, event_id, rule_id, destination_type, status, message,"
-        " next_attempt_at, claimed_until) VALUES ($1, $2, $3, 'webhook', 'pending', $4, now(),"
+        "INSERT INTO deliveries (delivery_id, app_id, event_id, rule_id, destination_type, status, message,"
+        " next_attempt_at, claimed_until) VALUES ($1, $2, $3, $4, 'webhook', 'pending', $5, now(),"
         " now() + interval '1 hour')",
         delivery.delivery_id,
+        app.app_id,
         delivery.event.event_id,
         rule.rule_id,
         delivery.model_dump(mode="json"),

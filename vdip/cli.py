@@ -43,7 +43,7 @@ def cmd_stack(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_migrate(settings: Settings, _: argparse.Namespace) -> int:
     from vdip.db import migrate_url
 
-    applied = asyncio.run(migrate_url(settings.database_url))
+    applied = asyncio.run(migrate_url(settings.database_url, lambda notice: print(notice, file=sys.stderr)))
     print(f"migrations applied: {', '.join(applied)}" if applied else "migrations: up to date")
     return 0
 

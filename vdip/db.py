@@ -7,6 +7,7 @@ checksum in ``schema_migrations``: an applied migration that was edited afterwar
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -34,6 +35,15 @@ def loopback_without_tls(database_url: str) -> bool:
     about 6 % of a sink's CPU."""
     url = urlsplit(database_url)
     return url.hostname in ("127.0.0.1", "localhost", "::1") and "sslmode" not in parse_qs(url.query)
+
+
+async def connect(database_url: str) -> asyncpg.Connection:
+    """One connection, as the pool's are (json/jsonb as Python objects, no TLS on loopback)."""
+    conn: asyncpg.Connection = await asyncpg.connect(
+        database_url, ssl=False if loopback_without_tls(database_url) else None
+    )
+    await _init_connection(conn)
+    return conn
 
 
 async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
@@ -72,8 +82,13 @@ def load_migrations() -> list[Migration]:
     return migrations
 
 
-async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[str]:
-    """Apply the migrations not applied yet. Returns the names of those applied now."""
+async def migrate(
+    conn: asyncpg.Connection,
+    migrations: list[Migration] | None = None,
+    report: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Apply the migrations not applied yet. Returns the names of those applied now; what they
+    report (their NOTICEs: data they could not carry over, say) goes to ``report``."""
     migrations = load_migrations() if migrations is None else migrations
     applied_now: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
@@ -96,6 +111,13 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
                         " applied; add a new migration instead"
                     )
                 continue
+            name = f"{migration.version:04d}_{migration.name}"
+
+            def listener(_: object, message: asyncpg.PostgresLogMessage, name: str = name) -> None:
+                if report is not None:
+                    report(f"{name}: {message.message}")
+
+            conn.add_log_listener(listener)
             try:
                 async with conn.transaction():
                     await conn.execute(migration.sql)
@@ -106,18 +128,18 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
                         migration.checksum,
                     )
             except asyncpg.PostgresError as exc:
-                raise MigrationError(
-                    f"migration {migration.version:04d}_{migration.name} failed: {exc}"
-                ) from exc
-            applied_now.append(f"{migration.version:04d}_{migration.name}")
+                raise MigrationError(f"migration {name} failed: {exc}") from exc
+            finally:
+                conn.remove_log_listener(listener)
+            applied_now.append(name)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
     return applied_now
 
 
-async def migrate_url(database_url: str) -> list[str]:
+async def migrate_url(database_url: str, report: Callable[[str], None] | None = None) -> list[str]:
     conn = await asyncpg.connect(database_url)
     try:
-        return await migrate(conn)
+        return await migrate(conn, report=report)
     finally:
         await conn.close()

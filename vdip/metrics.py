@@ -18,6 +18,10 @@ INGEST_REQUESTS = Counter(
     ["outcome", "reason"],
 )
 INGEST_EVENTS = Counter("vdip_ingest_events", "Events accepted, or rejected inside a batch", ["outcome"])
+CONFLICT_CHECKS_SKIPPED = Counter(
+    "vdip_ingest_conflict_checks_skipped",
+    "Ingest requests with client-chosen ids accepted without the conflict check (PostgreSQL slow or away)",
+)
 PRODUCE_SECONDS = Histogram("vdip_produce_seconds", "From produce to Kafka's acknowledgement, per send")
 
 # Worker
@@ -30,6 +34,10 @@ RULES_VERSION = Gauge(
 )
 ROUTER_WAITING_FOR_RULES = Gauge(
     "vdip_router_waiting_for_rules", "1 while routing waits to read the newest rules from Kafka"
+)
+ROUTER_WAITING_FOR_DATABASE = Gauge(
+    "vdip_router_waiting_for_database",
+    "1 while routing waits for PostgreSQL to claim the events of a batch (offsets stay put)",
 )
 ROUTER_SEND_FAILURES = Counter(
     "vdip_router_send_failures", "Records Kafka did not acknowledge (sent again; no offset is committed)"

@@ -68,6 +68,15 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="How long ingest waits for the broker before answering 503."
     )
     retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with 503 answers.")
+    conflict_check_timeout_s: float = Field(
+        default=0.05,
+        gt=0,
+        description="How long ingest waits for PostgreSQL to say whether a client-chosen event id is"
+        " claimed by another version (409); beyond, the event is accepted unchecked.",
+    )
+    conflict_check_pause_s: float = Field(
+        default=5.0, ge=0, description="After a conflict check timed out or failed, skip it this long."
+    )
 
     # PostgreSQL
     database_url: str = "postgresql://vdip:vdip@127.0.0.1:5432/vdip"

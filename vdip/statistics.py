@@ -1,13 +1,13 @@
 """Statistics: buckets, the fold of counted changes into ``event_statistics``, and repair.
 
 Counting itself happens in PostgreSQL, in the transaction that changes an event's status
-(migrations 0004 and 0006: ``count_events``, once per statement); this module folds the counted
-changes into the table the API reads (``fold``, run every second by the stream worker), recomputes
-statistics from the stored events (``recompute``: the refresh endpoint and the reconciliation
-check), and buckets times the way the database does (``bucket_start``). Live counting covers
-events received within ``statistics_live_retention_days`` (the worker sets it, and forgets older
-events' counted status, every hour); ``event_statistics`` keeps every bucket, and a refresh
-recounts any range.
+(migrations 0004, 0006 and 0008: ``count_events``, once per statement, by each event's key
+``(app_id, event_id)``); this module folds the counted changes into the table the API reads
+(``fold``, run every second by the stream worker), recomputes statistics from the stored events
+(``recompute``: the refresh endpoint and the reconciliation check), and buckets times the way the
+database does (``bucket_start``). Live counting covers events received within
+``statistics_live_retention_days`` (the worker sets it, and forgets older events' counted status,
+every hour); ``event_statistics`` keeps every bucket, and a refresh recounts any range.
 """
 
 from dataclasses import dataclass
@@ -83,8 +83,8 @@ async def fold(db: asyncpg.Pool | asyncpg.Connection) -> None:
 TRUTH = """
 SELECT event_type, stat_bucket($2, received_at) AS time_bucket,
        count(*) AS total_events,
-       count(*) FILTER (WHERE event_status(status, event_id) = 'processed') AS processed_events,
-       count(*) FILTER (WHERE event_status(status, event_id) = 'failed') AS failed_events
+       count(*) FILTER (WHERE event_status(status, app_id, event_id) = 'processed') AS processed_events,
+       count(*) FILTER (WHERE event_status(status, app_id, event_id) = 'failed') AS failed_events
 FROM data_events
 WHERE app_id = $1 AND received_at >= $3 AND received_at < $4
 GROUP BY event_type, time_bucket
@@ -140,9 +140,9 @@ async def recompute(pool: asyncpg.Pool, app_id: str, start: datetime, end: datet
         low, high = bucket_range(start, end, "weekly")  # the widest buckets cover the others
         await conn.execute(
             """INSERT INTO event_counted (event_id, app_id, event_type, received_at, status)
-               SELECT event_id, app_id, event_type, received_at, event_status(status, event_id)
+               SELECT event_id, app_id, event_type, received_at, event_status(status, app_id, event_id)
                FROM data_events WHERE app_id = $1 AND received_at >= $2 AND received_at < $3
-               ON CONFLICT (event_id) DO UPDATE SET status = EXCLUDED.status""",
+               ON CONFLICT (app_id, event_id) DO UPDATE SET status = EXCLUDED.status""",
             app_id,
             low,
             high,

@@ -1,14 +1,18 @@
 """Read API for stored events and their deliveries: plain SQL over ``data_events`` and ``deliveries``.
 
-An event's status is computed by the database function ``event_status`` (migration 0003), the
-one definition everything uses: failed if routing failed or a delivery failed for good, pending
-while a delivery is under way, processed otherwise.
+An event is identified by ``(app_id, event_id)``: each application's event ids are its own. An
+application's key reads its own application's event; the admin names the application with
+``?app_id=``, and may leave it out while only one application used the id (409 otherwise).
+
+An event's status is computed by the database function ``event_status`` (migrations 0003, 0008),
+the one definition everything uses: failed if routing failed or a delivery failed for good,
+pending while a delivery is under way, processed otherwise.
 """
 
 import base64
 import binascii
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
@@ -17,6 +21,8 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import AwareDatetime, BaseModel, Field
 
 from gateway.deps import (
+    APP_ID_PATTERN,
+    ApplicationCache,
     ApplicationsDep,
     AppReader,
     EventTypeFilter,
@@ -24,6 +30,7 @@ from gateway.deps import (
     PresentedKey,
     SettingsDep,
     authorize_app,
+    is_admin,
 )
 from gateway.errors import ApiError
 from gateway.responses import errors
@@ -32,7 +39,7 @@ from schemas import ErrorDetail, EventStatus, SuccessResponse
 router = APIRouter(tags=["events"])
 
 _COLUMNS = """event_id, app_id, event_type, payload, metadata, received_at, occurred_at,
-              occurred_at_clamped, schema_version, event_status(status, event_id) AS status, routing,
+              occurred_at_clamped, schema_version, event_status(status, app_id, event_id) AS status, routing,
               stored_at"""
 _DELIVERY_COLUMNS = """delivery_id, event_id, rule_id, destination_type, status, attempts, last_status_code,
                        last_error, last_latency_ms, next_attempt_at, created_at, updated_at, delivered_at"""
@@ -114,7 +121,7 @@ async def list_events(
         f"""SELECT {_COLUMNS} FROM data_events
             WHERE app_id = $1
               AND ($2::text IS NULL OR event_type = $2)
-              AND ($3::text IS NULL OR event_status(status, event_id) = $3)
+              AND ($3::text IS NULL OR event_status(status, app_id, event_id) = $3)
               AND ($4::timestamptz IS NULL OR received_at >= $4)
               AND ($5::timestamptz IS NULL OR received_at < $5)
               AND ($6::timestamptz IS NULL OR (received_at, event_id) < ($6, $7::uuid))
@@ -136,31 +143,75 @@ async def list_events(
     )
 
 
+AppIdQuery = Annotated[
+    str | None,
+    Query(
+        pattern=APP_ID_PATTERN,
+        description=(
+            "The event's application (event ids are per application). An application's key reads"
+            " its own application's events; the admin needs it when several applications used the"
+            " id (409 without it)."
+        ),
+    ),
+]
+
+
+async def _opens(applications: ApplicationCache, app_id: str, key: str | None) -> bool:
+    """Whether ``key`` is ``app_id``'s key."""
+    application = await applications.get(app_id)
+    return application is not None and key is not None and application.accepts(key, datetime.now(UTC))
+
+
 async def _readable_event(
     event_id: uuid.UUID,
     pool: PoolDep,
     key: PresentedKey,
     applications: ApplicationsDep,
     settings: SettingsDep,
+    app_id: AppIdQuery = None,
 ) -> asyncpg.Record:
-    """The stored event of the path, if the caller may read its application's data."""
-    row = await pool.fetchrow(f"SELECT {_COLUMNS} FROM data_events WHERE event_id = $1", event_id)
-    if row is None:
+    """The stored event of the path, if the caller may read its application's data: the event of
+    ``app_id``, else of the key's application, else (the admin) of the one application that used
+    the id."""
+    if app_id is not None:
+        await authorize_app(applications, settings, app_id, key, ingest=False)
+        rows = await pool.fetch(
+            f"SELECT {_COLUMNS} FROM data_events WHERE app_id = $1 AND event_id = $2", app_id, event_id
+        )
+    else:
+        rows = await pool.fetch(
+            f"SELECT {_COLUMNS} FROM data_events WHERE event_id = $1 ORDER BY app_id", event_id
+        )
+    if not rows:
         raise ApiError(
             404,
-            f"Event '{event_id}' was not found (it may not be stored yet)",
+            f"Event '{event_id}'{f' of application {app_id!r}' if app_id else ''} was not found"
+            " (it may not be stored yet)",
             [ErrorDetail(field="path.event_id", reason="unknown event")],
         )
-    await authorize_app(applications, settings, row["app_id"], key, ingest=False)
-    return row
+    if len(rows) > 1 and not is_admin(settings, key):
+        # An application's key reads its own application's event; a key of none of them: 401 below.
+        rows = [row for row in rows if await _opens(applications, row["app_id"], key)] or rows[:1]
+    if len(rows) > 1:
+        used_by = ", ".join(row["app_id"] for row in rows)
+        raise ApiError(
+            409,
+            f"Event id '{event_id}' is used by several applications ({used_by}): say which with ?app_id=",
+            [ErrorDetail(field="query.app_id", reason=f"ambiguous: the event id is used by {used_by}")],
+        )
+    if app_id is None:
+        await authorize_app(applications, settings, rows[0]["app_id"], key, ingest=False)
+    return rows[0]
 
 
 ReadableEvent = Annotated[asyncpg.Record, Depends(_readable_event)]
 
 
-async def _deliveries(pool: asyncpg.Pool, event_id: uuid.UUID) -> list[DeliveryOutcome]:
+async def _deliveries(pool: asyncpg.Pool, event: asyncpg.Record) -> list[DeliveryOutcome]:
     rows = await pool.fetch(
-        f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE event_id = $1 ORDER BY rule_id", event_id
+        f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE app_id = $1 AND event_id = $2 ORDER BY rule_id",
+        event["app_id"],
+        event["event_id"],
     )
     return [DeliveryOutcome(**dict(row)) for row in rows]
 
@@ -168,20 +219,20 @@ async def _deliveries(pool: asyncpg.Pool, event_id: uuid.UUID) -> list[DeliveryO
 @router.get(
     "/api/events/{event_id}",
     summary="One stored event, with its status, routing summary and deliveries",
-    responses=errors(401, 404, 422),
+    responses=errors(401, 404, 409, 422),
 )
 async def get_event(event: ReadableEvent, pool: PoolDep) -> SuccessResponse[EventWithDeliveries]:
-    found = EventWithDeliveries(**dict(event), deliveries=await _deliveries(pool, event["event_id"]))
+    found = EventWithDeliveries(**dict(event), deliveries=await _deliveries(pool, event))
     return SuccessResponse(message="Event found", data=found)
 
 
 @router.get(
     "/api/events/{event_id}/deliveries",
     summary="Where an event was delivered: one outcome per matching rule",
-    responses=errors(401, 404, 422),
+    responses=errors(401, 404, 409, 422),
 )
 async def list_deliveries(event: ReadableEvent, pool: PoolDep) -> SuccessResponse[list[DeliveryOutcome]]:
-    found = await _deliveries(pool, event["event_id"])
+    found = await _deliveries(pool, event)
     return SuccessResponse(message=f"{len(found)} deliverie(s)", data=found)
 
 
@@ -200,14 +251,16 @@ async def redeliver(
     row = await pool.fetchrow(
         f"""UPDATE deliveries SET status = 'pending', next_attempt_at = now(), claimed_until = NULL,
                    updated_at = now()
-            WHERE delivery_id = $1 AND event_id = $2 AND status = 'failed' AND destination_type = 'webhook'
+            WHERE delivery_id = $1 AND app_id = $2 AND event_id = $3 AND status = 'failed'
+              AND destination_type = 'webhook'
             RETURNING {_DELIVERY_COLUMNS}""",
         delivery_id,
+        event["app_id"],
         event_id,
     )
     if row is not None:
         return SuccessResponse(message="Delivery queued again", data=DeliveryOutcome(**dict(row)))
-    current = next((d for d in await _deliveries(pool, event_id) if d.delivery_id == delivery_id), None)
+    current = next((d for d in await _deliveries(pool, event) if d.delivery_id == delivery_id), None)
     if current is None:
         raise ApiError(
             404,

@@ -3,7 +3,9 @@
 Idempotency: an event's id is the client's ``event_id`` if it sent one; else, with an
 ``Idempotency-Key`` header, a UUIDv5 of (app_id, key[, index in the batch]); else a new UUIDv7.
 The event store keeps one row per event_id (forever, as long as the event is stored) and every
-later effect is keyed by it, so a retry of any age is stored, routed and counted once.
+later effect is keyed by it, so a retry of any age is stored, routed and counted once. The first
+version of an event wins: a retry with a client-chosen id whose version (event_type, payload) was
+claimed by another one is answered 409 (``gateway.conflicts``; fails open).
 """
 
 import ipaddress
@@ -21,10 +23,11 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 from uuid6 import uuid7
 
+from gateway.conflicts import Candidate
 from gateway.deps import APP_ID_PATTERN, IngestDep, ingest_dependency
 from gateway.errors import ApiError
 from gateway.limits import check_event
-from gateway.responses import errors
+from gateway.responses import EVENT_CONFLICT, errors
 from schemas import ErrorDetail, EventEnvelope, EventMetadata, EventSource, IngestRequest, SuccessResponse
 from vdip import metrics
 from vdip.logs import correlation_id
@@ -177,6 +180,19 @@ async def ingest(
     problems = check_event(body.event_type, body.payload, ingest.limits)
     if problems:
         raise ApiError(422, "The event breaks a limit", problems)
+    if body.event_id is not None or idempotency_key is not None:
+        event_id = event_id_for(app_id, body.event_id, idempotency_key, None)
+        candidate = Candidate(event_id, body.event_type, body.payload)
+        if await ingest.conflicts.conflicting(app_id, [candidate]):
+            field = "body.event_id" if body.event_id is not None else "header.Idempotency-Key"
+            log.warning(
+                "refused event %s for %s: %s", event_id, app_id, _CONFLICT, extra={"event_id": str(event_id)}
+            )
+            raise ApiError(
+                409,
+                f"Event {event_id} was accepted before with other content",
+                [ErrorDetail(field=field, reason=_CONFLICT)],
+            )
     await _check_rate(ingest, 1)
     envelope = build_envelope(
         app_id, body, _metadata(request, settings), datetime.now(UTC), idempotency_key, None
@@ -189,6 +205,7 @@ async def ingest(
     return SuccessResponse(message="Event accepted", data=IngestAccepted(event_id=envelope.event_id))
 
 
+_CONFLICT = "another version of this event (event_type and payload) was accepted first; it is kept"
 _APP_ID = re.compile(APP_ID_PATTERN)
 
 
@@ -248,7 +265,7 @@ router.add_api_route(
     methods=["POST"],
     status_code=202,
     summary="Ingest one event",
-    responses=errors(400, 401, 403, 404, 413, 422, 429, 503),
+    responses={**errors(400, 401, 403, 404, 413, 422, 429, 503), **EVENT_CONFLICT},
     route_class_override=SingleEventRoute,
 )
 
@@ -257,7 +274,7 @@ router.add_api_route(
     "/api/messages/{app_id}",
     status_code=202,
     summary="Ingest a message (legacy): the body is the payload of an event of type 'message'",
-    responses=errors(400, 401, 403, 404, 413, 422, 429, 503),
+    responses={**errors(400, 401, 403, 404, 413, 422, 429, 503), **EVENT_CONFLICT},
 )
 async def ingest_message(
     ingest_: IngestDep,
@@ -282,6 +299,42 @@ def _errors_of(exc: ValidationError, where: str) -> list[ErrorDetail]:
     ]
 
 
+async def _without_conflicts(
+    ingest: IngestDep,
+    valid: list[tuple[int, IngestRequest]],
+    idempotency_key: str | None,
+    results: list[ItemResult],
+) -> list[tuple[int, IngestRequest]]:
+    """The valid events of a batch but those whose client-chosen id another version claimed,
+    which are rejected (in ``results``); 409 when no event is left."""
+    app_id = ingest.application.app_id
+    chosen = {
+        index: Candidate(
+            event_id_for(app_id, item.event_id, idempotency_key, index), item.event_type, item.payload
+        )
+        for index, item in valid
+        if item.event_id is not None or idempotency_key is not None
+    }
+    conflicting = await ingest.conflicts.conflicting(app_id, list(chosen.values()))
+    if not conflicting:
+        return valid
+    left = []
+    for index, item in valid:
+        if index in chosen and chosen[index].event_id in conflicting:
+            field = f"body.events.{index}.event_id" if item.event_id is not None else "header.Idempotency-Key"
+            results.append(
+                ItemResult(
+                    index=index, status="rejected", errors=[ErrorDetail(field=field, reason=_CONFLICT)]
+                )
+            )
+        else:
+            left.append((index, item))
+    log.warning("refused %d event(s) of a batch for %s: %s", len(valid) - len(left), app_id, _CONFLICT)
+    if not left:
+        raise ApiError(409, "No event of the batch can be accepted", [e for r in results for e in r.errors])
+    return left
+
+
 @router.post(
     "/api/ingest/{app_id}/batch",
     status_code=202,
@@ -289,6 +342,7 @@ def _errors_of(exc: ValidationError, where: str) -> list[ErrorDetail]:
     responses={
         207: {"model": SuccessResponse[BatchResult], "description": "Some events were rejected"},
         **errors(400, 401, 403, 404, 413, 422, 429, 503),
+        **EVENT_CONFLICT,
     },
     openapi_extra={
         "requestBody": {
@@ -321,7 +375,8 @@ async def ingest_batch(
     idempotency_key: IdempotencyKey = None,
 ) -> SuccessResponse[BatchResult]:
     """202 when every event was accepted, 207 when some were rejected (each result says why),
-    422 when none was valid, 503 when Kafka acknowledged none. Valid events are produced even
+    422 when none was valid, 409 when every valid one was another version of an event accepted
+    before, 503 when Kafka acknowledged none. Valid events are produced even
     when others are rejected; results are in the order of the request."""
     app_id, settings = ingest.application.app_id, ingest.settings
     if len(body.events) > settings.max_batch_events:
@@ -349,6 +404,7 @@ async def ingest_batch(
             valid.append((index, item))
     if not valid:
         raise ApiError(422, "No event of the batch is valid", [e for r in results for e in r.errors])
+    valid = await _without_conflicts(ingest, valid, idempotency_key, results)
     await _check_rate(ingest, len(valid))
     metadata, received_at = _metadata(request, settings), datetime.now(UTC)
     envelopes = [build_envelope(app_id, item, metadata, received_at, idempotency_key, i) for i, item in valid]

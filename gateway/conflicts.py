@@ -1,0 +1,98 @@
+"""The gateway's read-only conflict check: is a client-chosen event id claimed by another version?
+
+The router claims each event's version, ``(event_type, payload)``, before routing it
+(``streams/claims.py``): the first version of an event wins, and a differing retry is
+dead-lettered. When the claim is already there, the gateway tells the client at once (409)
+instead of accepting an event that will not be stored. Only ids the client chose (``event_id``,
+``Idempotency-Key``) are checked: a new UUIDv7 cannot be claimed.
+
+Ingest never depends on PostgreSQL: a check that takes longer than ``conflict_check_timeout_s``
+or fails is skipped (the event is accepted, and dead-lettered by the router if it conflicts), and
+the next ``conflict_check_pause_s`` skip the check altogether.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import asyncpg
+
+from schemas.events import content_hash
+from vdip import metrics
+
+log = logging.getLogger(__name__)
+
+CLAIMED = """
+SELECT c.event_id, c.content_hash
+FROM unnest($2::uuid[]) AS k(event_id)
+JOIN event_claims c ON c.app_id = $1 AND c.event_id = k.event_id
+"""
+
+# A claim from before hashes: the stored event is the version (jsonb equality, as the router).
+STORED = """
+SELECT d.event_id
+FROM unnest($2::uuid[], $3::text[], $4::jsonb[]) AS k(event_id, event_type, payload)
+JOIN data_events d ON d.app_id = $1 AND d.event_id = k.event_id
+WHERE d.event_type <> k.event_type OR d.payload <> k.payload
+"""
+
+
+class Candidate(NamedTuple):
+    event_id: uuid.UUID
+    event_type: str
+    payload: dict[str, object]
+
+
+class ConflictCheck:
+    def __init__(self, pool: asyncpg.Pool, timeout_s: float, pause_s: float) -> None:
+        self.pool = pool
+        self.timeout_s = timeout_s
+        self.pause_s = pause_s
+        self.skip_until = 0.0
+
+    async def conflicting(self, app_id: str, candidates: Sequence[Candidate]) -> set[uuid.UUID]:
+        """The ids among ``candidates`` whose claimed version is another one (fails open: none)."""
+        if not candidates or time.monotonic() < self.skip_until:
+            if candidates:
+                metrics.CONFLICT_CHECKS_SKIPPED.inc()
+            return set()
+        try:
+            return await asyncio.wait_for(self._conflicting(app_id, candidates), self.timeout_s)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self.skip_until = time.monotonic() + self.pause_s
+            metrics.CONFLICT_CHECKS_SKIPPED.inc()
+            log.warning(
+                "conflict check skipped (%r): events accepted unchecked; the next %.0f s skip it too",
+                exc,
+                self.pause_s,
+            )
+            return set()
+
+    async def _conflicting(self, app_id: str, candidates: Sequence[Candidate]) -> set[uuid.UUID]:
+        claims = await self.pool.fetch(CLAIMED, app_id, [c.event_id for c in candidates])
+        if not claims:
+            return set()
+        hashes = {row["event_id"]: row["content_hash"] for row in claims}
+        found: set[uuid.UUID] = set()
+        legacy: list[Candidate] = []
+        for candidate in candidates:
+            if candidate.event_id not in hashes:
+                continue
+            first = hashes[candidate.event_id]
+            if first is None:
+                legacy.append(candidate)
+            elif first != content_hash(candidate.event_type, candidate.payload):
+                found.add(candidate.event_id)
+        if legacy:
+            rows = await self.pool.fetch(
+                STORED,
+                app_id,
+                [c.event_id for c in legacy],
+                [c.event_type for c in legacy],
+                [c.payload for c in legacy],
+            )
+            found.update(row["event_id"] for row in rows)
+        return found
