@@ -14,10 +14,11 @@ Two loops in one process:
   leases running out. When the lease covers two attempts (the default), it claims up to twice
   an endpoint's max_in_flight: the ones beyond its free slots wait in this process and start the
   moment a slot frees, without a round trip to PostgreSQL (each within one attempt's time of
-  its claim, so well within its lease); stopping puts them back. A slow or dead endpoint holds only its own slots, never another
-  endpoint's, and retries wait in the table, not in a partition. Successes are recorded many
-  in one statement. An attempt ends within ``webhook_timeout_s`` in total, shorter than the
-  lease (``Settings`` checks it), so a delivery is never sent twice at once, by this
+  its claim, so well within its lease); stopping puts them back. A slow or dead endpoint holds
+  only its own slots, never another endpoint's, and retries wait in the table, not in a
+  partition. Successes are recorded many in one statement. An attempt ends within
+  ``webhook_timeout_s`` in total, shorter than the lease (``Settings`` checks it), so a
+  delivery is never sent twice at once, by this
   dispatcher or another.
 
 Ordering: none is promised. Deliveries are attempted roughly in routing order, and a delivery
