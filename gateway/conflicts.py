@@ -11,7 +11,6 @@ or fails is skipped (the event is accepted, and dead-lettered by the router if i
 the next ``conflict_check_pause_s`` skip the check altogether.
 """
 
-import asyncio
 import logging
 import time
 import uuid
@@ -60,8 +59,11 @@ class ConflictCheck:
                 metrics.CONFLICT_CHECKS_SKIPPED.inc()
             return set()
         try:
-            return await asyncio.wait_for(self._conflicting(app_id, candidates), self.timeout_s)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # asyncpg's own timeouts, not asyncio.wait_for: a query cancelled from outside can
+            # leave its connection mid-operation for the next user of the pool.
+            async with self.pool.acquire(timeout=self.timeout_s) as conn:
+                return await self._conflicting(conn, app_id, candidates)
+        except Exception as exc:  # the check only advises: whatever fails, ingest goes on
             self.skip_until = time.monotonic() + self.pause_s
             metrics.CONFLICT_CHECKS_SKIPPED.inc()
             log.warning(
@@ -71,8 +73,10 @@ class ConflictCheck:
             )
             return set()
 
-    async def _conflicting(self, app_id: str, candidates: Sequence[Candidate]) -> set[uuid.UUID]:
-        claims = await self.pool.fetch(CLAIMED, app_id, [c.event_id for c in candidates])
+    async def _conflicting(
+        self, conn: asyncpg.Connection, app_id: str, candidates: Sequence[Candidate]
+    ) -> set[uuid.UUID]:
+        claims = await conn.fetch(CLAIMED, app_id, [c.event_id for c in candidates], timeout=self.timeout_s)
         if not claims:
             return set()
         hashes = {row["event_id"]: row["content_hash"] for row in claims}
@@ -87,12 +91,13 @@ class ConflictCheck:
             elif first != content_hash(candidate.event_type, candidate.payload):
                 found.add(candidate.event_id)
         if legacy:
-            rows = await self.pool.fetch(
+            rows = await conn.fetch(
                 STORED,
                 app_id,
                 [c.event_id for c in legacy],
                 [c.event_type for c in legacy],
                 [c.payload for c in legacy],
+                timeout=self.timeout_s,
             )
             found.update(row["event_id"] for row in rows)
         return found
