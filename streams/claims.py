@@ -34,7 +34,7 @@ import asyncpg
 from schemas import EventEnvelope
 from schemas.events import content_hash
 from vdip import metrics
-from vdip.db import connect
+from vdip.db import UNAVAILABLE, connect
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class Claims:
                 verdicts = await decide(self.conn, versions)
                 metrics.ROUTER_WAITING_FOR_DATABASE.set(0)
                 return verdicts
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except UNAVAILABLE as exc:
                 metrics.ROUTER_WAITING_FOR_DATABASE.set(1)
                 log.warning(
                     "routing waits for PostgreSQL: claiming %d event(s) failed (%r); trying again in"

@@ -13,7 +13,7 @@ import time
 import asyncpg
 
 from vdip import statistics
-from vdip.db import create_pool
+from vdip.db import UNAVAILABLE, create_pool
 from vdip.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,5 +33,5 @@ class StatisticsFold:
                 await statistics.set_live_retention(self.pool, self.settings.statistics_live_retention_days)
                 self.retention_applied = time.monotonic()
             await statistics.fold(self.pool)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except UNAVAILABLE as exc:
             log.warning("folding statistics failed, next tick retries: %r", exc)

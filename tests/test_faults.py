@@ -292,6 +292,7 @@ async def test_each_process_killed_under_load_loses_and_duplicates_nothing(
 
 
 @pytest.mark.disruptive
+@pytest.mark.timeout(420)
 async def test_postgres_stopped_and_the_broker_killed_under_load_lose_nothing(
     services: Services, pipeline: Pipeline, pool: asyncpg.Pool
 ) -> None:

@@ -18,6 +18,17 @@ import orjson
 
 from vdip.errors import MigrationError
 
+# What PostgreSQL being away (stopped, restarting, unreachable) raises through asyncpg. A server
+# that terminates a connection mid-statement can leave asyncpg's protocol state confused, which
+# surfaces as an InternalClientError on that connection's next use: it is away too.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LOCK_ID = 0x7664_6970  # "vdip"
 

@@ -45,12 +45,14 @@ from schemas.rules import RoutingRule, RuleFields, SavedRule, destination_proble
 from streams.conditions import ConditionLimits, Document, compile_matcher, explain, validate
 from streams.routing import applies, as_document
 from vdip import rules as store
+from vdip.db import UNAVAILABLE
 from vdip.errors import BrokerUnavailable
 from vdip.settings import Settings
 from vdip.topics import load_topics
 
 router = APIRouter(tags=["routing rules"])
 log = logging.getLogger(__name__)
+UNPUBLISHED: tuple[type[BaseException], ...] = (BrokerUnavailable, *UNAVAILABLE)
 R = TypeVar("R", bound=RoutingRule)
 
 
@@ -142,7 +144,7 @@ class Republisher:
             async with self._pool.acquire() as conn, conn.transaction():
                 await store.lock_app(conn, app_id)  # no other write's record in between
                 await _publish(conn, self._producer, self._settings, app_id)
-        except (BrokerUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except UNPUBLISHED as exc:
             log.warning("publishing the stored rules of %s again failed: %r", app_id, exc)
             return False
         log.info("published the stored rules of %s again", app_id)
