@@ -4,8 +4,9 @@ Load: one application with a rule of each kind (a queue rule for even ``n``, a t
 ``n`` divisible by 3, a webhook rule for ``n`` divisible by 5, to a receiver on the loopback),
 batches of events sent over HTTP on a schedule, each batch sent again with the same ids until the
 gateway answers 202 (as a client should): the ledger is every id made. Faults: each process
-killed with SIGKILL and started again as a user would; PostgreSQL stopped for 20 s; the single
-broker killed and restarted; one broker of a three-node cluster killed and restarted.
+killed with SIGKILL and started again as a user would; one broker of a three-node cluster
+killed and restarted. (PostgreSQL and the single broker going away are tested apart, in
+test_postgres_outage.py and test_broker_outage.py.)
 
 After the load drains, ``check`` proves: every event of the ledger stored exactly once, routed
 with all three rules; each expected queue record there (duplicates counted, at-least-once), each
@@ -14,8 +15,6 @@ delivered; statistics equal to a recount. It prints the figures.
 """
 
 import asyncio
-import os
-import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,7 +27,6 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
-import pytest
 from aiokafka.partitioner import murmur2
 
 from tests.conftest import (
@@ -37,9 +35,7 @@ from tests.conftest import (
     Pipeline,
     PrivateKafka,
     Process,
-    Services,
     _free_port,
-    needs_local_stack,
     read_to_end,
     rule_applied,
     running_pipeline,
@@ -47,7 +43,6 @@ from tests.conftest import (
     wait_until,
 )
 from tests.test_webhooks import Receiver, ok, receiving
-from vdip import stack
 from vdip.applications import create_application
 from vdip.settings import Settings
 from vdip.statistics import check as check_statistics
@@ -289,32 +284,6 @@ async def test_each_process_killed_under_load_loses_and_duplicates_nothing(
 
         load = await under_load(setup, faults)
         await check(setup, load, "every process killed once")
-
-
-@pytest.mark.disruptive
-@pytest.mark.timeout(420)
-async def test_postgres_stopped_and_the_broker_killed_under_load_lose_nothing(
-    services: Services, pipeline: Pipeline, pool: asyncpg.Pool
-) -> None:
-    needs_local_stack(services, "PostgreSQL and Kafka, which this test stops")
-    stack_settings = Settings(kafka_bootstrap=services.kafka_bootstrap, database_url=services.database_url)
-    [broker] = stack.kafka_nodes(stack_settings)
-    assert stack.read_pid(broker.paths.pid) is not None, "the broker was not started by this checkout's stack"
-    async with load_setup(pipeline, pool) as setup:
-
-        async def faults() -> None:
-            await asyncio.to_thread(stack.stop_postgres, stack_settings)
-            await asyncio.sleep(20)
-            await asyncio.to_thread(stack.start_postgres, stack_settings)
-            await asyncio.sleep(3)
-            pid = stack.read_pid(broker.paths.pid)
-            assert pid is not None
-            os.kill(pid, signal.SIGKILL)  # no controlled shutdown: as a crash
-            await asyncio.sleep(1)
-            await asyncio.to_thread(stack.start_kafka, stack_settings)
-
-        load = await under_load(setup, faults)
-        await check(setup, load, "PostgreSQL stopped 20 s, then the broker killed")
 
 
 async def test_a_broker_of_three_killed_under_load_loses_nothing(
