@@ -4,6 +4,7 @@
 declared, another replication factor, a config value that differs) instead of ignoring it.
 """
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,6 +13,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.protocol.metadata import MetadataRequest
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from vdip.errors import TopicError
@@ -23,6 +25,8 @@ def _config_value(value: Any) -> str:
     """Kafka wants strings; YAML gives numbers and booleans too."""
     return str(value).lower() if isinstance(value, bool) else str(value)
 
+
+_CREATED_VISIBLE_WITHIN = 30.0
 
 TopicConfig = dict[str, Annotated[str, BeforeValidator(_config_value)]]
 
@@ -127,12 +131,48 @@ async def apply_topics(settings: Settings, specs: list[TopicSpec]) -> ApplyRepor
                 ]
             )
             report.created.extend(s.name for s in missing)
+            await _until_described(admin, missing)
         present = [s for s in specs if s.name in existing]
         if present:
             await _check_drift(admin, present, report)
     finally:
         await admin.close()
     return report
+
+
+async def _until_described(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> None:
+    """Return once every broker describes the new topics with a leader for every partition.
+
+    A broker answers CreateTopics before the new topics reach every broker's metadata cache, and
+    a metadata request goes to any broker: a describe (or a produce) right after could find a
+    topic without partitions. aiokafka's admin client has no per-broker describe, hence the
+    request sent to each broker by id.
+    """
+    deadline = asyncio.get_running_loop().time() + _CREATED_VISIBLE_WITHIN
+    wanted = {s.name: s.partitions for s in specs}
+    brokers = [b.nodeId for b in admin._client.cluster.brokers()]
+    while True:
+        missing: set[str] = set()
+        for node_id in brokers:
+            response = await admin._send_request(MetadataRequest(list(wanted)), node_id)
+            topics = {t["topic"]: t for t in response.to_object()["topics"]}
+            for name, partitions in wanted.items():
+                topic = topics.get(name)
+                if not (
+                    topic
+                    and topic["error_code"] == 0
+                    and len(topic["partitions"]) == partitions
+                    and all(p["leader"] >= 0 for p in topic["partitions"])
+                ):
+                    missing.add(name)
+        if not missing:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TopicError(
+                f"created topics not described by every broker after "
+                f"{_CREATED_VISIBLE_WITHIN:.0f} s: " + ", ".join(sorted(missing))
+            )
+        await asyncio.sleep(0.2)
 
 
 async def _check_drift(admin: AIOKafkaAdminClient, specs: list[TopicSpec], report: ApplyReport) -> None:
