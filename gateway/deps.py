@@ -24,6 +24,7 @@ from gateway.limits import Limits, RateLimiter
 from gateway.producer import EventProducer
 from schemas import ErrorDetail
 from vdip.applications import Application, get_application
+from vdip.db import UNAVAILABLE
 from vdip.errors import DatabaseUnavailable
 from vdip.settings import Settings
 
@@ -78,7 +79,7 @@ class ApplicationCache:
             return entry[1]
         try:
             application = await get_application(self._pool, app_id)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except UNAVAILABLE as exc:
             if entry is not None:
                 return entry[1]  # PostgreSQL is away: keep ingesting for the applications we know
             raise DatabaseUnavailable(f"PostgreSQL did not answer: {exc!r}") from exc

@@ -103,5 +103,6 @@ def install_error_handlers(app: FastAPI) -> None:
         asyncpg.PostgresConnectionError,
         asyncpg.ConnectionDoesNotExistError,
         asyncpg.CannotConnectNowError,
+        asyncpg.InternalClientError,  # a connection the server dropped mid-statement
     ):
         app.add_exception_handler(lost, database_unavailable_handler)

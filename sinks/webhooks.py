@@ -67,7 +67,7 @@ from sinks.batching import (
     serve_sink,
 )
 from vdip import metrics
-from vdip.db import create_pool, migrate_url
+from vdip.db import UNAVAILABLE, create_pool, migrate_url
 from vdip.errors import AddressRefused
 from vdip.logs import event_context
 from vdip.settings import WEBHOOK_LEASE_MARGIN_S, Settings
@@ -400,14 +400,14 @@ class Dispatcher:
                 if time.monotonic() - self.orphans_claimed_at >= ORPHANS_EVERY_S:
                     self.orphans_claimed_at = time.monotonic()
                     claimed += await self.claim_orphans()
-            except (OSError, asyncpg.PostgresError) as exc:
+            except UNAVAILABLE as exc:
                 log.warning("claiming deliveries failed, retrying: %r", exc)
                 claimed = 0
                 await asyncio.sleep(self.settings.webhook_poll_interval_s)
             if not claimed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), self._wait_s())
-        with contextlib.suppress(OSError, asyncpg.PostgresError):
+        with contextlib.suppress(*UNAVAILABLE):
             await self.release_waiting()
         if self.tasks:  # let attempts under way finish; their leases cover a crash
             await asyncio.wait(self.tasks, timeout=self.settings.webhook_timeout_s + 1)

@@ -331,6 +331,15 @@ class Pipeline:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.gateway_port}"
 
+    @property
+    def processes(self) -> list[Process]:
+        return [self.gateway, self.worker, self.sink, self.table_sink, self.webhooks]
+
+    def assert_alive(self) -> None:
+        """Every process still runs: none exited on its own (e.g. on an error it should survive)."""
+        dead = [p for p in self.processes if not p.alive()]
+        assert not dead, "\n\n".join(f"{p.name} exited:\n{p.log_tail()}" for p in dead)
+
 
 async def wait_until(predicate, timeout: float, interval: float = 0.2, message: str = "") -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
@@ -400,7 +409,7 @@ async def running_pipeline(settings: Settings, log_dir: Path, label: str = "") -
         await _wait_until_flowing(found)
         yield found
     finally:
-        for each in (found.gateway, found.worker, found.sink, found.table_sink, found.webhooks):
+        for each in found.processes:
             each.stop()
 
 

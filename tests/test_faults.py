@@ -4,9 +4,8 @@ Load: one application with a rule of each kind (a queue rule for even ``n``, a t
 ``n`` divisible by 3, a webhook rule for ``n`` divisible by 5, to a receiver on the loopback),
 batches of events sent over HTTP on a schedule, each batch sent again with the same ids until the
 gateway answers 202 (as a client should): the ledger is every id made. Faults: each process
-killed with SIGKILL and started again as a user would; one broker of a three-node cluster
-killed and restarted. (PostgreSQL and the single broker going away are tested apart, in
-test_postgres_outage.py and test_broker_outage.py.)
+killed with SIGKILL and started again as a user would; PostgreSQL stopped for 20 s; the single
+broker killed and restarted; one broker of a three-node cluster killed and restarted.
 
 After the load drains, ``check`` proves: every event of the ledger stored exactly once, routed
 with all three rules; each expected queue record there (duplicates counted, at-least-once), each
@@ -15,6 +14,8 @@ delivered; statistics equal to a recount. It prints the figures.
 """
 
 import asyncio
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +28,7 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
+import pytest
 from aiokafka.partitioner import murmur2
 
 from tests.conftest import (
@@ -35,7 +37,9 @@ from tests.conftest import (
     Pipeline,
     PrivateKafka,
     Process,
+    Services,
     _free_port,
+    needs_local_stack,
     read_to_end,
     rule_applied,
     running_pipeline,
@@ -43,6 +47,7 @@ from tests.conftest import (
     wait_until,
 )
 from tests.test_webhooks import Receiver, ok, receiving
+from vdip import stack
 from vdip.applications import create_application
 from vdip.settings import Settings
 from vdip.statistics import check as check_statistics
@@ -51,6 +56,7 @@ from vdip.topics import apply_topics, declared_topics
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 10
 INTERVAL_S = 0.05  # 200 events/s
+IN_FLIGHT = 32  # batches awaiting an answer at most: sending pauses beyond (a client's bounded buffer)
 
 
 @dataclass
@@ -70,10 +76,14 @@ class Load:
         self.answers[answer] = self.answers.get(answer, 0) + 1
 
     async def run(self) -> None:
-        """Send a batch every INTERVAL_S until stopped; each batch until it is acknowledged."""
+        """Send a batch every INTERVAL_S until stopped; each batch until it is acknowledged. While
+        IN_FLIGHT batches await their answer (Kafka away), no new batch is made."""
         pending: list[asyncio.Task[None]] = []
-        async with httpx.AsyncClient(timeout=15) as client:
+        in_flight = asyncio.Semaphore(IN_FLIGHT)
+        limits = httpx.Limits(max_connections=IN_FLIGHT)
+        async with httpx.AsyncClient(timeout=15, limits=limits) as client:
             while not self.stop.is_set():
+                await in_flight.acquire()
                 batch = []
                 for _ in range(BATCH):
                     event_id, n = str(uuid.uuid4()), len(self.sent)
@@ -81,7 +91,9 @@ class Load:
                     flags = {"queue": n % 2 == 0, "table": n % 3 == 0, "webhook": n % 5 == 0}
                     batch.append({"event_id": event_id, "event_type": "load", "payload": {"n": n, **flags}})
                 app = self.apps[len(pending) % len(self.apps)]
-                pending.append(asyncio.create_task(self.deliver(client, app, batch, len(pending))))
+                task = asyncio.create_task(self.deliver(client, app, batch, len(pending)))
+                task.add_done_callback(lambda _: in_flight.release())
+                pending.append(task)
                 await asyncio.sleep(INTERVAL_S)
             await asyncio.gather(*pending)
 
@@ -186,18 +198,31 @@ async def check(setup: Setup, load: Load, label: str) -> None:
         "webhook": {e for e, n in ledger.items() if n % 5 == 0},
     }
 
+    progress: dict[str, Any] = {}
+
     async def drained() -> bool:
         """Every event stored, and no delivery of them left to do."""
-        stored = await pool.fetchval("SELECT count(*) FROM data_events WHERE app_id = ANY($1)", app_ids)
-        open_deliveries = await pool.fetchval(
-            """SELECT count(*) FROM deliveries d JOIN data_events e USING (app_id, event_id)
-               WHERE e.app_id = ANY($1) AND d.status NOT IN ('delivered', 'failed')""",
-            app_ids,
+        progress["stored"] = await pool.fetchval(
+            "SELECT count(*) FROM data_events WHERE app_id = ANY($1)", app_ids
         )
-        return bool(stored >= len(ledger) and open_deliveries == 0)
+        progress["open deliveries"] = {
+            f"{r['destination_type']} {r['status']}": r["n"]
+            for r in await pool.fetch(
+                """SELECT d.destination_type, d.status, count(*) AS n
+                   FROM deliveries d JOIN data_events e USING (app_id, event_id)
+                   WHERE e.app_id = ANY($1) AND d.status NOT IN ('delivered', 'failed') GROUP BY 1, 2""",
+                app_ids,
+            )
+        }
+        return bool(progress["stored"] >= len(ledger) and not progress["open deliveries"])
 
     waited = time.monotonic()
-    await wait_until(drained, 180, interval=1, message=f"{label}: every event stored and delivered")
+    try:
+        await wait_until(drained, 180, interval=1, message=f"{label}: every event stored and delivered")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; of {len(ledger)} events {progress}") from None
+    finally:
+        setup.pipeline.assert_alive()
     waited = time.monotonic() - waited
 
     rows = await pool.fetch("SELECT event_id, routing FROM data_events WHERE app_id = ANY($1)", app_ids)
@@ -284,6 +309,44 @@ async def test_each_process_killed_under_load_loses_and_duplicates_nothing(
 
         load = await under_load(setup, faults)
         await check(setup, load, "every process killed once")
+
+
+@pytest.mark.disruptive
+async def test_postgres_stopped_under_load_loses_nothing(
+    services: Services, pipeline: Pipeline, pool: asyncpg.Pool
+) -> None:
+    needs_local_stack(services, "PostgreSQL, which this test stops")
+    postgres = Settings(database_url=services.database_url)
+    async with load_setup(pipeline, pool) as setup:
+
+        async def faults() -> None:
+            await asyncio.to_thread(stack.stop_postgres, postgres)
+            await asyncio.sleep(20)
+            await asyncio.to_thread(stack.start_postgres, postgres)
+
+        load = await under_load(setup, faults)
+        await check(setup, load, "PostgreSQL stopped 20 s")
+
+
+@pytest.mark.disruptive
+async def test_the_single_broker_killed_under_load_loses_nothing(
+    services: Services, pipeline: Pipeline, pool: asyncpg.Pool
+) -> None:
+    needs_local_stack(services, "Kafka, which this test kills")
+    kafka = Settings(kafka_bootstrap=services.kafka_bootstrap, database_url=services.database_url)
+    [broker] = stack.kafka_nodes(kafka)
+    assert stack.read_pid(broker.paths.pid) is not None, "the broker was not started by this checkout's stack"
+    async with load_setup(pipeline, pool) as setup:
+
+        async def faults() -> None:
+            pid = stack.read_pid(broker.paths.pid)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)  # no controlled shutdown: as a crash
+            await asyncio.sleep(1)
+            await asyncio.to_thread(stack.start_kafka, kafka)
+
+        load = await under_load(setup, faults)
+        await check(setup, load, "the single broker killed")
 
 
 async def test_a_broker_of_three_killed_under_load_loses_nothing(

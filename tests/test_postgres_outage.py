@@ -76,6 +76,7 @@ async def test_twenty_seconds_without_postgres_lose_nothing(
         await pool.close()
     dead = await consume_all(pipeline.settings, "events.dlq", until=lambda rs: False, timeout=5)
     assert not [r for r in dead if any(i.encode() in r.value for i in sent)], "nothing was dead-lettered"
+    pipeline.assert_alive()
 
 
 @pytest.mark.disruptive
@@ -109,6 +110,7 @@ async def test_routing_waits_for_postgres_and_then_delivers_each_event_once(
     await wait_until(
         lambda: metric_is(pipeline, "vdip_router_waiting_for_database", 0), 30, message="routing again"
     )
+    pipeline.assert_alive()
 
 
 async def metric_is(pipeline: Pipeline, name: str, value: float) -> bool:
