@@ -1,12 +1,13 @@
-"""Benchmark: webhook delivery (deliveries/s, accept→delivered), the dispatcher next to a plain
-httpx client posting the same signed bodies with the same concurrency.
+"""Benchmark: webhook delivery (deliveries/s, accept→delivered), the dispatcher next to plain
+httpx and aiohttp clients posting the same signed bodies with the same concurrency.
 
 Needs the local stack (`vdip stack up`). Works in a scratch database and under a topic prefix of
 its own (both removed at the end). A receiver runs in a process of its own on 127.0.0.1 (HTTP/1.1,
 keep-alive), answering 204 after 0 ms or 100 ms, and records when each ``webhook-id`` arrived. The
 dispatcher (``vdip webhooks``) runs as in production, in its own process; its deliveries are
 produced to ``deliveries.webhook`` as the router produces them (accept = produced). The baseline,
-in this process, signs each body the same way and posts it with httpx, at most ``--in-flight``
+in this process, signs each body the same way and posts it with httpx (and then with aiohttp,
+the dispatcher's own client), at most ``--in-flight``
 requests per endpoint at once (accept = handed to the client).
 
 Scenarios, each on 1 endpoint (``max_in_flight`` = ``--in-flight``) and on 20 (each ``--in-flight-many``):
@@ -15,7 +16,7 @@ Scenarios, each on 1 endpoint (``max_in_flight`` = ``--in-flight``) and on 20 (e
 - burst, 100 ms: the same against a receiver answering after 100 ms (the bound: in-flight / 0.1 s)
 - paced, 0 ms:   ``--rate`` deliveries/s offered for ``--seconds`` to one endpoint; accept→delivered
 
-The baseline runs first in odd rounds and last in even ones. Round 0 is a warm-up.
+The baselines run first in odd rounds and last in even ones. Round 0 is a warm-up.
 
 Run: .venv/bin/python -m bench.webhooks [--rounds 3] [--burst 3000] [--in-flight 16] [--rate 200]
 """
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import httpx
 import orjson
@@ -154,11 +156,31 @@ class Dispatcher:
         return accepted
 
 
-class PlainClient:
-    """httpx, the same signed bodies, at most ``in_flight`` requests per endpoint."""
+Post = Callable[[str, bytes, dict[str, str]], Awaitable[int]]  # url, body, headers -> status
 
-    def __init__(self, client: httpx.AsyncClient, endpoints: list[Endpoint], in_flight: int) -> None:
-        self.client = client
+
+def httpx_post(client: httpx.AsyncClient) -> Post:
+    async def post(url: str, body: bytes, headers: dict[str, str]) -> int:
+        return (await client.post(url, content=body, headers=headers)).status_code
+
+    return post
+
+
+def aiohttp_post(session: aiohttp.ClientSession) -> Post:
+    async def post(url: str, body: bytes, headers: dict[str, str]) -> int:
+        async with session.post(url, data=body, headers=headers) as response:
+            await response.read()
+            return response.status
+
+    return post
+
+
+class PlainClient:
+    """A plain HTTP client (httpx, or aiohttp as the dispatcher uses), the same signed bodies, at
+    most ``in_flight`` requests per endpoint."""
+
+    def __init__(self, post: Post, endpoints: list[Endpoint], in_flight: int) -> None:
+        self.post = post
         self.secrets = {e.rule_id: e.secret for e in endpoints}
         self.slots = {e.rule_id: asyncio.Semaphore(in_flight) for e in endpoints}
 
@@ -169,10 +191,8 @@ class PlainClient:
             async with self.slots[delivery.rule_id]:
                 body = request_body(delivery)
                 headers = request_headers(delivery, [self.secrets[delivery.rule_id]], body, time.time())
-                response = await self.client.post(
-                    delivery.destination_config["url"], content=body, headers=headers
-                )
-                assert response.status_code == 204, response.status_code
+                status = await self.post(delivery.destination_config["url"], body, headers)
+                assert status == 204, status
 
         async def hand(delivery: Delivery) -> None:
             tasks.append(asyncio.create_task(post(delivery)))
@@ -314,14 +334,19 @@ async def main(args: argparse.Namespace) -> None:
         async with (
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as stats,
             httpx.AsyncClient(timeout=10, limits=limits) as plain_http,
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as plain_aiohttp,
         ):
             await receiver_ready(stats)
             dispatcher = Dispatcher(producer, settings.topic("deliveries.webhook"))
             for round_ in range(args.rounds + 1):
                 for scenario in [s for s in scenarios(args) if args.only in s.name]:
                     chosen = endpoints[scenario.endpoints, scenario.delay_ms]
-                    plain = PlainClient(plain_http, chosen, scenario.in_flight)
-                    runs: list[tuple[str, Send]] = [("dispatcher", dispatcher.send), ("plain", plain.send)]
+                    in_flight = scenario.in_flight
+                    runs: list[tuple[str, Send]] = [
+                        ("dispatcher", dispatcher.send),
+                        ("httpx", PlainClient(httpx_post(plain_http), chosen, in_flight).send),
+                        ("aiohttp", PlainClient(aiohttp_post(plain_aiohttp), chosen, in_flight).send),
+                    ]
                     if round_ % 2:
                         runs.reverse()
                     for name, send in runs:
@@ -352,12 +377,18 @@ async def main(args: argparse.Namespace) -> None:
     )
     print(f"  {'scenario':24} {'sender':10} {'deliveries/s':>12} {'p50 ms':>8} {'p99 ms':>8}   ratio")
     for scenario_name, by_sender in results.items():
-        base_rate = statistics.median(r.per_second for r in by_sender["plain"])
+        plain = {
+            name: statistics.median(r.per_second for r in by_sender[name]) for name in ("httpx", "aiohttp")
+        }
         for name, values in by_sender.items():
             rate = statistics.median(r.per_second for r in values)
             p50 = statistics.median(r.p50_ms for r in values)
             p99 = statistics.median(r.p99_ms for r in values)
-            ratio = f"  = {rate / base_rate:.2f} x plain" if name == "dispatcher" else ""
+            ratio = (
+                f"  = {rate / plain['httpx']:.2f} x httpx, {rate / plain['aiohttp']:.2f} x aiohttp"
+                if name == "dispatcher"
+                else ""
+            )
             print(f"  {scenario_name:24} {name:10} {rate:12.0f} {p50:8.0f} {p99:8.0f}{ratio}")
 
 

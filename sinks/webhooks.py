@@ -49,13 +49,13 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
+import aiohttp
 import asyncpg
-import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from schemas.rules import MAX_IN_FLIGHT, Delivery
-from sinks.addresses import guarded_client, networks
+from sinks.addresses import WebhookClient, networks
 from sinks.batching import (
     Record,
     Records,
@@ -156,9 +156,7 @@ class Outcome:
 # ------------------------------------------------------------------------------ one attempt
 
 
-async def attempt(
-    client: httpx.AsyncClient, delivery: Delivery, secrets: list[str], timeout_s: float
-) -> Outcome:
+async def attempt(client: WebhookClient, delivery: Delivery, secrets: list[str], timeout_s: float) -> Outcome:
     """One POST, cut off ``timeout_s`` after it started whatever the phase (the client's own
     timeouts are per phase: a receiver dripping its answer a byte at a time never trips them)."""
     url = delivery.destination_config["url"]
@@ -167,21 +165,21 @@ async def attempt(
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_s):
-            response = await client.post(url, content=body, headers=headers)
+            status_code, retry_after_header = await client.post(url, body, headers)
     except AddressRefused as exc:
         return Outcome(error=str(exc), refused=True)
     except TimeoutError:
         elapsed = (time.perf_counter() - started) * 1000
         return Outcome(error=f"no complete answer within {timeout_s} s", latency_ms=elapsed)
-    except httpx.HTTPError as exc:
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
         elapsed = (time.perf_counter() - started) * 1000
         return Outcome(error=f"{type(exc).__name__}: {exc}"[:1000], latency_ms=elapsed)
     elapsed = (time.perf_counter() - started) * 1000
     retry_after = None
-    if response.status_code in (429, 503):
-        retry_after = parse_retry_after(response.headers.get("retry-after"), datetime.now(UTC))
-    error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
-    return Outcome(response.status_code, error, elapsed, retry_after)
+    if status_code in (429, 503):
+        retry_after = parse_retry_after(retry_after_header, datetime.now(UTC))
+    error = None if 200 <= status_code < 300 else f"HTTP {status_code}"
+    return Outcome(status_code, error, elapsed, retry_after)
 
 
 # ------------------------------------------------------------------------------ intake
@@ -374,7 +372,7 @@ class Dispatcher:
     attempt ended (``wake``), and every ``webhook_poll_interval_s`` for retries coming due and
     leases running out."""
 
-    def __init__(self, pool: asyncpg.Pool, client: httpx.AsyncClient, settings: Settings) -> None:
+    def __init__(self, pool: asyncpg.Pool, client: WebhookClient, settings: Settings) -> None:
         self.pool = pool
         self.client = client
         self.settings = settings
@@ -607,7 +605,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     allowed = networks(settings.webhook_allowed_networks)
     intake_task: asyncio.Task[None] | None = None
     try:
-        async with guarded_client(allowed, settings.webhook_timeout_s) as client:
+        async with WebhookClient(allowed, settings.webhook_timeout_s) as client:
             dispatcher = Dispatcher(pool, client, settings)
             intake = serve_sink(
                 settings,
@@ -630,5 +628,4 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 def run(settings: Settings) -> None:
     """Run the webhook dispatcher in the foreground until SIGTERM/SIGINT."""
     metrics.serve(settings.webhooks_metrics_port, settings.metrics_host)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # each attempt is logged once, below
     run_until_signalled(lambda stop: serve(settings, stop))

@@ -99,8 +99,12 @@ async def test_two_dispatchers_share_deliveries_and_lose_none_when_one_is_killed
         async with receiving(reply) as receiver:
             rule = await webhook_rule(pipeline, client, app, receiver.url("/twins"), {"max_in_flight": 8})
             sent = 300
-            for total in range(sent):
-                await send(client, app, total)
+            for start in range(0, sent, 100):  # all at once: more than one dispatcher sends at a time
+                events = [{"event_type": "twins", "payload": {"n": n}} for n in range(start, start + 100)]
+                answer = await client.post(
+                    f"/api/ingest/{app.app_id}/batch", json={"events": events}, headers=app.headers
+                )
+                assert answer.status_code == 202, answer.text
 
             def twin_delivered() -> int:
                 return twin_log.read_text().count("delivered after attempt") - before

@@ -24,7 +24,7 @@ import pytest
 import standardwebhooks
 
 from schemas.rules import Delivery, RuleFields
-from sinks.addresses import GuardedBackend, guarded_client, networks, refusal
+from sinks.addresses import GuardedResolver, WebhookClient, networks, refusal
 from sinks.webhooks import (
     Dispatcher,
     parse_retry_after,
@@ -91,9 +91,33 @@ def test_the_allow_list_opens_exactly_what_it_names() -> None:
 
 @pytest.mark.parametrize("host", ["2130706433", "0x7f000001", "017700000001", "127.1", "localhost", "[::1]"])
 async def test_names_and_encodings_are_judged_by_what_they_resolve_to(host: str) -> None:
-    backend = GuardedBackend(networks(["127.0.0.2/32"]), resolve_timeout_s=5)
+    resolver = GuardedResolver(networks(["127.0.0.2/32"]), resolve_timeout_s=5)
     with pytest.raises(AddressRefused):  # raised before any connection is attempted
-        await backend.connect_tcp(host.strip("[]"), 9)
+        await resolver.resolve(host.strip("[]"), 9)
+
+
+@pytest.mark.parametrize("host", ["2130706433", "0x7f000001", "127.1", "localhost", "[::1]", "127.0.0.1"])
+async def test_the_client_refuses_them_before_connecting(host: str) -> None:
+    """Through the client: literals (which aiohttp does not resolve) and names alike."""
+    async with WebhookClient(networks(["127.0.0.2/32"]), 5) as client:
+        with pytest.raises(AddressRefused):
+            await client.post(f"http://{host}:9/", b"{}", {})
+
+
+async def test_an_allowed_address_is_reached() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 503 Busy\r\nretry-after: 7\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.2", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with WebhookClient(networks(["127.0.0.2/32"]), 5) as client:
+            assert await client.post(f"http://127.0.0.2:{port}/", b"{}", {}) == (503, "7")
+    finally:
+        server.close()
 
 
 # ------------------------------------------------------------------------------ signing, schedule
@@ -490,7 +514,10 @@ async def test_an_endpoint_failing_for_too_long_is_disabled(
         failures_left -= 1
         return (500, {}) if failures_left != 0 else (200, {})  # 0: once, then failing for good
 
-    async with receiving(reply) as receiver:
+    async with (
+        receiving(reply) as receiver,
+        WebhookClient(networks(settings.webhook_allowed_networks), 5) as webhooks,
+    ):
         url = receiver.url("/clock")
         fields = RuleFields.model_validate(
             rule_body(app, destination_type="webhook", destination_config={"url": url}, condition={})
@@ -500,7 +527,7 @@ async def test_an_endpoint_failing_for_too_long_is_disabled(
         strict = settings.model_copy(
             update={"webhook_disable_after_s": 1.5, "webhook_retry_schedule_s": [0.2] * 100}
         )
-        dispatcher = Dispatcher(pool, httpx.AsyncClient(), strict)
+        dispatcher = Dispatcher(pool, webhooks, strict)
 
         async def until_settled() -> tuple[str, int, list[Received]]:
             """A delivery attempted by the dispatcher each time it is due, as its claim loop
@@ -607,7 +634,7 @@ async def test_an_attempt_has_one_deadline_however_slowly_the_receiver_drips(
         update={"webhook_timeout_s": 1.0, "webhook_lease_s": 6.0, "webhook_retry_schedule_s": [3600.0]}
     )
     try:
-        async with guarded_client(networks(strict.webhook_allowed_networks), 1.0) as client:
+        async with WebhookClient(networks(strict.webhook_allowed_networks), 1.0) as client:
             dispatcher = Dispatcher(pool, client, strict)
             dispatcher.busy[rule.rule_id] = 1
             started = time.monotonic()
