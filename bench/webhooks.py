@@ -42,8 +42,8 @@ from sinks.webhooks import request_body, request_headers
 from vdip.applications import create_application
 from vdip.db import create_pool, migrate_url
 from vdip.kafka import client_options
-from vdip.rules import insert_rule
 from vdip.settings import Settings
+from vdip.store.rules import insert_rule
 
 APP = "bench-webhooks"
 
