@@ -90,6 +90,14 @@ async def find(db: Db, event_id: uuid.UUID, app_id: str | None) -> list[asyncpg.
     return rows
 
 
+async def first_received(db: Db, app_id: str) -> datetime | None:
+    """When ``app_id``'s first stored event was received (None: it has none)."""
+    at: datetime | None = await db.fetchval(
+        "SELECT min(received_at) FROM data_events WHERE app_id = $1", app_id
+    )
+    return at
+
+
 # ------------------------------------------------------------------------------ event_claims
 
 # The common case: no key was claimed before. A plain INSERT costs PostgreSQL about 40 % less
