@@ -54,6 +54,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from schemas import DeliveryStatus
 from schemas.rules import MAX_IN_FLIGHT, Delivery
 from sinks.addresses import guarded_client, networks
 from sinks.batching import (
@@ -441,13 +442,13 @@ class Dispatcher:
             await self.successes.submit(
                 Success(delivery.delivery_id, rule_id, outcome.status_code, outcome.latency_ms)
             )
-            self._count(delivery, "delivered", attempts + 1, outcome)
+            self._count(delivery, DeliveryStatus.DELIVERED, attempts + 1, outcome)
             return
         async with self.pool.acquire() as conn, conn.transaction():
             if final or outcome.refused:
-                status, wait = "failed", None
+                status, wait = DeliveryStatus.FAILED, None
             elif outcome.status_code == 410:
-                status, wait = "failed", None
+                status, wait = DeliveryStatus.FAILED, None
                 await self.disable(conn, rule_id, "the endpoint answered 410 Gone")
             else:
                 failing_s = await rules.destination_failing(conn, rule_id)
@@ -458,9 +459,9 @@ class Dispatcher:
                     self.settings.webhook_max_retry_after_s,
                     self.rng,
                 )
-                status = "retrying" if wait is not None else "failed"
+                status = DeliveryStatus.RETRYING if wait is not None else DeliveryStatus.FAILED
                 if failing_s is not None and float(failing_s) >= self.settings.webhook_disable_after_s:
-                    status, wait = "failed", None
+                    status, wait = DeliveryStatus.FAILED, None
                     reason = f"failing without a success for {timedelta(seconds=int(failing_s))}"
                     await self.disable(conn, rule_id, reason)
             await deliveries.set_outcome(
@@ -475,7 +476,9 @@ class Dispatcher:
             )
         self._count(delivery, status, attempts + tried, outcome)
 
-    def _count(self, delivery: Delivery, status: str, attempt_number: int, outcome: Outcome) -> None:
+    def _count(
+        self, delivery: Delivery, status: DeliveryStatus, attempt_number: int, outcome: Outcome
+    ) -> None:
         metrics.WEBHOOK_ATTEMPTS.labels(status).inc()
         if outcome.status_code is not None or outcome.latency_ms:
             metrics.WEBHOOK_SECONDS.observe(outcome.latency_ms / 1000)

@@ -14,7 +14,7 @@ import base64
 import binascii
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import asyncpg
 import orjson
@@ -35,7 +35,7 @@ from gateway.deps import (
 )
 from gateway.errors import ApiError
 from gateway.responses import errors
-from schemas import ErrorDetail, EventStatus, SuccessResponse
+from schemas import DeliveryStatus, ErrorDetail, EventStatus, SuccessResponse
 from vdip.store import deliveries as delivery_store
 from vdip.store import events as event_store
 
@@ -62,7 +62,7 @@ class DeliveryOutcome(BaseModel):
     event_id: uuid.UUID
     rule_id: int
     destination_type: str
-    status: Literal["pending", "retrying", "delivered", "failed"]
+    status: DeliveryStatus
     attempts: int
     last_status_code: int | None
     last_error: str | None

@@ -11,9 +11,12 @@ in the module of the table it writes.
 - ``applications``: ``applications`` and their key hashes;
 - ``statistics``: ``event_statistics``, ``statistics_changes``, ``event_counted``, ``statistics_live``;
 - ``tables``: the destination tables of ``database_table`` rules (names and DDL);
-- ``statuses``: the status values of events and deliveries;
 - ``locks``: every advisory-lock id.
 
-Migrations (``vdip/migrations``) create the tables; this package never imports the gateway, the
-worker, the sinks or the CLI.
+``schema_migrations`` belongs to the migration runner, ``vdip.db``.
+
+The status values of events and deliveries are ``schemas.EventStatus`` and
+``schemas.DeliveryStatus``; the SQL here quotes them as literals (``tests/test_store.py`` checks
+that each is a member). Migrations (``vdip/migrations``) create the tables; this package never
+imports the gateway, the worker, the sinks or the CLI.
 """

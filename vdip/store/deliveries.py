@@ -13,6 +13,7 @@ from typing import TypeAlias
 
 import asyncpg
 
+from schemas.events import DeliveryStatus
 from schemas.rules import MAX_IN_FLIGHT
 from vdip.store.tables import quote_ident
 
@@ -198,7 +199,7 @@ async def set_outcome(
     conn: asyncpg.Connection,
     delivery_id: uuid.UUID,
     *,
-    status: str,
+    status: DeliveryStatus,
     tried: int,
     status_code: int | None,
     error: str | None,

@@ -52,6 +52,22 @@ async def list_rules(
     return [_rule(row) for row in rows]
 
 
+async def activity(db: asyncpg.Pool | asyncpg.Connection, app_id: str) -> list[asyncpg.Record]:
+    """Each of an application's rules with how many events it matched, delivered and failed (reads
+    deliveries)."""
+    rows: list[asyncpg.Record] = await db.fetch(
+        """SELECT r.rule_id, r.rule_name, r.destination_type, r.is_active,
+                  count(d.delivery_id) AS matches,
+                  count(d.delivery_id) FILTER (WHERE d.status = 'delivered') AS delivered,
+                  count(d.delivery_id) FILTER (WHERE d.status = 'failed') AS failed
+           FROM routing_rules r LEFT JOIN deliveries d ON d.rule_id = r.rule_id
+           WHERE r.app_id = $1
+           GROUP BY r.rule_id ORDER BY r.priority DESC, r.rule_id""",
+        app_id,
+    )
+    return rows
+
+
 async def lock_app(conn: asyncpg.Connection, app_id: str) -> None:
     """Serialise rule writes of one application until the transaction ends, so that the rule set
     published last is the one committed last."""
