@@ -1,4 +1,5 @@
 """The gateway's read-only conflict check: is a client-chosen event id claimed by another version?
+(Its two queries are in ``vdip.store.events``.)
 
 The router claims each event's version, ``(event_type, payload)``, before routing it
 (``streams/claims.py``): the first version of an event wins, and a differing retry is

@@ -2,7 +2,8 @@
 
 An event's *version* is its ``(event_type, payload)``, hashed by ``schemas.events.content_hash``.
 Before routing a batch, the router claims every event of it in ``event_claims``, keyed by
-``(app_id, event_id)``, in one statement, committed before any output is sent (``decide``):
+``(app_id, event_id)``, in one statement, committed before any output is sent (``decide``; the
+statements are in ``vdip.store.events``):
 
 1. the events are deduplicated per key in Python, the first in batch (offset) order kept;
 2. ``INSERT … SELECT FROM unnest …`` (autocommit) claims them all, the common case; when a key
