@@ -26,9 +26,9 @@ from aiokafka import AIOKafkaProducer
 
 from bench.common import Processes, apply_own_topics, free_port, process_env, wait_ready
 from schemas import EventEnvelope, EventMetadata, EventSource
-from vdip.applications import create_application
 from vdip.db import create_pool, migrate_url
 from vdip.settings import Settings
+from vdip.store.applications import create_application
 
 PAYLOAD = {"order_id": 12345, "total": 99.5, "items": [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}]}
 

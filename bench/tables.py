@@ -40,9 +40,10 @@ from schemas import EventEnvelope, EventStatus, RoutedEvent, RoutingSummary
 from schemas.events import DeliveryRef
 from schemas.rules import Delivery
 from sinks.event_store import EventStore
-from sinks.tables import TableWriter, create_statements
+from sinks.tables import TableWriter
 from vdip.db import create_pool, migrate_url
 from vdip.settings import Settings
+from vdip.store.tables import create_statements
 
 SCHEMA = "vdip_bench"
 TRIGGERS = {

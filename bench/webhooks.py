@@ -41,11 +41,11 @@ from aiokafka import AIOKafkaProducer
 from bench.common import Processes, apply_own_topics, delete_topics, free_port, process_env
 from schemas.rules import Delivery, RuleFields
 from sinks.webhooks import request_body, request_headers
-from vdip.applications import create_application
 from vdip.db import create_pool, migrate_url
 from vdip.kafka import client_options
-from vdip.rules import insert_rule
 from vdip.settings import Settings
+from vdip.store.applications import create_application
+from vdip.store.rules import insert_rule
 
 APP = "bench-webhooks"
 

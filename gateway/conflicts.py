@@ -1,4 +1,5 @@
 """The gateway's read-only conflict check: is a client-chosen event id claimed by another version?
+(Its two queries are in ``vdip.store.events``.)
 
 The router claims each event's version, ``(event_type, payload)``, before routing it
 (``streams/claims.py``): the first version of an event wins, and a differing retry is
@@ -21,22 +22,9 @@ import asyncpg
 
 from schemas.events import content_hash
 from vdip import metrics
+from vdip.store.events import CLAIMED_OF_APP, STORED_OTHER_VERSION
 
 log = logging.getLogger(__name__)
-
-CLAIMED = """
-SELECT c.event_id, c.content_hash
-FROM unnest($2::uuid[]) AS k(event_id)
-JOIN event_claims c ON c.app_id = $1 AND c.event_id = k.event_id
-"""
-
-# A claim from before hashes: the stored event is the version (jsonb equality, as the router).
-STORED = """
-SELECT d.event_id
-FROM unnest($2::uuid[], $3::text[], $4::jsonb[]) AS k(event_id, event_type, payload)
-JOIN data_events d ON d.app_id = $1 AND d.event_id = k.event_id
-WHERE d.event_type <> k.event_type OR d.payload <> k.payload
-"""
 
 
 class Candidate(NamedTuple):
@@ -76,7 +64,9 @@ class ConflictCheck:
     async def _conflicting(
         self, conn: asyncpg.Connection, app_id: str, candidates: Sequence[Candidate]
     ) -> set[uuid.UUID]:
-        claims = await conn.fetch(CLAIMED, app_id, [c.event_id for c in candidates], timeout=self.timeout_s)
+        claims = await conn.fetch(
+            CLAIMED_OF_APP, app_id, [c.event_id for c in candidates], timeout=self.timeout_s
+        )
         if not claims:
             return set()
         hashes = {row["event_id"]: row["content_hash"] for row in claims}
@@ -92,7 +82,7 @@ class ConflictCheck:
                 found.add(candidate.event_id)
         if legacy:
             rows = await conn.fetch(
-                STORED,
+                STORED_OTHER_VERSION,
                 app_id,
                 [c.event_id for c in legacy],
                 [c.event_type for c in legacy],

@@ -23,10 +23,11 @@ from gateway.errors import ApiError
 from gateway.limits import Limits, RateLimiter
 from gateway.producer import EventProducer
 from schemas import ErrorDetail
-from vdip.applications import Application, get_application
+from vdip.applications import Application
 from vdip.db import UNAVAILABLE
 from vdip.errors import DatabaseUnavailable
 from vdip.settings import Settings
+from vdip.store.applications import get_application
 
 
 async def _settings(request: Request) -> Settings:

@@ -3,6 +3,7 @@
 from schemas.api import ErrorDetail, ErrorResponse, SuccessResponse
 from schemas.events import (
     SCHEMA_VERSION,
+    DeliveryStatus,
     EventEnvelope,
     EventMetadata,
     EventSource,
@@ -14,6 +15,7 @@ from schemas.events import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "DeliveryStatus",
     "ErrorDetail",
     "ErrorResponse",
     "EventEnvelope",

@@ -137,8 +137,20 @@ class EventSource(StrEnum):
 
 
 class EventStatus(StrEnum):
+    """An event's status (``data_events.status``; what the database function ``event_status``
+    computes from it and the event's deliveries)."""
+
     PENDING = "pending"
     PROCESSED = "processed"
+    FAILED = "failed"
+
+
+class DeliveryStatus(StrEnum):
+    """Where one delivery (an event to one matching rule) stands: ``deliveries.status``."""
+
+    PENDING = "pending"
+    RETRYING = "retrying"
+    DELIVERED = "delivered"
     FAILED = "failed"
 
 

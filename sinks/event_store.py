@@ -1,4 +1,5 @@
-"""The event store: writes every routed event to ``data_events``, once.
+"""The event store: writes every routed event to ``data_events``, once (the SQL of both tables
+is in ``vdip.store.events`` and ``vdip.store.deliveries``; the staging table is this sink's).
 
 Consumes ``events.routed`` (a record holds one routed event, or several as a batch record: see
 ``schemas.records``) in batches and writes each batch in one transaction: COPY into a
@@ -25,6 +26,7 @@ from schemas.events import content_hash
 from schemas.records import Invalid, parse_batch
 from sinks.batching import Record, Records, dead_letter, insert_rows, run_sink, stage
 from vdip.settings import Settings
+from vdip.store import deliveries, events
 
 # One row per record, in batch order (ord); JSON travels as text and becomes jsonb in the INSERT.
 STAGE = "event_stage"
@@ -56,30 +58,8 @@ RETURNING s.ord, o.claimed
 """
 
 # Deliveries first: the statistics triggers then find no event yet and count each event once,
-# when it is inserted, under its final status. A delivery to a queue was done when the router's
-# produce was acknowledged; the others are pending until their sink says otherwise. stored_at is
-# the moment of the write (clock_timestamp), not the start of the transaction.
-INSERT = f"""
-INSERT INTO deliveries (delivery_id, app_id, event_id, rule_id, destination_type, status, attempts,
-                        delivered_at)
-SELECT DISTINCT ON (d.delivery_id) d.delivery_id, s.app_id, s.event_id, d.rule_id, d.destination_type,
-       CASE WHEN d.destination_type = 'queue' THEN 'delivered' ELSE 'pending' END,
-       CASE WHEN d.destination_type = 'queue' THEN 1 ELSE 0 END,
-       CASE WHEN d.destination_type = 'queue' THEN s.routed_at END
-FROM {STAGE} s, jsonb_to_recordset(s.routing::jsonb -> 'deliveries')
-     AS d(delivery_id uuid, rule_id bigint, destination_type text)
-ORDER BY d.delivery_id, s.ord
-ON CONFLICT (delivery_id) DO NOTHING;
-
-INSERT INTO data_events (event_id, app_id, event_type, payload, metadata, received_at,
-                         occurred_at, occurred_at_clamped, schema_version, status, routing, stored_at)
-SELECT DISTINCT ON (app_id, event_id) event_id, app_id, event_type, payload::jsonb, metadata::jsonb,
-       received_at, occurred_at, occurred_at_clamped, schema_version, status, routing::jsonb,
-       clock_timestamp()
-FROM {STAGE}
-ORDER BY app_id, event_id, ord
-ON CONFLICT (app_id, event_id) DO NOTHING
-"""
+# when it is inserted, under its final status. Both statements go in one round trip.
+INSERT = f"{deliveries.insert_staged(STAGE)};\n\n{events.insert_staged(STAGE)}"
 
 
 def to_row(routed: RoutedEvent) -> tuple[Any, ...]:

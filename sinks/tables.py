@@ -1,14 +1,15 @@
 """The table sink: writes each delivery of a ``database_table`` rule as a row of that table.
 
 Tables live in their own schema (``VDIP_TABLES_SCHEMA``, ``vdip_tables``) and are created on
-first use with the columns below. Names were validated when the rule was saved and are quoted as
-identifiers here all the same; no SQL is ever built from event data, which travels as parameters.
+first use (``vdip.store.tables``). Names were validated when the rule was saved and are quoted as
+identifiers all the same; no SQL is ever built from event data, which travels as parameters.
 Each batch is one transaction of one statement: the batch's columns travel as arrays, and one
-``INSERT ... SELECT`` writes the rows and their outcomes in ``deliveries`` (which the statistics
-triggers count). Rows are idempotent on ``(event_id, rule_id)``: a replayed delivery adds no row,
-and one that comes twice in a batch is written once (its first version). A delivery that cannot
-be parsed, or whose row PostgreSQL refuses, goes to ``events.dlq`` alone; a database that cannot
-be reached pauses the sink (the batch is retried, no offset is committed).
+``INSERT ... SELECT`` (``vdip.store.deliveries.table_rows_statement``) writes the rows and their
+outcomes in ``deliveries`` (which the statistics triggers count). Rows are idempotent on
+``(event_id, rule_id)``: a replayed delivery adds no row, and one that comes twice in a batch is
+written once (its first version). A delivery that cannot be parsed, or whose row PostgreSQL
+refuses, goes to ``events.dlq`` alone; a database that cannot be reached pauses the sink (the
+batch is retried, no offset is committed).
 """
 
 from typing import Any
@@ -24,27 +25,8 @@ from schemas.events import JsonObject
 from schemas.rules import TABLE_NAME
 from sinks.batching import Record, Records, WriteRows, dead_letter, insert_rows, run_sink
 from vdip.settings import Settings
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def create_statements(schema: str, table: str) -> list[str]:
-    qualified = f"{quote_ident(schema)}.{quote_ident(table)}"
-    return [
-        f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}",
-        f"""CREATE TABLE IF NOT EXISTS {qualified} (
-                event_id     uuid NOT NULL,
-                rule_id      bigint NOT NULL,
-                app_id       text NOT NULL,
-                event_type   text NOT NULL,
-                payload      jsonb NOT NULL,
-                metadata     jsonb NOT NULL,
-                received_at  timestamptz NOT NULL,
-                written_at   timestamptz NOT NULL DEFAULT now(),
-                PRIMARY KEY (event_id, rule_id))""",
-    ]
+from vdip.store.deliveries import table_row_failed, table_rows_statement
+from vdip.store.tables import create_table
 
 
 class TableEvent(TypedDict):
@@ -70,39 +52,6 @@ class TableDelivery(TypedDict):
 
 
 DELIVERY = TypeAdapter(TableDelivery)
-
-
-def insert_statement(schema: str, table: str) -> str:
-    """The rows (each once: a record may come twice in a batch; the first wins) and their
-    deliveries recorded as delivered, in one statement. Its parameters are the columns of
-    ``to_row`` rows, as arrays; JSON travels as text and becomes jsonb here."""
-    return f"""WITH batch AS (
-                   SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                                        $6::text[], $7::timestamptz[], $8::uuid[]) WITH ORDINALITY
-                       AS b(event_id, rule_id, app_id, event_type, payload, metadata, received_at,
-                            delivery_id, ord)),
-               written AS (
-                   INSERT INTO {quote_ident(schema)}.{quote_ident(table)}
-                       (event_id, rule_id, app_id, event_type, payload, metadata, received_at)
-                   SELECT DISTINCT ON (event_id, rule_id) event_id, rule_id, app_id, event_type,
-                          payload::jsonb, metadata::jsonb, received_at
-                   FROM batch ORDER BY event_id, rule_id, ord
-                   ON CONFLICT (event_id, rule_id) DO NOTHING)
-               INSERT INTO deliveries
-                   (delivery_id, app_id, event_id, rule_id, destination_type, status, attempts, delivered_at)
-               SELECT DISTINCT ON (delivery_id) delivery_id, app_id, event_id, rule_id, 'database_table',
-                      'delivered', 1, now()
-               FROM batch ORDER BY delivery_id, ord
-               ON CONFLICT (delivery_id) DO UPDATE SET status = 'delivered', last_error = NULL,
-                   attempts = deliveries.attempts + 1, updated_at = now(),
-                   delivered_at = coalesce(deliveries.delivered_at, now())"""
-
-
-FAILED = """INSERT INTO deliveries
-                (delivery_id, app_id, event_id, rule_id, destination_type, status, attempts, last_error)
-            VALUES ($1, $2, $3, $4, 'database_table', 'failed', 1, $5)
-            ON CONFLICT (delivery_id) DO UPDATE SET status = 'failed', last_error = $5,
-                attempts = deliveries.attempts + 1, updated_at = now()"""
 
 
 def to_row(delivery: TableDelivery) -> tuple[Any, ...]:
@@ -153,16 +102,13 @@ class TableWriter:
                 by_table.setdefault(table, []).append((record, to_row(delivery)))
         for table, rows in by_table.items():
             await self._create(table)
-            await insert_rows(self.pool, writer_of(insert_statement(self.schema, table)), rows, self._refused)
+            write = writer_of(table_rows_statement(self.schema, table))
+            await insert_rows(self.pool, write, rows, self._refused)
 
     async def _create(self, table: str) -> None:
         if table in self.created:
             return
-        async with self.pool.acquire() as conn, conn.transaction():
-            # Serialise creation across sinks: concurrent CREATE ... IF NOT EXISTS can still collide.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 11))", table)
-            for statement in create_statements(self.schema, table):
-                await conn.execute(statement)
+        await create_table(self.pool, self.schema, table)
         self.created.add(table)
 
     async def _refused(self, record: Record, reason: str) -> None:
@@ -171,13 +117,13 @@ class TableWriter:
             delivery = DELIVERY.validate_json(record.value)
         except ValidationError:
             return  # no delivery to speak of
-        await self.pool.execute(
-            FAILED,
+        await table_row_failed(
+            self.pool,
             delivery["delivery_id"],
-            delivery["event"]["app_id"],
-            delivery["event"]["event_id"],
-            delivery["rule_id"],
-            reason[:1000],
+            app_id=delivery["event"]["app_id"],
+            event_id=delivery["event"]["event_id"],
+            rule_id=delivery["rule_id"],
+            error=reason[:1000],
         )
 
 

@@ -54,6 +54,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from schemas import DeliveryStatus
 from schemas.rules import MAX_IN_FLIGHT, Delivery
 from sinks.addresses import WebhookClient, networks
 from sinks.batching import (
@@ -71,6 +72,7 @@ from vdip.db import UNAVAILABLE, create_pool, migrate_url
 from vdip.errors import AddressRefused
 from vdip.logs import event_context
 from vdip.settings import WEBHOOK_LEASE_MARGIN_S, Settings
+from vdip.store import deliveries, rules
 
 log = logging.getLogger(__name__)
 
@@ -184,15 +186,6 @@ async def attempt(client: WebhookClient, delivery: Delivery, secrets: list[str],
 
 # ------------------------------------------------------------------------------ intake
 
-RECORD = """
-INSERT INTO deliveries
-    (delivery_id, app_id, event_id, rule_id, destination_type, status, message, next_attempt_at)
-VALUES ($1, $2, $3, $4, 'webhook', 'pending', $5, now())
-ON CONFLICT (delivery_id) DO UPDATE
-    SET message = EXCLUDED.message, next_attempt_at = now(), updated_at = now()
-    WHERE deliveries.message IS NULL
-"""
-
 
 class Intake:
     """Records each delivery, then calls ``recorded`` (the dispatcher's wake-up): in this
@@ -215,7 +208,7 @@ class Intake:
             (record, (d.delivery_id, d.event.app_id, d.event.event_id, d.rule_id, d.model_dump(mode="json")))
             for record, d, _ in await deliveries_of(records, "webhook", "url", self._refused)
         ]
-        await insert_rows(self.pool, executing(RECORD), rows, self._refused)
+        await insert_rows(self.pool, executing(deliveries.RECORD_WEBHOOK), rows, self._refused)
         if rows:
             self.recorded()
 
@@ -224,92 +217,6 @@ class Intake:
 
 
 # ------------------------------------------------------------------------------ dispatch
-
-# Each webhook rule's due deliveries, oldest first: $6 times its max_in_flight (capped; $6 is 2
-# when the next ones wait in this process, to start the moment a slot frees) less what this
-# dispatcher has in flight or waiting for it ($2, $3), and no more than its rate allows ($4:
-# tokens left; NULL: not known yet, one second's worth).
-CLAIM = f"""
-WITH busy AS (
-    SELECT * FROM unnest($2::bigint[], $3::int[], $4::int[]) AS b(rule_id, busy, allowance)
-), picked AS (
-    SELECT due.delivery_id, r.webhook_secret, r.previous_webhook_secret,
-           r.previous_secret_expires_at > now() AS previous_valid, r.destination_disabled_reason,
-           r.destination_config
-    FROM routing_rules r
-    LEFT JOIN busy b ON b.rule_id = r.rule_id
-    CROSS JOIN LATERAL (
-        SELECT d.delivery_id FROM deliveries d
-        WHERE d.rule_id = r.rule_id AND d.status IN ('pending', 'retrying') AND d.destination_type = 'webhook'
-          AND d.message IS NOT NULL AND d.next_attempt_at <= now()
-          AND (d.claimed_until IS NULL OR d.claimed_until < now())
-        ORDER BY d.next_attempt_at
-        LIMIT greatest(0, least(
-            least(coalesce((r.destination_config->>'max_in_flight')::int, $5), {MAX_IN_FLIGHT}) * $6
-                - coalesce(b.busy, 0),
-            coalesce(b.allowance, ceil((r.destination_config->>'max_per_second')::float8)::int,
-                     {MAX_IN_FLIGHT})))
-        FOR UPDATE OF d SKIP LOCKED
-    ) due
-    WHERE r.destination_type = 'webhook'
-)
-UPDATE deliveries d SET claimed_until = now() + make_interval(secs => $1)
-FROM picked p WHERE d.delivery_id = p.delivery_id
-RETURNING d.delivery_id, d.rule_id, d.attempts, d.message, p.webhook_secret, p.previous_webhook_secret,
-          p.previous_valid, p.destination_disabled_reason, p.destination_config
-"""
-
-# Due deliveries whose rule is gone or no longer a webhook rule (CLAIM never sees them).
-ORPHANS = """
-UPDATE deliveries SET claimed_until = now() + make_interval(secs => $2)
-WHERE delivery_id IN (
-    SELECT delivery_id FROM deliveries d
-    WHERE status IN ('pending', 'retrying') AND destination_type = 'webhook' AND message IS NOT NULL
-      AND next_attempt_at <= now() AND (claimed_until IS NULL OR claimed_until < now())
-      AND NOT EXISTS (SELECT 1 FROM routing_rules r
-                      WHERE r.rule_id = d.rule_id AND r.destination_type = 'webhook')
-    ORDER BY next_attempt_at
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED)
-RETURNING delivery_id, rule_id, attempts, message
-"""
-
-ENDPOINT = """
-SELECT webhook_secret, previous_webhook_secret, previous_secret_expires_at > now() AS previous_valid,
-       destination_disabled_reason
-FROM routing_rules WHERE rule_id = $1
-"""
-
-SET_OUTCOME = """
-UPDATE deliveries SET status = $2, attempts = attempts + $3, last_status_code = $4, last_error = $5,
-       last_latency_ms = $6, next_attempt_at = now() + make_interval(secs => $7), claimed_until = NULL,
-       delivered_at = CASE WHEN $2 = 'delivered' THEN now() END, updated_at = now()
-WHERE delivery_id = $1
-"""
-
-# Many successes in one statement each (what SET_OUTCOME writes for a 2xx).
-DELIVERED = """
-UPDATE deliveries d SET status = 'delivered', attempts = d.attempts + 1, last_status_code = o.status_code,
-       last_error = NULL, last_latency_ms = o.latency_ms, next_attempt_at = NULL, claimed_until = NULL,
-       delivered_at = now(), updated_at = now()
-FROM unnest($1::uuid[], $2::int[], $3::float8[]) AS o(delivery_id, status_code, latency_ms)
-WHERE d.delivery_id = o.delivery_id
-"""
-
-RECOVERED = """
-UPDATE routing_rules SET destination_failing_since = NULL
-WHERE rule_id = ANY($1::bigint[]) AND destination_failing_since IS NOT NULL
-"""
-
-FAILING = """
-UPDATE routing_rules SET destination_failing_since = coalesce(destination_failing_since, now())
-WHERE rule_id = $1 RETURNING extract(epoch FROM now() - destination_failing_since)
-"""
-
-DISABLE = """
-UPDATE routing_rules SET destination_disabled_at = now(), destination_disabled_reason = $2
-WHERE rule_id = $1 AND destination_disabled_at IS NULL
-"""
 
 T = TypeVar("T")
 
@@ -422,17 +329,17 @@ class Dispatcher:
         now = time.monotonic()
         for bucket in self.buckets.values():
             bucket.refill(now)
-        rules = set(self.busy) | set(self.buckets) | set(self.waiting)
-        busy = [self.busy.get(rule, 0) + len(self.waiting.get(rule, ())) for rule in rules]
-        allowance = [int(self.buckets[r].tokens) if r in self.buckets else None for r in rules]
-        rows = await self.pool.fetch(
-            CLAIM,
-            self.settings.webhook_lease_s,
-            list(rules),
-            busy,
-            allowance,
-            self.settings.webhook_concurrency_per_endpoint,
-            self.depth,
+        rule_ids = set(self.busy) | set(self.buckets) | set(self.waiting)
+        busy = [self.busy.get(rule, 0) + len(self.waiting.get(rule, ())) for rule in rule_ids]
+        allowance = [int(self.buckets[r].tokens) if r in self.buckets else None for r in rule_ids]
+        rows = await deliveries.claim_webhooks(
+            self.pool,
+            lease_s=self.settings.webhook_lease_s,
+            rule_ids=list(rule_ids),
+            busy=busy,
+            allowance=allowance,
+            default_in_flight=self.settings.webhook_concurrency_per_endpoint,
+            depth=self.depth,
         )
         for row in rows:
             rule_id, config = row["rule_id"], row["destination_config"]
@@ -460,9 +367,7 @@ class Dispatcher:
         ids = [row["delivery_id"] for rows in self.waiting.values() for row in rows]
         self.waiting.clear()
         if ids:
-            await self.pool.execute(
-                "UPDATE deliveries SET claimed_until = NULL WHERE delivery_id = ANY($1::uuid[])", ids
-            )
+            await deliveries.release_claims(self.pool, ids)
 
     def _limit_rate(self, rule_id: int, config: dict[str, Any], now: float) -> None:
         rate = config.get("max_per_second")
@@ -475,7 +380,7 @@ class Dispatcher:
         bucket.tokens -= 1
 
     async def claim_orphans(self) -> int:
-        rows = await self.pool.fetch(ORPHANS, 100, self.settings.webhook_lease_s)
+        rows = await deliveries.claim_orphans(self.pool, limit=100, lease_s=self.settings.webhook_lease_s)
         for row in rows:
             self.start(row["rule_id"], row["attempts"], row["message"], None)
         return len(rows)
@@ -509,7 +414,7 @@ class Dispatcher:
         try:
             delivery = Delivery.model_validate(message)
             if endpoint is None:
-                endpoint = await self.pool.fetchrow(ENDPOINT, rule_id)
+                endpoint = await rules.webhook_endpoint(self.pool, rule_id)
             if endpoint is None or endpoint["webhook_secret"] is None:
                 free()
                 await self.finish(delivery, attempts, Outcome(error="the rule no longer exists"), final=True)
@@ -535,16 +440,16 @@ class Dispatcher:
             await self.successes.submit(
                 Success(delivery.delivery_id, rule_id, outcome.status_code, outcome.latency_ms)
             )
-            self._count(delivery, "delivered", attempts + 1, outcome)
+            self._count(delivery, DeliveryStatus.DELIVERED, attempts + 1, outcome)
             return
         async with self.pool.acquire() as conn, conn.transaction():
             if final or outcome.refused:
-                status, wait = "failed", None
+                status, wait = DeliveryStatus.FAILED, None
             elif outcome.status_code == 410:
-                status, wait = "failed", None
+                status, wait = DeliveryStatus.FAILED, None
                 await self.disable(conn, rule_id, "the endpoint answered 410 Gone")
             else:
-                failing_s = await conn.fetchval(FAILING, rule_id)
+                failing_s = await rules.destination_failing(conn, rule_id)
                 wait = retry_delay(
                     attempts + 1,
                     self.settings.webhook_retry_schedule_s,
@@ -552,24 +457,26 @@ class Dispatcher:
                     self.settings.webhook_max_retry_after_s,
                     self.rng,
                 )
-                status = "retrying" if wait is not None else "failed"
+                status = DeliveryStatus.RETRYING if wait is not None else DeliveryStatus.FAILED
                 if failing_s is not None and float(failing_s) >= self.settings.webhook_disable_after_s:
-                    status, wait = "failed", None
+                    status, wait = DeliveryStatus.FAILED, None
                     reason = f"failing without a success for {timedelta(seconds=int(failing_s))}"
                     await self.disable(conn, rule_id, reason)
-            await conn.execute(
-                SET_OUTCOME,
+            await deliveries.set_outcome(
+                conn,
                 delivery.delivery_id,
-                status,
-                tried,
-                outcome.status_code,
-                outcome.error,
-                outcome.latency_ms if tried else None,
-                wait,
+                status=status,
+                tried=tried,
+                status_code=outcome.status_code,
+                error=outcome.error,
+                latency_ms=outcome.latency_ms if tried else None,
+                wait_s=wait,
             )
         self._count(delivery, status, attempts + tried, outcome)
 
-    def _count(self, delivery: Delivery, status: str, attempt_number: int, outcome: Outcome) -> None:
+    def _count(
+        self, delivery: Delivery, status: DeliveryStatus, attempt_number: int, outcome: Outcome
+    ) -> None:
         metrics.WEBHOOK_ATTEMPTS.labels(status).inc()
         if outcome.status_code is not None or outcome.latency_ms:
             metrics.WEBHOOK_SECONDS.observe(outcome.latency_ms / 1000)
@@ -585,16 +492,16 @@ class Dispatcher:
 
     async def _write_successes(self, successes: list[Success]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(RECOVERED, sorted({s.rule_id for s in successes}))
-            await conn.execute(
-                DELIVERED,
+            await rules.destinations_recovered(conn, sorted({s.rule_id for s in successes}))
+            await deliveries.mark_delivered(
+                conn,
                 [s.delivery_id for s in successes],
                 [s.status_code for s in successes],
                 [s.latency_ms for s in successes],
             )
 
     async def disable(self, conn: asyncpg.Connection, rule_id: int, reason: str) -> None:
-        if await conn.execute(DISABLE, rule_id, reason) == "UPDATE 1":
+        if await rules.disable_destination(conn, rule_id, reason):
             log.warning("rule %s: webhook destination disabled: %s", rule_id, reason)
 
 

@@ -2,7 +2,8 @@
 
 An event's *version* is its ``(event_type, payload)``, hashed by ``schemas.events.content_hash``.
 Before routing a batch, the router claims every event of it in ``event_claims``, keyed by
-``(app_id, event_id)``, in one statement, committed before any output is sent (``decide``):
+``(app_id, event_id)``, in one statement, committed before any output is sent (``decide``; the
+statements are in ``vdip.store.events``):
 
 1. the events are deduplicated per key in Python, the first in batch (offset) order kept;
 2. ``INSERT … SELECT FROM unnest …`` (autocommit) claims them all, the common case; when a key
@@ -35,49 +36,11 @@ from schemas import EventEnvelope
 from schemas.events import content_hash
 from vdip import metrics
 from vdip.db import UNAVAILABLE, connect
+from vdip.store.events import CLAIM, CLAIMED, FRESH, STORED_VERSION
 
 log = logging.getLogger(__name__)
 
 STATEMENT_TIMEOUT_S = 10.0
-
-# The common case: no key was claimed before. A plain INSERT costs PostgreSQL about 40 % less
-# than one ON CONFLICT DO NOTHING (no speculative insertion); any key claimed before (or by a
-# concurrent claimer, which it waits for) fails it whole, and CLAIM does the work.
-FRESH = """
-INSERT INTO event_claims (app_id, event_id, content_hash)
-SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[])
-"""
-
-# Claims the keys no one claimed yet, and returns the positions (1-based) of the others.
-CLAIM = """
-WITH won AS (
-    INSERT INTO event_claims (app_id, event_id, content_hash)
-    SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[])
-    ON CONFLICT DO NOTHING
-    RETURNING app_id, event_id
-)
-SELECT k.n FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS k(app_id, event_id, n)
-WHERE NOT EXISTS (SELECT FROM won WHERE won.app_id = k.app_id AND won.event_id = k.event_id)
-"""
-
-CLAIMED = """
-SELECT k.n, c.content_hash
-FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS k(app_id, event_id, n)
-JOIN event_claims c ON c.app_id = k.app_id AND c.event_id = k.event_id
-"""
-
-# A claim made before claims existed has no hash: it gets the hash of the version that equals
-# the stored event (jsonb equality: jsonb may write a number another way than JSON did).
-STORED_VERSION = """
-UPDATE event_claims c SET content_hash = v.content_hash
-FROM unnest($1::text[], $2::uuid[], $3::bytea[], $4::text[], $5::jsonb[])
-     AS v(app_id, event_id, content_hash, event_type, payload),
-     data_events d
-WHERE c.app_id = v.app_id AND c.event_id = v.event_id AND c.content_hash IS NULL
-  AND d.app_id = v.app_id AND d.event_id = v.event_id
-  AND d.event_type = v.event_type AND d.payload = v.payload
-RETURNING c.app_id, c.event_id, c.content_hash
-"""
 
 
 class Version(NamedTuple):

@@ -34,10 +34,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
 from vdip import stack
-from vdip.applications import create_application
 from vdip.db import create_pool, migrate_url
 from vdip.kafka import client_options
 from vdip.settings import Settings
+from vdip.store.applications import create_application
 from vdip.topics import apply_topics, declared_topics, partitions_of
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,8 +22,8 @@ from tests.conftest import (
     wait_until,
 )
 from vdip import stack
-from vdip.applications import create_application
 from vdip.settings import Settings
+from vdip.store.applications import create_application
 from vdip.topics import apply_topics, declared_topics
 
 

@@ -48,9 +48,9 @@ from tests.conftest import (
 )
 from tests.test_webhooks import Receiver, ok, receiving
 from vdip import stack
-from vdip.applications import create_application
 from vdip.settings import Settings
 from vdip.statistics import check as check_statistics
+from vdip.store.applications import create_application
 from vdip.topics import apply_topics, declared_topics
 
 ROOT = Path(__file__).resolve().parent.parent

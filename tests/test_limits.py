@@ -158,7 +158,7 @@ async def test_events_count_as_in_flight_until_kafka_answers(
 
 
 async def test_rate_limit_is_per_application(sclient: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
-    from vdip.applications import create_application
+    from vdip.store.applications import create_application
 
     keys = []
     for _ in range(2):

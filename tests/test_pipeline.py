@@ -16,8 +16,8 @@ from tests.conftest import AppKey, Pipeline, consume_all, read_to_end, rule_appl
 from tests.test_router import metric
 from tests.test_rules import create, queue_event_ids
 from tests.test_webhooks import ok, receiving
-from vdip.applications import create_application
 from vdip.statistics import check
+from vdip.store.applications import create_application
 
 
 def envelope(app_id: str, **overrides: object) -> dict[str, object]:

@@ -12,13 +12,15 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from schemas import EventEnvelope
 from schemas.rules import Delivery
 from sinks.batching import Record, insert_rows
-from sinks.tables import DELIVERY, TableWriter, create_statements, insert_statement, to_row, writer_of
+from sinks.tables import DELIVERY, TableWriter, to_row, writer_of
 from streams.routing import delivery_id
 from tests.conftest import AppKey, Pipeline, consume_all, consumed, rule_applied, wait_until
 from tests.test_rules import create
 from tests.test_statistics import api_counts
 from tests.test_webhooks import event_status, settled
 from vdip.settings import Settings
+from vdip.store.deliveries import table_rows_statement
+from vdip.store.tables import create_statements
 
 
 def delivery(table: str, rule_id: int = 1, **payload: Any) -> Delivery:
@@ -173,7 +175,7 @@ async def test_a_value_asyncpg_cannot_encode_is_refused_alone(
     async def refuse(record: Record, reason: str) -> None:
         refused.append((record, reason))
 
-    await insert_rows(pool, writer_of(insert_statement(settings.tables_schema, table)), rows, refuse)
+    await insert_rows(pool, writer_of(table_rows_statement(settings.tables_schema, table)), rows, refuse)
     assert [(r.offset, "out of int64 range" in reason) for r, reason in refused] == [(2, True)]
     stored = {r["event_id"] for r in await pool.fetch(f'SELECT event_id FROM vdip_tables."{table}"')}
     assert stored == {batch[n].event.event_id for n in (0, 1, 3)}

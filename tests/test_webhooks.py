@@ -35,8 +35,8 @@ from sinks.webhooks import (
 from tests.conftest import WEBHOOK_RECEIVER_HOST, AppKey, Pipeline, rule_applied, wait_until
 from tests.test_rules import rule_body, send
 from vdip.errors import AddressRefused
-from vdip.rules import insert_rule, new_webhook_secret
 from vdip.settings import Settings
+from vdip.store.rules import insert_rule, new_webhook_secret
 
 # ------------------------------------------------------------------------------ address checks
 

@@ -55,13 +55,14 @@ def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
 
     from vdip import statistics
     from vdip.db import create_pool
+    from vdip.store import statistics as stored_statistics
 
     async def run() -> list[statistics.Difference]:
         pool = await create_pool(settings.database_url, min_size=1, max_size=1)
         try:
             end = datetime.now(UTC) + timedelta(minutes=2)
             start = end - timedelta(days=args.days)
-            apps = [args.app] if args.app else await statistics.applications(pool)
+            apps = [args.app] if args.app else await stored_statistics.applications(pool)
             found: list[statistics.Difference] = []
             for number, app_id in enumerate(apps, 1):
                 if args.action == "refresh":
@@ -161,8 +162,8 @@ def cmd_app(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _app_action(settings: Settings, args: argparse.Namespace) -> str | None:
-    from vdip.applications import create_application, rotate_key
     from vdip.db import create_pool
+    from vdip.store.applications import create_application, rotate_key
 
     pool = await create_pool(settings.database_url)
     try:
@@ -344,8 +345,8 @@ Stop everything: .venv/bin/vdip down
 
 async def _demo_key(settings: Settings) -> str:
     """Create the demo application, or give it a fresh key (keys are shown only once)."""
-    from vdip.applications import create_application, rotate_key
     from vdip.db import create_pool
+    from vdip.store.applications import create_application, rotate_key
 
     pool = await create_pool(settings.database_url)
     try:

@@ -17,6 +17,7 @@ import asyncpg
 import orjson
 
 from vdip.errors import MigrationError
+from vdip.store.locks import MIGRATIONS
 
 # What PostgreSQL being away (stopped, restarting, unreachable) raises through asyncpg. A server
 # that terminates a connection mid-statement can leave asyncpg's protocol state confused, which
@@ -30,7 +31,6 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-_LOCK_ID = 0x7664_6970  # "vdip"
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -102,7 +102,7 @@ async def migrate(
     report (their NOTICEs: data they could not carry over, say) goes to ``report``."""
     migrations = load_migrations() if migrations is None else migrations
     applied_now: list[str] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATIONS)
     try:
         await conn.execute(
             """CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -144,7 +144,7 @@ async def migrate(
                 conn.remove_log_listener(listener)
             applied_now.append(name)
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATIONS)
     return applied_now
 
 

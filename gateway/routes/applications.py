@@ -13,7 +13,8 @@ from gateway.errors import ApiError
 from gateway.responses import errors
 from schemas import ErrorDetail, SuccessResponse
 from schemas.events import AppId
-from vdip import applications as apps
+from vdip.applications import Application
+from vdip.store import applications as apps
 
 router = APIRouter(tags=["applications"])
 
@@ -36,7 +37,7 @@ class ApplicationView(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def of(cls, app: apps.Application) -> "ApplicationView":
+    def of(cls, app: Application) -> "ApplicationView":
         return cls(
             app_id=app.app_id,
             name=app.name,

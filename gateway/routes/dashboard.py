@@ -13,6 +13,7 @@ from gateway.deps import AppReader, PoolDep, SettingsDep
 from gateway.responses import errors
 from schemas import SuccessResponse
 from vdip.kafka import client_options
+from vdip.store import rules
 from vdip.topics import partitions_of
 
 router = APIRouter(tags=["dashboard"])
@@ -36,16 +37,7 @@ class RuleActivity(BaseModel):
 )
 async def rule_activity(caller: AppReader, pool: PoolDep) -> SuccessResponse[list[RuleActivity]]:
     assert caller.application is not None
-    rows = await pool.fetch(
-        """SELECT r.rule_id, r.rule_name, r.destination_type, r.is_active,
-                  count(d.delivery_id) AS matches,
-                  count(d.delivery_id) FILTER (WHERE d.status = 'delivered') AS delivered,
-                  count(d.delivery_id) FILTER (WHERE d.status = 'failed') AS failed
-           FROM routing_rules r LEFT JOIN deliveries d ON d.rule_id = r.rule_id
-           WHERE r.app_id = $1
-           GROUP BY r.rule_id ORDER BY r.priority DESC, r.rule_id""",
-        caller.application.app_id,
-    )
+    rows = await rules.activity(pool, caller.application.app_id)
     return SuccessResponse(message=f"{len(rows)} rule(s)", data=[RuleActivity(**dict(r)) for r in rows])
 
 

@@ -1,4 +1,5 @@
-"""Read API for stored events and their deliveries: plain SQL over ``data_events`` and ``deliveries``.
+"""Read API for stored events and their deliveries (SQL in ``vdip.store.events`` and
+``vdip.store.deliveries``).
 
 An event is identified by ``(app_id, event_id)``: each application's event ids are its own. An
 application's key reads its own application's event; the admin names the application with
@@ -13,7 +14,7 @@ import base64
 import binascii
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import asyncpg
 import orjson
@@ -34,15 +35,11 @@ from gateway.deps import (
 )
 from gateway.errors import ApiError
 from gateway.responses import errors
-from schemas import ErrorDetail, EventStatus, SuccessResponse
+from schemas import DeliveryStatus, ErrorDetail, EventStatus, SuccessResponse
+from vdip.store import deliveries as delivery_store
+from vdip.store import events as event_store
 
 router = APIRouter(tags=["events"])
-
-_COLUMNS = """event_id, app_id, event_type, payload, metadata, received_at, occurred_at,
-              occurred_at_clamped, schema_version, event_status(status, app_id, event_id) AS status, routing,
-              stored_at"""
-_DELIVERY_COLUMNS = """delivery_id, event_id, rule_id, destination_type, status, attempts, last_status_code,
-                       last_error, last_latency_ms, next_attempt_at, created_at, updated_at, delivered_at"""
 
 
 class StoredEvent(BaseModel):
@@ -65,7 +62,7 @@ class DeliveryOutcome(BaseModel):
     event_id: uuid.UUID
     rule_id: int
     destination_type: str
-    status: Literal["pending", "retrying", "delivered", "failed"]
+    status: DeliveryStatus
     attempts: int
     last_status_code: int | None
     last_error: str | None
@@ -117,24 +114,16 @@ async def list_events(
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> SuccessResponse[EventPage]:
     after_at, after_id = decode_cursor(cursor) if cursor else (None, None)
-    rows = await pool.fetch(
-        f"""SELECT {_COLUMNS} FROM data_events
-            WHERE app_id = $1
-              AND ($2::text IS NULL OR event_type = $2)
-              AND ($3::text IS NULL OR event_status(status, app_id, event_id) = $3)
-              AND ($4::timestamptz IS NULL OR received_at >= $4)
-              AND ($5::timestamptz IS NULL OR received_at < $5)
-              AND ($6::timestamptz IS NULL OR (received_at, event_id) < ($6, $7::uuid))
-            ORDER BY received_at DESC, event_id DESC
-            LIMIT $8""",
+    rows = await event_store.list_page(
+        pool,
         caller.application.app_id if caller.application else None,
-        event_type,
-        status.value if status else None,
-        start_date,
-        end_date,
-        after_at,
-        after_id,
-        limit + 1,
+        event_type=event_type,
+        status=status.value if status else None,
+        start=start_date,
+        end=end_date,
+        after_at=after_at,
+        after_id=after_id,
+        limit=limit + 1,
     )
     events = [StoredEvent(**dict(row)) for row in rows[:limit]]
     next_cursor = encode_cursor(events[-1].received_at, events[-1].event_id) if len(rows) > limit else None
@@ -175,13 +164,7 @@ async def _readable_event(
     the id."""
     if app_id is not None:
         await authorize_app(applications, settings, app_id, key, ingest=False)
-        rows = await pool.fetch(
-            f"SELECT {_COLUMNS} FROM data_events WHERE app_id = $1 AND event_id = $2", app_id, event_id
-        )
-    else:
-        rows = await pool.fetch(
-            f"SELECT {_COLUMNS} FROM data_events WHERE event_id = $1 ORDER BY app_id", event_id
-        )
+    rows = await event_store.find(pool, event_id, app_id)
     if not rows:
         raise ApiError(
             404,
@@ -208,11 +191,7 @@ ReadableEvent = Annotated[asyncpg.Record, Depends(_readable_event)]
 
 
 async def _deliveries(pool: asyncpg.Pool, event: asyncpg.Record) -> list[DeliveryOutcome]:
-    rows = await pool.fetch(
-        f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE app_id = $1 AND event_id = $2 ORDER BY rule_id",
-        event["app_id"],
-        event["event_id"],
-    )
+    rows = await delivery_store.of_event(pool, event["app_id"], event["event_id"])
     return [DeliveryOutcome(**dict(row)) for row in rows]
 
 
@@ -248,16 +227,7 @@ async def redeliver(
     """The delivery goes back to the dispatcher's queue, due now, with the same ``webhook-id``. A
     destination the dispatcher disabled stays disabled until its rule is replaced (PUT)."""
     event_id = event["event_id"]
-    row = await pool.fetchrow(
-        f"""UPDATE deliveries SET status = 'pending', next_attempt_at = now(), claimed_until = NULL,
-                   updated_at = now()
-            WHERE delivery_id = $1 AND app_id = $2 AND event_id = $3 AND status = 'failed'
-              AND destination_type = 'webhook'
-            RETURNING {_DELIVERY_COLUMNS}""",
-        delivery_id,
-        event["app_id"],
-        event_id,
-    )
+    row = await delivery_store.redeliver(pool, delivery_id, app_id=event["app_id"], event_id=event_id)
     if row is not None:
         return SuccessResponse(message="Delivery queued again", data=DeliveryOutcome(**dict(row)))
     current = next((d for d in await _deliveries(pool, event) if d.delivery_id == delivery_id), None)

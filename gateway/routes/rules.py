@@ -44,10 +44,10 @@ from schemas.events import AppId, JsonObject
 from schemas.rules import RoutingRule, RuleFields, SavedRule, destination_problems
 from streams.conditions import ConditionLimits, Document, compile_matcher, explain, validate
 from streams.routing import applies, as_document
-from vdip import rules as store
 from vdip.db import UNAVAILABLE
 from vdip.errors import BrokerUnavailable
 from vdip.settings import Settings
+from vdip.store import rules as store
 from vdip.topics import load_topics
 
 router = APIRouter(tags=["routing rules"])

@@ -1,5 +1,6 @@
-"""Statistics API: plain SQL over ``event_statistics`` (kept exact by the database, see
-``vdip/statistics.py``), a dashboard summary, and a refresh that repairs drift from ``data_events``.
+"""Statistics API: ``event_statistics`` (kept exact by the database, see ``vdip/statistics.py``;
+its SQL is in ``vdip/store/statistics.py``), a dashboard summary, and a refresh that repairs
+drift from ``data_events``.
 
 Ranges: ``start_date`` and ``end_date`` are ISO 8601 with a time zone; whole buckets are returned
 (the bucket of ``start_date`` up to the one holding ``end_date``). Without them: the last 24 hours
@@ -18,6 +19,8 @@ from gateway.responses import errors
 from schemas import ErrorDetail, SuccessResponse
 from vdip import statistics
 from vdip.statistics import STEP, Period, bucket_range
+from vdip.store import events as event_store
+from vdip.store import statistics as stored_statistics
 
 router = APIRouter(tags=["statistics"])
 
@@ -107,19 +110,7 @@ def _range(period: Period, start: datetime | None, end: datetime | None) -> tupl
 async def _buckets(
     pool: PoolDep, app_id: str, period: Period, event_type: str | None, low: datetime, high: datetime
 ) -> list[Bucket]:
-    rows = await pool.fetch(
-        """SELECT event_type, time_period, time_bucket, total_events, processed_events, failed_events,
-                  pending_events, updated_at
-           FROM event_statistics
-           WHERE app_id = $1 AND time_period = $2 AND ($3::text IS NULL OR event_type = $3)
-             AND time_bucket >= $4 AND time_bucket < $5
-           ORDER BY time_bucket, event_type""",
-        app_id,
-        period,
-        event_type,
-        low,
-        high,
-    )
+    rows = await stored_statistics.buckets(pool, app_id, period, event_type, low, high)
     return [Bucket(**dict(row)) for row in rows]
 
 
@@ -192,11 +183,7 @@ async def refresh(
     app_id = caller.application.app_id
     end = _within(end_date, "end_date") or datetime.now(UTC) + timedelta(minutes=2)  # clocks differ a little
     start_date = _within(start_date, "start_date")
-    start = (
-        start_date
-        or await pool.fetchval("SELECT min(received_at) FROM data_events WHERE app_id = $1", app_id)
-        or end - timedelta(hours=1)
-    )
+    start = start_date or await event_store.first_received(pool, app_id) or end - timedelta(hours=1)
     start = max(start, EARLIEST)  # events a direct producer dated before 1970 are not bucketed
     if start >= end:
         raise ApiError(

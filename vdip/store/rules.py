@@ -1,7 +1,11 @@
-"""Routing rules in PostgreSQL: plain SQL. Writes run in a transaction that also publishes the
-application's whole rule set to the compacted ``routing-rules`` topic before it commits, and a
-write that fails has the stored set published again after it, so that the topic always ends
-equal to PostgreSQL (see ``gateway/routes/rules.py``)."""
+"""``routing_rules``: every statement that writes it, and its reads.
+
+The API's writes run in a transaction that also publishes the application's whole rule set to the
+compacted ``routing-rules`` topic before it commits, and a write that fails has the stored set
+published again after it, so that the topic always ends equal to PostgreSQL (see
+``gateway/routes/rules.py``). The webhook dispatcher (``sinks/webhooks.py``) reads each webhook
+rule's secrets and keeps its destination's state here: failing since, disabled.
+"""
 
 import base64
 import secrets
@@ -10,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from schemas.rules import AppRules, RoutingRule, RuleFields, SavedRule
+from vdip.store.locks import RULE_WRITES
 
 _COLUMNS = """rule_id, app_id, rule_name, event_type_filter, condition, destination_type,
               destination_config, priority, is_active, created_at, updated_at,
@@ -47,10 +52,26 @@ async def list_rules(
     return [_rule(row) for row in rows]
 
 
+async def activity(db: asyncpg.Pool | asyncpg.Connection, app_id: str) -> list[asyncpg.Record]:
+    """Each of an application's rules with how many events it matched, delivered and failed (reads
+    deliveries)."""
+    rows: list[asyncpg.Record] = await db.fetch(
+        """SELECT r.rule_id, r.rule_name, r.destination_type, r.is_active,
+                  count(d.delivery_id) AS matches,
+                  count(d.delivery_id) FILTER (WHERE d.status = 'delivered') AS delivered,
+                  count(d.delivery_id) FILTER (WHERE d.status = 'failed') AS failed
+           FROM routing_rules r LEFT JOIN deliveries d ON d.rule_id = r.rule_id
+           WHERE r.app_id = $1
+           GROUP BY r.rule_id ORDER BY r.priority DESC, r.rule_id""",
+        app_id,
+    )
+    return rows
+
+
 async def lock_app(conn: asyncpg.Connection, app_id: str) -> None:
     """Serialise rule writes of one application until the transaction ends, so that the rule set
     published last is the one committed last."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", app_id)
+    await conn.execute(f"SELECT pg_advisory_xact_lock(hashtextextended($1, {RULE_WRITES}))", app_id)
 
 
 async def snapshot(conn: asyncpg.Connection, app_id: str) -> AppRules:
@@ -133,3 +154,50 @@ async def toggle_rule(conn: asyncpg.Connection, rule_id: int) -> RoutingRule | N
 async def delete_rule(conn: asyncpg.Connection, rule_id: int) -> RoutingRule | None:
     row = await conn.fetchrow(f"DELETE FROM routing_rules WHERE rule_id = $1 RETURNING {_COLUMNS}", rule_id)
     return _rule(row) if row else None
+
+
+# ------------------------------------------------------------------------------ webhook destinations
+
+ENDPOINT = """
+SELECT webhook_secret, previous_webhook_secret, previous_secret_expires_at > now() AS previous_valid,
+       destination_disabled_reason
+FROM routing_rules WHERE rule_id = $1
+"""
+
+RECOVERED = """
+UPDATE routing_rules SET destination_failing_since = NULL
+WHERE rule_id = ANY($1::bigint[]) AND destination_failing_since IS NOT NULL
+"""
+
+FAILING = """
+UPDATE routing_rules SET destination_failing_since = coalesce(destination_failing_since, now())
+WHERE rule_id = $1 RETURNING extract(epoch FROM now() - destination_failing_since)
+"""
+
+DISABLE = """
+UPDATE routing_rules SET destination_disabled_at = now(), destination_disabled_reason = $2
+WHERE rule_id = $1 AND destination_disabled_at IS NULL
+"""
+
+
+async def webhook_endpoint(db: asyncpg.Pool | asyncpg.Connection, rule_id: int) -> asyncpg.Record | None:
+    """A webhook rule's secrets (``previous_valid``: the previous one still signs) and
+    ``destination_disabled_reason``; None if the rule is gone."""
+    row: asyncpg.Record | None = await db.fetchrow(ENDPOINT, rule_id)
+    return row
+
+
+async def destinations_recovered(conn: asyncpg.Connection, rule_ids: list[int]) -> None:
+    """These rules' endpoints answered 2xx: they are no longer failing."""
+    await conn.execute(RECOVERED, rule_ids)
+
+
+async def destination_failing(conn: asyncpg.Connection, rule_id: int) -> Any:
+    """Record that the rule's endpoint failed; the seconds it has been failing without a success
+    (None if the rule is gone)."""
+    return await conn.fetchval(FAILING, rule_id)
+
+
+async def disable_destination(conn: asyncpg.Connection, rule_id: int, reason: str) -> bool:
+    """Disable the rule's webhook destination; whether it was enabled until now."""
+    return bool(await conn.execute(DISABLE, rule_id, reason) == "UPDATE 1")

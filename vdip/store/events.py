@@ -1,0 +1,158 @@
+"""``data_events`` and ``event_claims``: every statement that writes them, and their reads.
+
+``event_claims`` holds the first version of each ``(app_id, event_id)`` (the hash of its
+``event_type`` and ``payload``), claimed by the router before it routes the event
+(``streams/claims.py``); ``data_events`` holds every routed event, written once by the event store
+(``sinks/event_store.py``) from its staging table. An event's status is computed by the database
+function ``event_status`` (migrations 0003, 0008) from its stored status and its deliveries.
+"""
+
+import uuid
+from datetime import datetime
+from typing import TypeAlias
+
+import asyncpg
+
+Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
+
+# ------------------------------------------------------------------------------ data_events
+
+
+def insert_staged(stage: str) -> str:
+    """The routed events staged in ``stage`` (the event store's staging table, one row per record
+    in batch order ``ord``), each once (its first staged copy); an event stored already stays as
+    it is. JSON travels as text and becomes jsonb here; stored_at is the moment of the write
+    (clock_timestamp), not the start of the transaction."""
+    return f"""INSERT INTO data_events (event_id, app_id, event_type, payload, metadata, received_at,
+                         occurred_at, occurred_at_clamped, schema_version, status, routing, stored_at)
+SELECT DISTINCT ON (app_id, event_id) event_id, app_id, event_type, payload::jsonb, metadata::jsonb,
+       received_at, occurred_at, occurred_at_clamped, schema_version, status, routing::jsonb,
+       clock_timestamp()
+FROM {stage}
+ORDER BY app_id, event_id, ord
+ON CONFLICT (app_id, event_id) DO NOTHING
+"""
+
+
+# What the read API shows of an event; its status is event_status (which reads deliveries).
+COLUMNS = """event_id, app_id, event_type, payload, metadata, received_at, occurred_at,
+              occurred_at_clamped, schema_version, event_status(status, app_id, event_id) AS status, routing,
+              stored_at"""
+
+
+async def list_page(
+    db: Db,
+    app_id: str | None,
+    *,
+    event_type: str | None,
+    status: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    after_at: datetime | None,
+    after_id: uuid.UUID | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """An application's events (``COLUMNS``), newest first, after the keyset ``(after_at, after_id)``."""
+    rows: list[asyncpg.Record] = await db.fetch(
+        f"""SELECT {COLUMNS} FROM data_events
+            WHERE app_id = $1
+              AND ($2::text IS NULL OR event_type = $2)
+              AND ($3::text IS NULL OR event_status(status, app_id, event_id) = $3)
+              AND ($4::timestamptz IS NULL OR received_at >= $4)
+              AND ($5::timestamptz IS NULL OR received_at < $5)
+              AND ($6::timestamptz IS NULL OR (received_at, event_id) < ($6, $7::uuid))
+            ORDER BY received_at DESC, event_id DESC
+            LIMIT $8""",
+        app_id,
+        event_type,
+        status,
+        start,
+        end,
+        after_at,
+        after_id,
+        limit,
+    )
+    return rows
+
+
+async def find(db: Db, event_id: uuid.UUID, app_id: str | None) -> list[asyncpg.Record]:
+    """The stored event ``event_id`` (``COLUMNS``) of ``app_id``, or of every application that used
+    the id (None), by app_id."""
+    rows: list[asyncpg.Record]
+    if app_id is not None:
+        rows = await db.fetch(
+            f"SELECT {COLUMNS} FROM data_events WHERE app_id = $1 AND event_id = $2", app_id, event_id
+        )
+    else:
+        rows = await db.fetch(
+            f"SELECT {COLUMNS} FROM data_events WHERE event_id = $1 ORDER BY app_id", event_id
+        )
+    return rows
+
+
+async def first_received(db: Db, app_id: str) -> datetime | None:
+    """When ``app_id``'s first stored event was received (None: it has none)."""
+    at: datetime | None = await db.fetchval(
+        "SELECT min(received_at) FROM data_events WHERE app_id = $1", app_id
+    )
+    return at
+
+
+# ------------------------------------------------------------------------------ event_claims
+
+# The common case: no key was claimed before. A plain INSERT costs PostgreSQL about 40 % less
+# than one ON CONFLICT DO NOTHING (no speculative insertion); any key claimed before (or by a
+# concurrent claimer, which it waits for) fails it whole, and CLAIM does the work.
+FRESH = """
+INSERT INTO event_claims (app_id, event_id, content_hash)
+SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[])
+"""
+
+# Claims the keys no one claimed yet, and returns the positions (1-based) of the others.
+CLAIM = """
+WITH won AS (
+    INSERT INTO event_claims (app_id, event_id, content_hash)
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::bytea[])
+    ON CONFLICT DO NOTHING
+    RETURNING app_id, event_id
+)
+SELECT k.n FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS k(app_id, event_id, n)
+WHERE NOT EXISTS (SELECT FROM won WHERE won.app_id = k.app_id AND won.event_id = k.event_id)
+"""
+
+CLAIMED = """
+SELECT k.n, c.content_hash
+FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS k(app_id, event_id, n)
+JOIN event_claims c ON c.app_id = k.app_id AND c.event_id = k.event_id
+"""
+
+# A claim made before claims existed has no hash: it gets the hash of the version that equals
+# the stored event (jsonb equality: jsonb may write a number another way than JSON did). Reads
+# data_events.
+STORED_VERSION = """
+UPDATE event_claims c SET content_hash = v.content_hash
+FROM unnest($1::text[], $2::uuid[], $3::bytea[], $4::text[], $5::jsonb[])
+     AS v(app_id, event_id, content_hash, event_type, payload),
+     data_events d
+WHERE c.app_id = v.app_id AND c.event_id = v.event_id AND c.content_hash IS NULL
+  AND d.app_id = v.app_id AND d.event_id = v.event_id
+  AND d.event_type = v.event_type AND d.payload = v.payload
+RETURNING c.app_id, c.event_id, c.content_hash
+"""
+
+# The gateway's conflict check (``gateway/conflicts.py``): the hash each of an application's ids
+# was claimed with,
+CLAIMED_OF_APP = """
+SELECT c.event_id, c.content_hash
+FROM unnest($2::uuid[]) AS k(event_id)
+JOIN event_claims c ON c.app_id = $1 AND c.event_id = k.event_id
+"""
+
+# and, for a claim from before hashes, whether the stored event is another version (jsonb
+# equality, as the router).
+STORED_OTHER_VERSION = """
+SELECT d.event_id
+FROM unnest($2::uuid[], $3::text[], $4::jsonb[]) AS k(event_id, event_type, payload)
+JOIN data_events d ON d.app_id = $1 AND d.event_id = k.event_id
+WHERE d.event_type <> k.event_type OR d.payload <> k.payload
+"""
