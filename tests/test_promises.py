@@ -88,8 +88,8 @@ async def test_statistics_default_ranges(client: httpx.AsyncClient, app: AppKey,
     }
     inside, outside = {}, {}
     for period, span in spans.items():
-        inside[period] = bucket_start(now - span + timedelta(minutes=5), period)  # partly in range
-        outside[period] = bucket_start(now - span - STEP[period], period)  # wholly before it
+        inside[period] = bucket_start(now - span, period)  # holds the range's start: partly in range
+        outside[period] = inside[period] - STEP[period]  # wholly before it
         for bucket, event_type in ((inside[period], "in"), (outside[period], "out")):
             await pool.execute(
                 """INSERT INTO event_statistics (app_id, event_type, time_period, time_bucket, total_events,
