@@ -210,9 +210,10 @@ class Result:
     per_second: float
     p50_ms: float
     p99_ms: float
-    recorded_s: float | None = (
-        None  # the dispatcher: its intake recorded the last one this long after the first accept
-    )
+    # The dispatcher: how long after the first accept its intake recorded the last delivery, and
+    # its CPU per delivery.
+    recorded_s: float | None = None
+    cpu_ms: float | None = None
 
 
 async def measure(
@@ -370,7 +371,11 @@ async def main(args: argparse.Namespace) -> None:
                     for name, send in runs:
                         deliveries = deliveries_for(chosen, scenario.count, scenario.in_flight)
                         own = pool if name == "dispatcher" else None
+                        cpu_before = processes.cpu_seconds().get("webhooks", 0.0)
                         result = await measure(send, deliveries, scenario.rate, stats, own)
+                        if own is not None:
+                            used = processes.cpu_seconds().get("webhooks", 0.0) - cpu_before
+                            result.cpu_ms = used / len(deliveries) * 1000
                         if processes.dead():
                             raise RuntimeError(
                                 f"exited: {processes.dead()}\n{processes.log_tail('webhooks')}"
@@ -380,8 +385,9 @@ async def main(args: argparse.Namespace) -> None:
                             f" {result.per_second:.0f}/s, p50 {result.p50_ms:.0f} ms,"
                             f" p99 {result.p99_ms:.0f} ms"
                             + (
-                                f"; all recorded {result.recorded_s:.1f} s after the first accept"
-                                if result.recorded_s is not None
+                                f"; all recorded {result.recorded_s:.1f} s after the first accept;"
+                                f" {result.cpu_ms:.2f} ms of the dispatcher's CPU per delivery"
+                                if result.recorded_s is not None and result.cpu_ms is not None
                                 else ""
                             ),
                             flush=True,
