@@ -1,1 +1,1 @@
-"""The faust-streaming worker: the routing agent (and, later, the statistics agent)."""
+"""The faust-streaming worker: the routing agent and the timer folding statistics (``streams/app.py``)."""

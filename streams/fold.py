@@ -1,7 +1,7 @@
 """The live statistics fold: the worker folds counted status changes into ``event_statistics``.
 
-Every status change is counted in the PostgreSQL transaction that makes it (see
-``vdip/store/statistics.py``); each tick folds the changes counted since the last one, and applies the
+Every status change is counted in the PostgreSQL transaction that makes it (statistics as a
+whole: ``vdip/statistics.py``); each tick folds the changes counted since the last one, and applies the
 live retention at the first tick and hourly. A tick that cannot reach PostgreSQL is retried by the
 next one: nothing is lost, the changes wait in ``statistics_changes``.
 """

@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
-from vdip import stack
+from vdip import stack, topics
 from vdip.db import create_pool, migrate_url
 from vdip.kafka import client_options
 from vdip.settings import Settings
@@ -494,27 +494,11 @@ async def consume_all(
 
 
 async def read_to_end(settings: Settings, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of ``topic`` up to its end as Kafka reports it now: what was acknowledged
-    before the call is all there, with no guess at how long to wait for it."""
-    partitions = await partitions_of(settings, settings.topic(topic))
-    assert partitions, f"no topic {settings.topic(topic)}"
-    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
-    await consumer.start()
-    records: list[ConsumerRecord[bytes, bytes]] = []
-    try:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        left = [tp for tp in partitions if await consumer.position(tp) < ends[tp]]
-        deadline = time.monotonic() + 60
-        while left:
-            assert time.monotonic() < deadline, f"{topic} not read to its end within 60 s"
-            for tp, found in (await consumer.getmany(*left, timeout_ms=500)).items():
-                records.extend(r for r in found if r.offset < ends[tp])
-            left = [tp for tp in left if await consumer.position(tp) < ends[tp]]
-    finally:
-        await consumer.stop()
-    return records
+    """Every record of this run's ``topic`` up to its end as Kafka reports it now
+    (``vdip.topics.read_to_end``): what was acknowledged before the call is all there."""
+    name = settings.topic(topic)
+    assert await partitions_of(settings, name), f"no topic {name}"
+    return await topics.read_to_end(settings, name, timeout_s=60)
 
 
 async def rule_applied(pipeline: Pipeline, rule: dict[str, Any]) -> None:

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.conftest import ROOT, Services
+from tests.conftest import ROOT, Services, consumed
 from vdip.errors import TopicError
 from vdip.settings import Settings
-from vdip.topics import apply_topics, declared_topics, load_topics
+from vdip.topics import DeadLetterReason, apply_topics, dead_letter_headers, declared_topics, load_topics
 
 
 def test_project_topics_file_declares_the_spine() -> None:
@@ -131,3 +131,12 @@ async def test_worker_group_gets_start_offsets_where_it_has_none(services: Servi
         assert await commit_start_offsets(on_services, group, [topic]) == {}
     finally:
         await consumer.stop()
+
+
+def test_dead_letter_headers_read_back() -> None:
+    """One module writes and reads a dead letter's headers: what is written is read back."""
+    origin = consumed("test.events", b"{}", offset=41)
+    reason = DeadLetterReason.of(dead_letter_headers("x" * 1200, "routing", origin, index=3))
+    assert reason == DeadLetterReason("x" * 1000, "routing", "test.events[0]@41", "3")
+    assert DeadLetterReason.of(dead_letter_headers("bad", "validation", origin)).index is None
+    assert DeadLetterReason.of(None) == DeadLetterReason(None, None, None, None)

@@ -1,14 +1,39 @@
-"""Statistics: buckets, and the repair of ``event_statistics`` (its SQL, and the fold's, is in
-``vdip.store.statistics``).
+"""Statistics: hourly, daily and weekly counts of each application's events per event type, by
+status (total, processed, failed, pending), exact. The one description of how they are kept; each
+piece lives where it runs:
 
-Counting itself happens in PostgreSQL, in the transaction that changes an event's status
-(migrations 0004, 0006 and 0008: ``count_events``, once per statement, by each event's key
-``(app_id, event_id)``); the stream worker folds the counted changes into the table the API
-reads every second (``vdip.store.statistics.fold``); this module recomputes statistics from the
-stored events (``recompute``: the refresh endpoint and the reconciliation check), and buckets
-times the way the database does (``bucket_start``). Live counting covers events received within
-``statistics_live_retention_days`` (the worker sets it, and forgets older events' counted status,
-every hour); ``event_statistics`` keeps every bucket, and a refresh recounts any range.
+- **Buckets.** An event counts in the bucket of its ``received_at``: the hour, the day, or the ISO
+  week (Monday 00:00), all in UTC. SQL: ``stat_bucket(period, at)`` (migration 0004, made
+  inlinable in 0007); Python: ``bucket_start`` below, for the API's ranges (``bucket_range``) and
+  the repair. ``tests/test_bucketing.py`` checks that the two agree (hypothesis, against
+  PostgreSQL, in session time zones east and west of UTC).
+- **Status.** An event's status is the database's ``status_of`` / ``event_status`` (migrations
+  0006, 0008): failed if routing failed or a delivery failed for good, pending while a delivery is
+  under way, else processed.
+- **Counting** happens in PostgreSQL, in the transaction that changes an event's status:
+  statement-level triggers on ``data_events`` (insert) and ``deliveries`` (insert, status change)
+  call ``count_events(app_ids, ids)`` (migrations 0004 for the tables, 0006 per statement, 0008
+  by the key ``(app_id, event_id)``). It compares each event's status with the one it is counted
+  under (``event_counted``) and appends the difference to ``statistics_changes``, for the three
+  periods: a replayed write, a retry or a crash never counts an event twice, and a status change
+  moves it between counters. Events received before the live retention (``statistics_live``) are
+  left to a refresh.
+- **The live fold**: the stream worker's timer (``streams/app.py``, every
+  ``statistics_interval_s``) runs ``streams.fold.StatisticsFold.tick``, which folds
+  ``statistics_changes`` into ``event_statistics`` in one statement (``vdip.store.statistics.fold``)
+  and, at its first tick and hourly, applies ``statistics_live_retention_days``
+  (``set_live_retention``: it sets the retention and forgets older events' counted status).
+- **Reads**: ``GET /api/statistics/{app_id}`` and ``GET /api/statistics/dashboard/{app_id}``
+  (``gateway/routes/statistics.py``) read ``event_statistics`` in whole buckets; the dashboard
+  (``gateway/dashboard/``) draws them.
+- **Repair**: ``recompute`` below makes a range of an application's statistics equal to what its
+  stored events say, and counts every event under its current status; ``check`` lists the
+  differences. Called by ``POST /api/statistics/refresh/{app_id}`` and by
+  ``vdip stats check|refresh`` (``vdip/cli.py``, ``cmd_stats``), which cover any range:
+  ``event_statistics`` keeps every bucket.
+
+Every statement on the four statistics tables (``event_statistics``, ``statistics_changes``,
+``event_counted``, ``statistics_live``) is in ``vdip.store.statistics``.
 """
 
 from dataclasses import dataclass

@@ -1,16 +1,18 @@
-"""Topics as code: load ``topics.yaml`` and make the broker match it.
+"""Topics as code: load ``topics.yaml`` and make the broker match it; and what every process does
+with topics the same way: read one to its end, and write and read the headers of a dead letter.
 
 ``apply`` creates the topics that are missing and reports drift (fewer or more partitions than
 declared, another replication factor, a config value that differs) instead of ignoring it.
 """
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.protocol.metadata import MetadataRequest
@@ -236,6 +238,45 @@ async def group_lag(settings: Settings, group: str, topic: str) -> int | None:
     return sum(int(end) - done.get(tp, 0) for tp, end in ends.items())
 
 
+async def read_to_end(
+    settings: Settings, topic: str, *, last: int | None = None, timeout_s: float | None = None
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of ``topic`` (its full name) below the end offsets Kafka reports at the call,
+    partition by partition in offset order: what was acknowledged before the call is all there,
+    with no guess at how long to wait for it. ``last``: only each partition's last ``last``
+    records. Nothing for a topic that does not exist; ``TimeoutError`` when not read within
+    ``timeout_s`` (None: no limit)."""
+    partitions = await partitions_of(settings, topic)
+    if not partitions:
+        return []
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    await consumer.start()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        consumer.assign(partitions)
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+        starts: dict[TopicPartition, int] = await consumer.beginning_offsets(partitions)
+        for tp in partitions:
+            consumer.seek(tp, starts[tp] if last is None else max(starts[tp], ends[tp] - last))
+        deadline = None if timeout_s is None else asyncio.get_running_loop().time() + timeout_s
+        left = [tp for tp in partitions if await consumer.position(tp) < ends[tp]]
+        while left:
+            if deadline is not None and asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{topic} not read to its end within {timeout_s} s")
+            for tp, found in (await consumer.getmany(*left, timeout_ms=500)).items():
+                records.extend(r for r in found if r.offset < ends[tp])
+            left = [tp for tp in left if await consumer.position(tp) < ends[tp]]
+    finally:
+        await consumer.stop()
+    return records
+
+
+# ------------------------------------------------------------------------------ dead letters
+# A record of ``events.dlq`` is the consumed record unchanged (or one value of a batch record),
+# with why and where from in its headers. Written by the router and by every sink
+# (``dead_letter_headers``), read by the dashboard's dead-letters API (``DeadLetterReason.of``).
+
+
 def dead_letter_headers(
     reason: str, stage: str, origin: Any, index: int | None = None
 ) -> list[tuple[str, bytes]]:
@@ -252,3 +293,21 @@ def dead_letter_headers(
     if index is not None:
         headers.append(("source.index", str(index).encode()))
     return headers
+
+
+@dataclass(frozen=True)
+class DeadLetterReason:
+    """What ``dead_letter_headers`` wrote, read back (None: a header the record lacks)."""
+
+    error: str | None
+    stage: str | None
+    source: str | None  # the consumed record: "topic[partition]@offset"
+    index: str | None  # its value's position in a batch record
+
+    @classmethod
+    def of(cls, headers: Sequence[tuple[str, bytes]] | None) -> "DeadLetterReason":
+        found = {name: value.decode(errors="replace") for name, value in headers or ()}
+        source = found.get("source.topic")
+        if source is not None:
+            source = f"{source}[{found.get('source.partition')}]@{found.get('source.offset')}"
+        return cls(found.get("error"), found.get("error.stage"), source, found.get("source.index"))

@@ -4,7 +4,7 @@ page itself (static files in ``gateway/dashboard/``, no build step)."""
 from pathlib import Path
 from typing import Annotated
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import ConsumerRecord
 from fastapi import APIRouter, Query
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
@@ -12,9 +12,8 @@ from pydantic import BaseModel
 from gateway.deps import AppReader, PoolDep, SettingsDep
 from gateway.responses import errors
 from schemas import SuccessResponse
-from vdip.kafka import client_options
 from vdip.store import rules
-from vdip.topics import partitions_of
+from vdip.topics import DeadLetterReason, read_to_end
 
 router = APIRouter(tags=["dashboard"])
 PAGE = StaticFiles(directory=Path(__file__).resolve().parent.parent / "dashboard", html=True)
@@ -62,38 +61,20 @@ async def dead_letters(
     """Reads the last ``10 * limit`` records of each partition (records keyed by this app_id)."""
     assert caller.application is not None
     key = caller.application.app_id.encode()
-    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
-    await consumer.start()
-    found: list[DeadLetter] = []
-    try:
-        topic = settings.topic("events.dlq")
-        partitions = await partitions_of(settings, topic)
-        if partitions:
-            consumer.assign(partitions)
-            ends = await consumer.end_offsets(partitions)
-            starts = await consumer.beginning_offsets(partitions)
-            for tp in partitions:
-                consumer.seek(tp, max(starts[tp], ends[tp] - 10 * limit))
-            while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
-                for tp, records in (await consumer.getmany(timeout_ms=500)).items():
-                    found += [_dead_letter(r) for r in records if r.key == key and r.offset < ends[tp]]
-    finally:
-        await consumer.stop()
+    records = await read_to_end(settings, settings.topic("events.dlq"), last=10 * limit)
+    found = [_dead_letter(r) for r in records if r.key == key]
     found.sort(key=lambda d: d.timestamp_ms, reverse=True)
     return SuccessResponse(message=f"{len(found[:limit])} dead letter(s)", data=found[:limit])
 
 
 def _dead_letter(record: ConsumerRecord[bytes, bytes]) -> DeadLetter:
-    headers = {name: value.decode(errors="replace") for name, value in record.headers or ()}
-    source = headers.get("source.topic")
-    if source is not None:
-        source = f"{source}[{headers.get('source.partition')}]@{headers.get('source.offset')}"
+    reason = DeadLetterReason.of(record.headers)
     return DeadLetter(
         partition=record.partition,
         offset=record.offset,
         timestamp_ms=record.timestamp,
-        stage=headers.get("error.stage"),
-        error=headers.get("error"),
-        source=source,
+        stage=reason.stage,
+        error=reason.error,
+        source=reason.source,
         value=(record.value or b"").decode(errors="replace")[:2000],
     )

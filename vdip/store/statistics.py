@@ -2,9 +2,8 @@
 counted deltas), ``event_counted`` (the status each event is counted under) and
 ``statistics_live`` (the live retention). Every statement that writes them, and their reads.
 
-Counting itself happens in PostgreSQL, in the transaction that changes an event's status
-(migrations 0004, 0006 and 0008: ``count_events``); the stream worker folds the counted changes
-into ``event_statistics`` every second (``fold``); ``vdip.statistics`` repairs drift.
+How statistics are counted, folded, read and repaired, and where each piece is:
+``vdip/statistics.py``.
 """
 
 from datetime import datetime
