@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import httpx
-import orjson
 from aiokafka.admin import AIOKafkaAdminClient
 
 from vdip.settings import Settings
@@ -30,27 +29,7 @@ def free_port() -> int:
 
 def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment that makes a ``vdip`` process use ``settings`` (what a benchmark sets)."""
-    s = settings
-    return {
-        **os.environ,
-        "VDIP_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-        "VDIP_DATABASE_URL": s.database_url,
-        "VDIP_TOPIC_PREFIX": s.topic_prefix,
-        "VDIP_WORKER_ID": s.worker_id,
-        "VDIP_WORKER_DATADIR": str(s.worker_datadir),
-        "VDIP_SINK_GROUP_ID": s.sink_group_id,
-        "VDIP_TABLE_SINK_GROUP_ID": s.table_sink_group_id,
-        "VDIP_WEBHOOK_GROUP_ID": s.webhook_group_id,
-        "VDIP_WEBHOOK_ALLOWED_NETWORKS": orjson.dumps(s.webhook_allowed_networks).decode(),
-        "VDIP_GATEWAY_PORT": str(s.gateway_port),
-        "VDIP_WORKER_METRICS_PORT": str(s.worker_metrics_port),
-        "VDIP_SINK_METRICS_PORT": str(s.sink_metrics_port),
-        "VDIP_TABLE_SINK_METRICS_PORT": str(s.table_sink_metrics_port),
-        "VDIP_WEBHOOKS_METRICS_PORT": str(s.webhooks_metrics_port),
-        "VDIP_RATE_LIMIT": s.rate_limit,
-        **({"VDIP_ADMIN_TOKEN": s.admin_token.get_secret_value()} if s.admin_token is not None else {}),
-        **extra,
-    }
+    return {**os.environ, **settings.as_environment(), **extra}
 
 
 class Processes:

@@ -14,6 +14,7 @@ from gateway.middleware import BodySizeLimitMiddleware, CorrelationIdMiddleware,
 from gateway.producer import EventProducer
 from gateway.routes import applications, dashboard, events, health, ingest, rules, statistics
 from vdip.db import create_pool, migrate_url
+from vdip.rulesets import Republisher
 from vdip.settings import Settings, get_settings
 
 
@@ -29,7 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.pool, settings.conflict_check_timeout_s, settings.conflict_check_pause_s
         )
         app.state.producer = EventProducer(settings)
-        app.state.republisher = rules.Republisher(app.state.pool, app.state.producer, settings)
+        app.state.republisher = Republisher(app.state.pool, app.state.producer.publish, settings)
         await app.state.producer.start()
         try:
             yield

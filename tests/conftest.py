@@ -27,11 +27,9 @@ from typing import Any
 
 import asyncpg
 import httpx
-import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
-from pydantic import SecretStr
 
 from vdip import stack, topics
 from vdip.db import create_pool, migrate_url
@@ -246,34 +244,7 @@ class Process:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
-        s = self.settings
-        return {
-            **os.environ,
-            "VDIP_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-            "VDIP_TOPIC_REPLICATION_FACTOR": str(s.replication_factor),
-            "VDIP_TOPIC_MIN_INSYNC_REPLICAS": str(s.min_insync_replicas),
-            "VDIP_DATABASE_URL": s.database_url,
-            "VDIP_TOPIC_PREFIX": s.topic_prefix,
-            "VDIP_WORKER_ID": s.worker_id,
-            "VDIP_WORKER_DATADIR": str(s.worker_datadir),
-            "VDIP_SINK_GROUP_ID": s.sink_group_id,
-            "VDIP_TABLE_SINK_GROUP_ID": s.table_sink_group_id,
-            "VDIP_WEBHOOK_GROUP_ID": s.webhook_group_id,
-            "VDIP_WEBHOOK_ALLOWED_NETWORKS": orjson.dumps(s.webhook_allowed_networks).decode(),
-            "VDIP_WEBHOOK_RETRY_SCHEDULE_S": orjson.dumps(s.webhook_retry_schedule_s).decode(),
-            "VDIP_WEBHOOK_TIMEOUT_S": str(s.webhook_timeout_s),
-            "VDIP_GATEWAY_PORT": str(s.gateway_port),
-            "VDIP_WORKER_METRICS_PORT": str(s.worker_metrics_port),
-            "VDIP_SINK_METRICS_PORT": str(s.sink_metrics_port),
-            "VDIP_TABLE_SINK_METRICS_PORT": str(s.table_sink_metrics_port),
-            "VDIP_WEBHOOKS_METRICS_PORT": str(s.webhooks_metrics_port),
-            "VDIP_PRODUCE_TIMEOUT_S": str(s.produce_timeout_s),
-            "VDIP_ADMIN_TOKEN": s.admin_token.get_secret_value() if s.admin_token else "",
-            "VDIP_RATE_LIMIT": s.rate_limit,
-            **kafka_security_env(s),
-            "VDIP_CONFLICT_CHECK_TIMEOUT_S": str(s.conflict_check_timeout_s),
-            **self.extra_env,
-        }
+        return {**os.environ, **self.settings.as_environment(), **self.extra_env}
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
@@ -304,18 +275,6 @@ class Process:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
-
-
-def kafka_security_env(settings: Settings) -> dict[str, str]:
-    """The variables of the Kafka security settings that are set (``VDIP_KAFKA_SASL_USERNAME``...)."""
-    found = {}
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if name.startswith(("kafka_security_", "kafka_sasl_", "kafka_ssl_")) and value is not None:
-            found[f"VDIP_{name.upper()}"] = str(
-                value.get_secret_value() if isinstance(value, SecretStr) else value
-            )
-    return found
 
 
 @dataclass

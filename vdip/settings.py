@@ -3,6 +3,7 @@
 Every default works with the local stack that ``vdip stack up`` starts.
 """
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
@@ -269,6 +270,21 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """The broker-side name of one of the system's topics."""
         return f"{self.topic_prefix}{name}"
+
+    def as_environment(self) -> dict[str, str]:
+        """The ``VDIP_*`` variables that make a process started with them load these settings (a
+        setting that is None is left out: the process keeps its default, None)."""
+        found = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, list | dict):
+                value = json.dumps(value)
+            found[f"VDIP_{name.upper()}"] = str(value)
+        return found
 
 
 @lru_cache

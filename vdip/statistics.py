@@ -5,7 +5,7 @@ piece lives where it runs:
 - **Buckets.** An event counts in the bucket of its ``received_at``: the hour, the day, or the ISO
   week (Monday 00:00), all in UTC. SQL: ``stat_bucket(period, at)`` (migration 0004, made
   inlinable in 0007); Python: ``bucket_start`` below, for the API's ranges (``bucket_range``) and
-  the repair. ``tests/test_bucketing.py`` checks that the two agree (hypothesis, against
+  the repair. ``tests/integration/test_bucketing.py`` checks that the two agree (hypothesis, against
   PostgreSQL, in session time zones east and west of UTC).
 - **Status.** An event's status is the database's ``status_of`` / ``event_status`` (migrations
   0006, 0008): failed if routing failed or a delivery failed for good, pending while a delivery is

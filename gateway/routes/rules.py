@@ -1,20 +1,12 @@
 """The routing rules API: CRUD, toggle and dry run (the admin token, or the application's key).
 
-Every write is validated whole (the condition, the destination) and runs in one transaction that
-publishes the application's complete rule set to the compacted ``routing-rules`` topic and waits
-for Kafka's acknowledgement before it commits: if Kafka cannot be reached the request fails with
-503 and nothing changed in PostgreSQL.
-
-A publish that timed out may still reach Kafka later (the record stays in the producer), and a
-commit can fail after the publish: either way the topic would hold a rule set that PostgreSQL does
-not. So after any failed write the ``Republisher`` publishes the stored rule set again, under the
-application's lock, until Kafka acknowledges it. The gateway's one producer sends the records of
-a key in order (idempotent, one request at a time per partition), so that record lands after the
-late one, and the topic ends equal to PostgreSQL.
+Every write is validated whole (the condition, the destination), then goes through
+``vdip.rulesets.write_rules``: one transaction with the publish of the application's rule set to
+the compacted ``routing-rules`` topic. If Kafka cannot be reached the request fails with 503 and
+nothing changed in PostgreSQL; the ``Republisher`` brings the topic back in step after a failed
+write (see ``vdip.rulesets``).
 """
 
-import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -44,15 +36,13 @@ from schemas.events import AppId, JsonObject
 from schemas.rules import RoutingRule, RuleFields, SavedRule, destination_problems
 from streams.conditions import ConditionLimits, Document, compile_matcher, explain, validate
 from streams.routing import applies, as_document
-from vdip.db import UNAVAILABLE
-from vdip.errors import BrokerUnavailable
+from vdip.rulesets import Republisher, write_rules
 from vdip.settings import Settings
 from vdip.store import rules as store
 from vdip.topics import load_topics
 
 router = APIRouter(tags=["routing rules"])
 log = logging.getLogger(__name__)
-UNPUBLISHED: tuple[type[BaseException], ...] = (BrokerUnavailable, *UNAVAILABLE)
 R = TypeVar("R", bound=RoutingRule)
 
 
@@ -100,97 +90,12 @@ def _not_found(rule_id: int) -> ApiError:
     )
 
 
-async def _publish(
-    conn: asyncpg.Connection, producer: EventProducer, settings: Settings, app_id: str
-) -> None:
-    snapshot = await store.snapshot(conn, app_id)
-    value = snapshot.model_dump_json().encode() if snapshot.rules else None  # none left: a tombstone
-    await producer.publish(settings.topic("routing-rules"), app_id.encode(), value)
-
-
-class Republisher:
-    """Publishes an application's stored rule set again, until Kafka acknowledges it, after a
-    write that failed once its publish may have started (see the module's doc)."""
-
-    def __init__(self, pool: asyncpg.Pool, producer: EventProducer, settings: Settings) -> None:
-        self._pool = pool
-        self._producer = producer
-        self._settings = settings
-        self._apps: set[str] = set()
-        self._task: asyncio.Task[None] | None = None
-
-    def schedule(self, app_id: str) -> None:
-        self._apps.add(app_id)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        pause = 0.5
-        while self._apps:
-            for app_id in list(self._apps):
-                self._apps.discard(app_id)  # scheduled again meanwhile: published again
-                published = False
-                try:
-                    published = await self._publish_stored(app_id)
-                finally:
-                    if not published:
-                        self._apps.add(app_id)
-            if self._apps:
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 30.0)
-
-    async def _publish_stored(self, app_id: str) -> bool:
-        try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                await store.lock_app(conn, app_id)  # no other write's record in between
-                await _publish(conn, self._producer, self._settings, app_id)
-        except UNPUBLISHED as exc:
-            log.warning("publishing the stored rules of %s again failed: %r", app_id, exc)
-            return False
-        log.info("published the stored rules of %s again", app_id)
-        return True
-
-    async def stop(self) -> None:
-        """A last try for what is still pending, before the producer flushes the late records."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for app_id in list(self._apps):
-            if not await self._publish_stored(app_id):
-                log.error(
-                    "the rules of %s on Kafka may differ from PostgreSQL's until the next write", app_id
-                )
-
-
 async def _republisher(request: Request) -> Republisher:
     republisher: Republisher = request.app.state.republisher
     return republisher
 
 
 RepublisherDep = Annotated[Republisher, Depends(_republisher)]
-
-
-async def _write(
-    pool: asyncpg.Pool,
-    producer: EventProducer,
-    republisher: Republisher,
-    settings: Settings,
-    app_id: str,
-    change: Callable[[asyncpg.Connection], Awaitable[R | None]],
-) -> R | None:
-    """Apply ``change`` and publish the app's rules in one transaction (see the module's doc)."""
-    try:
-        async with pool.acquire() as conn, conn.transaction():
-            await store.lock_app(conn, app_id)
-            rule = await change(conn)
-            if rule is not None:
-                await _publish(conn, producer, settings, app_id)
-    except BaseException:
-        # A publish that timed out may land later; one that landed may not be committed.
-        republisher.schedule(app_id)
-        raise
-    return rule
 
 
 async def _authorized_rule(
@@ -228,7 +133,7 @@ async def create_rule(
     async def insert(conn: asyncpg.Connection) -> SavedRule:
         return await store.insert_rule(conn, body)
 
-    rule = await _write(pool, producer, republisher, settings, body.app_id, insert)
+    rule = await write_rules(pool, producer.publish, republisher, settings, body.app_id, insert)
     assert rule is not None
     return SuccessResponse(message="Routing rule created", data=rule)
 
@@ -272,7 +177,9 @@ class RuleChanges:
     async def apply(
         self, rule: RoutingRule, change: Callable[[asyncpg.Connection], Awaitable[R | None]]
     ) -> R:
-        changed = await _write(self.pool, self.producer, self.republisher, self.settings, rule.app_id, change)
+        changed = await write_rules(
+            self.pool, self.producer.publish, self.republisher, self.settings, rule.app_id, change
+        )
         if changed is None:  # deleted meanwhile
             raise _not_found(rule.rule_id)
         return changed

@@ -16,7 +16,7 @@ in the module of the table it writes.
 ``schema_migrations`` belongs to the migration runner, ``vdip.db``.
 
 The status values of events and deliveries are ``schemas.EventStatus`` and
-``schemas.DeliveryStatus``; the SQL here quotes them as literals (``tests/test_store.py`` checks
+``schemas.DeliveryStatus``; the SQL here quotes them as literals (``tests/unit/test_store.py`` checks
 that each is a member). Migrations (``vdip/migrations``) create the tables; this package never
 imports the gateway, the worker, the sinks or the CLI.
 """

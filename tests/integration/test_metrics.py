@@ -6,8 +6,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import AppKey, Pipeline, wait_until
-from tests.test_rules import rule_body, send
-from tests.test_webhooks import ok, receiving, settled, webhook_rule
+from tests.integration.test_rules import rule_body, send
+from tests.integration.test_webhooks import ok, receiving, settled, webhook_rule
 
 
 async def scrape(url: str) -> dict[str, float]:

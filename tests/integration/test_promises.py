@@ -14,8 +14,8 @@ import standardwebhooks
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.conftest import AppKey, Pipeline, Process, Services, another_gateway, needs_local_stack, wait_until
-from tests.test_rules import rule_body, send
-from tests.test_webhooks import Received, deliveries, ok, receiving, settled, webhook_rule
+from tests.integration.test_rules import rule_body, send
+from tests.integration.test_webhooks import Received, deliveries, ok, receiving, settled, webhook_rule
 from vdip.settings import Settings
 from vdip.statistics import STEP, Period, bucket_start
 

@@ -22,9 +22,9 @@ from schemas.rules import Delivery
 from sinks.event_store import EventStore
 from sinks.tables import TableWriter
 from tests.conftest import ROOT, AppKey, Pipeline, consumed, read_to_end, rule_applied, wait_until
-from tests.test_pipeline import envelope
-from tests.test_rules import create, send
-from tests.test_webhooks import Received, receiving, settled, webhook_rule
+from tests.integration.test_pipeline import envelope
+from tests.integration.test_rules import create, send
+from tests.integration.test_webhooks import Received, receiving, settled, webhook_rule
 from vdip.settings import Settings
 from vdip.statistics import PERIODS, STEP, Period, bucket_start, check
 

@@ -10,7 +10,7 @@ import pytest
 from schemas import EventEnvelope
 from sinks.event_store import to_row, write_rows
 from streams.claims import Claims, Verdict, Version, decide, version_of
-from tests.test_event_store import routed
+from tests.integration.test_event_store import routed
 from vdip.db import _init_connection
 from vdip.settings import Settings
 

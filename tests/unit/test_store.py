@@ -10,7 +10,7 @@ import pytest
 from schemas import DeliveryStatus, EventStatus
 from vdip.store import locks
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STORE = ROOT / "vdip" / "store"
 
 # The quoted words each store module's SQL may use besides the statuses of its table.

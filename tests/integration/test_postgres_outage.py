@@ -16,8 +16,8 @@ from tests.conftest import (
     rule_applied,
     wait_until,
 )
-from tests.test_router import metric
-from tests.test_rules import create, queue_event_ids, send
+from tests.integration.test_router import metric
+from tests.integration.test_rules import create, queue_event_ids, send
 from vdip import stack
 from vdip.db import create_pool
 from vdip.settings import Settings

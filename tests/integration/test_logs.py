@@ -11,7 +11,7 @@ import orjson
 
 from streams.app import create_app, new_worker
 from tests.conftest import ROOT, AppKey, Pipeline, Process, _free_port, wait_until
-from tests.test_webhooks import ok, receiving, settled, webhook_rule
+from tests.integration.test_webhooks import ok, receiving, settled, webhook_rule
 from vdip.logs import logging_config
 from vdip.settings import Settings
 

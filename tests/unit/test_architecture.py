@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "architecture.md"
 PACKAGES = ("schemas", "vdip", "gateway", "streams", "sinks")
 TOP = {"vdip.cli", "vdip.stack", "vdip.supervisor"}

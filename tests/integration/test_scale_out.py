@@ -19,7 +19,7 @@ import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.conftest import Pipeline, Process, _free_port, start_gateway, wait_until
-from tests.test_faults import check, load_setup, under_load
+from tests.integration.test_faults import check, load_setup, under_load
 from vdip.settings import Settings
 
 TAKEOVER_S = 15

@@ -46,14 +46,14 @@ from tests.conftest import (
     start_gateway,
     wait_until,
 )
-from tests.test_webhooks import Receiver, ok, receiving
+from tests.integration.test_webhooks import Receiver, ok, receiving
 from vdip import stack
 from vdip.settings import Settings
 from vdip.statistics import check as check_statistics
 from vdip.store.applications import create_application
 from vdip.topics import apply_topics, declared_topics
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BATCH = 10
 INTERVAL_S = 0.05  # 200 events/s
 IN_FLIGHT = 32  # batches awaiting an answer at most: sending pauses beyond (a client's bounded buffer)

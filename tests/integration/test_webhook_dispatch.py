@@ -8,9 +8,9 @@ import asyncpg
 import httpx
 
 from tests.conftest import AppKey, Pipeline, Process, _free_port, wait_until
-from tests.test_rules import send
-from tests.test_scale_out import members
-from tests.test_webhooks import Received, receiving, webhook_rule
+from tests.integration.test_rules import send
+from tests.integration.test_scale_out import members
+from tests.integration.test_webhooks import Received, receiving, webhook_rule
 
 
 async def delivered(pool: asyncpg.Pool, rule_id: int) -> int:

@@ -18,7 +18,7 @@ from schemas.events import DeliveryRef
 from sinks.event_store import EventStore, to_row, write_rows
 from streams.claims import decide, version_of
 from tests.conftest import consume_all, consumed
-from tests.test_schemas import json_values, texts
+from tests.unit.test_schemas import json_values, texts
 from vdip.db import _init_connection
 from vdip.settings import Settings
 

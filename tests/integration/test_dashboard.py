@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from tests.conftest import AppKey, Pipeline, rule_applied
-from tests.test_rules import rule_body
+from tests.integration.test_rules import rule_body
 
 
 @pytest.fixture

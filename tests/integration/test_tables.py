@@ -15,9 +15,9 @@ from sinks.batching import Record, insert_rows
 from sinks.tables import DELIVERY, TableWriter, to_row, writer_of
 from streams.routing import delivery_id
 from tests.conftest import AppKey, Pipeline, consume_all, consumed, rule_applied, wait_until
-from tests.test_rules import create
-from tests.test_statistics import api_counts
-from tests.test_webhooks import event_status, settled
+from tests.integration.test_rules import create
+from tests.integration.test_statistics import api_counts
+from tests.integration.test_webhooks import event_status, settled
 from vdip.settings import Settings
 from vdip.store.deliveries import table_rows_statement
 from vdip.store.tables import create_statements

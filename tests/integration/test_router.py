@@ -26,7 +26,7 @@ from tests.conftest import (
     rule_applied,
     wait_until,
 )
-from tests.test_rules import create, queue_event_ids, send
+from tests.integration.test_rules import create, queue_event_ids, send
 from vdip.settings import Settings
 
 

@@ -13,9 +13,9 @@ from aiokafka import AIOKafkaProducer
 
 from schemas.events import content_hash
 from tests.conftest import AppKey, Pipeline, consume_all, read_to_end, rule_applied, wait_until
-from tests.test_router import metric
-from tests.test_rules import create, queue_event_ids
-from tests.test_webhooks import ok, receiving
+from tests.integration.test_router import metric
+from tests.integration.test_rules import create, queue_event_ids
+from tests.integration.test_webhooks import ok, receiving
 from vdip.statistics import check
 from vdip.store.applications import create_application
 

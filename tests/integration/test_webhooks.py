@@ -33,7 +33,7 @@ from sinks.webhooks import (
     retry_delay,
 )
 from tests.conftest import WEBHOOK_RECEIVER_HOST, AppKey, Pipeline, rule_applied, wait_until
-from tests.test_rules import rule_body, send
+from tests.integration.test_rules import rule_body, send
 from vdip.errors import AddressRefused
 from vdip.settings import Settings
 from vdip.store.rules import insert_rule, new_webhook_secret
