@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 from aiokafka.admin import AIOKafkaAdminClient
 
+from vdip import stack
 from vdip.settings import Settings
 from vdip.topics import ApplyReport, apply_topics, declared_topics
 
@@ -48,11 +49,9 @@ class Processes:
         if log_path is None:
             process = subprocess.Popen([sys.executable, *argv], env=env, cwd=ROOT)
         else:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with log_path.open("ab") as log:
-                process = subprocess.Popen(
-                    [sys.executable, *argv], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-                )
+            process = stack.start_process(
+                [sys.executable, *argv], log_file=log_path, env=env, detached=False, cwd=ROOT
+            )
             self.logs[label] = log_path
         self.started[label] = process
         return process

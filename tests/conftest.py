@@ -247,14 +247,9 @@ class Process:
         return {**os.environ, **self.settings.as_environment(), **self.extra_env}
 
     def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "vdip.cli", self.name],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env(),
-                cwd=ROOT,
-            )
+        self.proc = stack.start_process(
+            stack.vdip_command(self.name), log_file=self.log_path, env=self.env(), detached=False, cwd=ROOT
+        )
 
     def kill(self) -> None:
         """SIGKILL: no chance to flush or commit anything."""

@@ -101,19 +101,39 @@ def read_pid(pid_file: Path) -> int | None:
     return pid if pid_alive(pid) else None
 
 
-def spawn(argv: Sequence[str], *, pid_file: Path, log_file: Path, env: dict[str, str] | None = None) -> int:
-    """Start a detached background process whose output goes to ``log_file``."""
+def vdip_command(name: str) -> list[str]:
+    """How ``vdip <name>`` runs one of the pipeline's processes, with this interpreter."""
+    return [sys.executable, "-m", "vdip.cli", name]
+
+
+def start_process(
+    argv: Sequence[str],
+    *,
+    log_file: Path,
+    env: dict[str, str] | None = None,
+    detached: bool = True,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` with its output (stdout and stderr) appended to ``log_file``: the one way
+    the CLI, its supervisor, the tests and the benchmarks start a process. ``detached``: in a
+    session of its own, so that it outlives the terminal that started it."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as out:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             list(argv),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=detached,
             env=env,
+            cwd=cwd,
         )
+
+
+def spawn(argv: Sequence[str], *, pid_file: Path, log_file: Path, env: dict[str, str] | None = None) -> int:
+    """Start a detached background process whose output goes to ``log_file``."""
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    proc = start_process(argv, log_file=log_file, env=env)
     pid_file.write_text(str(proc.pid))
     return proc.pid
 

@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -70,17 +69,9 @@ class Supervisor:
         return self.run_dir / f"{name}.pid"
 
     def start(self, item: Watched) -> None:
-        argv = [sys.executable, "-m", "vdip.cli", item.name]
-        log_file = self.run_dir / f"{item.name}.log"
-        with log_file.open("ab") as out:
-            child = subprocess.Popen(
-                argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.env,
-                start_new_session=True,
-            )
+        child = stack.start_process(
+            stack.vdip_command(item.name), log_file=self.run_dir / f"{item.name}.log", env=self.env
+        )
         self.pid_file(item.name).write_text(str(child.pid))
         self.children[item.name] = child
         item.pid, item.started_at, item.next_start_at = child.pid, time.time(), None
