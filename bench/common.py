@@ -28,6 +28,12 @@ def free_port() -> int:
         return port
 
 
+def with_database(url: str, database: str) -> str:
+    """``url`` with another database name (a scratch database beside the project's)."""
+    head, _, _ = url.rpartition("/")
+    return f"{head}/{database}"
+
+
 def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment that makes a ``vdip`` process use ``settings`` (what a benchmark sets)."""
     return {**os.environ, **settings.as_environment(), **extra}

@@ -51,6 +51,7 @@ from bench.common import (
     machine_busy_seconds,
     process_env,
     wait_ready,
+    with_database,
 )
 from vdip.db import create_pool, migrate_url
 from vdip.settings import Settings
@@ -273,11 +274,6 @@ def check_alive(processes: Processes) -> None:
 
 
 # ------------------------------------------------------------------------------------- set-up
-
-
-def with_database(url: str, database: str) -> str:
-    head, _, _ = url.rpartition("/")
-    return f"{head}/{database}"
 
 
 async def create_rules(http: httpx.AsyncClient, admin: dict[str, str], app_id: str) -> tuple[int, float]:

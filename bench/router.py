@@ -32,8 +32,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench.common import Processes, apply_own_topics, free_port, process_env
-from bench.pipeline import with_database
+from bench.common import Processes, apply_own_topics, free_port, process_env, with_database
 from schemas import EventEnvelope
 from schemas.records import batch_records
 from schemas.rules import AppRules, RoutingRule

@@ -36,6 +36,7 @@ import asyncpg
 import orjson
 from aiokafka import ConsumerRecord
 
+from bench.common import with_database
 from schemas import EventEnvelope, EventStatus, RoutedEvent, RoutingSummary
 from schemas.events import DeliveryRef
 from schemas.rules import Delivery
@@ -217,11 +218,6 @@ async def one_round(
     for table in (sink_table, copy_table, copy_events):
         await plain.execute(f'DROP TABLE {SCHEMA}."{table}"')
     return measured
-
-
-def with_database(url: str, database: str) -> str:
-    head, _, _ = url.rpartition("/")
-    return f"{head}/{database}"
 
 
 async def main(args: argparse.Namespace) -> None:

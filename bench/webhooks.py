@@ -38,7 +38,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from bench.common import Processes, apply_own_topics, delete_topics, free_port, process_env
+from bench.common import Processes, apply_own_topics, delete_topics, free_port, process_env, with_database
 from schemas.rules import Delivery, RuleFields
 from sinks.webhooks import request_body, request_headers
 from vdip.db import create_pool, migrate_url
@@ -304,11 +304,6 @@ async def make_endpoints(
                     endpoints.append(Endpoint(rule.rule_id, url, rule.webhook_secret))
                 found[count, delay] = endpoints
     return found
-
-
-def with_database(url: str, database: str) -> str:
-    head, _, _ = url.rpartition("/")
-    return f"{head}/{database}"
 
 
 async def main(args: argparse.Namespace) -> None:
