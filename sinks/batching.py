@@ -103,8 +103,9 @@ async def run_batches(
             return  # stopping before the batch was written: it will be consumed again
         metrics.SINK_WRITE_SECONDS.labels(name).observe(time.perf_counter() - started)
         metrics.SINK_BATCH_RECORDS.labels(name).observe(len(records))
+        assigned = consumer.assignment()  # a rebalance during the write may have moved some away
         for tp, partition in batches.items():
-            end = consumer.highwater(tp)
+            end = consumer.highwater(tp) if tp in assigned else None  # it asserts the assignment
             if end is not None:
                 metrics.CONSUMER_LAG.labels(name, tp.topic, tp.partition).set(end - partition[-1].offset - 1)
         offsets = {tp: partition[-1].offset + 1 for tp, partition in batches.items()}
