@@ -120,6 +120,31 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def services_cpu_seconds() -> dict[str, float]:
+    """CPU time so far of the machine's PostgreSQL processes ("postgres") and Kafka brokers
+    ("kafka"), running ones only (/proc; else empty): what of "other" the stack itself used."""
+    found = {"postgres": 0.0, "kafka": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        program = cmdline.split(b"\0", 1)[0]
+        label = (
+            "postgres"
+            if program.startswith(b"postgres:") or program.endswith(b"/postgres")
+            else "kafka"
+            if program.endswith(b"java") and b"kafka" in cmdline
+            else None
+        )
+        used = process_cpu_seconds(int(entry.name)) if label else None
+        if label and used is not None:
+            found[label] += used
+    return found
+
+
 def machine_busy_seconds() -> float | None:
     """CPU time the whole machine spent not idle, summed over its cores (/proc/stat)."""
     try:

@@ -50,6 +50,7 @@ from bench.common import (
     free_port,
     machine_busy_seconds,
     process_env,
+    services_cpu_seconds,
     wait_ready,
     with_database,
 )
@@ -60,6 +61,7 @@ BATCH = 100
 QUEUE_TOPIC = "bench.half"  # the queue rule's destination (under the run's prefix)
 ITEMS = [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}]
 PROCESSES = ("gateway", "worker", "sink", "table-sink", "webhooks")
+SERVICES = ("postgres", "kafka")  # every process of the local stack's, not only this run's work
 
 
 # ------------------------------------------------------------------------------------ the runs
@@ -170,7 +172,8 @@ class Sender:
 
 class CpuMeter:
     """CPU seconds each process used between two readings: the pipeline's processes, this script
-    ("bench") and everything else on the machine ("other": the broker, PostgreSQL, other users)."""
+    ("bench"), PostgreSQL's processes and the Kafka brokers (all of them, whoever uses them), and
+    everything else on the machine ("other")."""
 
     def __init__(self, processes: Processes) -> None:
         self.processes = processes
@@ -179,7 +182,7 @@ class CpuMeter:
     def read(self) -> tuple[float, dict[str, float], float | None]:
         return (
             time.monotonic(),
-            {**self.processes.cpu_seconds(), "bench": time.process_time()},
+            {**self.processes.cpu_seconds(), "bench": time.process_time(), **services_cpu_seconds()},
             machine_busy_seconds(),
         )
 
@@ -200,7 +203,7 @@ def cpu_per_event(run: Run) -> dict[str, float]:
     total: Counter[str] = Counter()
     for _, used in run.cpu.values():
         total.update(used)
-    return {k: 1000 * v / len(run.acked) for k, v in total.items() if k in PROCESSES}
+    return {k: 1000 * v / len(run.acked) for k, v in total.items() if k in PROCESSES + SERVICES}
 
 
 # --------------------------------------------------------------------------- what was stored
@@ -526,12 +529,19 @@ def report(runs: list[Run], args: argparse.Namespace) -> int:
         "\nCPU per acknowledged event (ms; sending and draining; 'other' on the machine:"
         f" {median([other_cores(r) for r in runs]):.2f} cores, median of the runs):\n"
     )
-    print("| run | " + " | ".join(PROCESSES) + " | all five |")
-    print("|---|" + "---:|" * (len(PROCESSES) + 1))
+    print("| run | " + " | ".join(PROCESSES) + " | all five | " + " | ".join(SERVICES) + " | in all |")
+    print("|---|" + "---:|" * (len(PROCESSES) + len(SERVICES) + 2))
     for label in labels:
         costs = [cpu_per_event(r) for r in runs if r.label == label]
         cells = [median([c.get(name, float("nan")) for c in costs]) for name in PROCESSES]
-        print(f"| {label} | " + " | ".join(f"{v:.2f}" for v in cells) + f" | {sum(cells):.2f} |")
+        stack = [median([c.get(name, float("nan")) for c in costs]) for name in SERVICES]
+        print(
+            f"| {label} | "
+            + " | ".join(f"{v:.2f}" for v in cells)
+            + f" | {sum(cells):.2f} | "
+            + " | ".join(f"{v:.2f}" for v in stack)
+            + f" | {sum(cells) + sum(stack):.2f} |"
+        )
     failed = 0
     for run in runs:
         if run.missing and run.stalled:

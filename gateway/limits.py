@@ -39,19 +39,25 @@ def json_shape(value: Any) -> tuple[int, int]:
     """(nesting depth, number of object keys at all levels) of a JSON value, without recursion.
 
     A scalar has depth 0; ``{}`` and ``[]`` have depth 1; each level of containers adds one.
+    Walked a level at a time: the depth is the number of levels that hold a container.
     """
     depth = keys = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            keys += len(item)
-            depth = max(depth, level + 1)
-            stack.extend((child, level + 1) for child in item.values())
-        elif isinstance(item, list):
-            depth = max(depth, level + 1)
-            stack.extend((child, level + 1) for child in item)
-    return depth, keys
+    level = [value]
+    while True:
+        below: list[Any] = []
+        containers = False
+        for item in level:
+            if isinstance(item, dict):
+                keys += len(item)
+                below.extend(item.values())
+                containers = True
+            elif isinstance(item, list):
+                below.extend(item)
+                containers = True
+        if not containers:
+            return depth, keys
+        depth += 1
+        level = below
 
 
 def check_event(

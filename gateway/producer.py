@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from schemas import EventEnvelope
+from schemas.events import envelope_json
 from schemas.records import batch_records
 from vdip import metrics
 from vdip.errors import BrokerUnavailable
@@ -134,7 +135,7 @@ class EventProducer:
         producer = await self._ensure_started()
         topic, key = self._settings.topic("events"), envelopes[0].app_id.encode()
         timeout = self._settings.produce_timeout_s
-        records = batch_records([e.model_dump_json().encode() for e in envelopes])
+        records = batch_records([envelope_json(e) for e in envelopes])
         sent: list[tuple[asyncio.Future[Any], int]] = []
         unsent = BrokerUnavailable(f"Kafka did not acknowledge within {timeout} s")
         self._inflight += count

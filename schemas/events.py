@@ -195,6 +195,31 @@ class EventEnvelope(BaseModel):
     )
 
 
+def envelope_json(event: EventEnvelope) -> bytes:
+    """``event.model_dump_json()``, encoded: the same bytes (a unit test holds them equal), in
+    about half the time. The gateway writes every event this way and the router every routed one."""
+    metadata = event.metadata
+    return orjson.dumps(
+        {
+            "schema_version": event.schema_version,
+            "event_id": str(event.event_id),  # the gateway's are uuid6.UUID, which orjson does not take
+            "app_id": event.app_id,
+            "event_type": event.event_type,
+            "payload": event.payload,
+            "metadata": {
+                "ip_address": metadata.ip_address,
+                "user_agent": metadata.user_agent,
+                "correlation_id": metadata.correlation_id,
+                "source": metadata.source,
+            },
+            "received_at": event.received_at,
+            "occurred_at": event.occurred_at,
+            "occurred_at_clamped": event.occurred_at_clamped,
+        },
+        option=orjson.OPT_UTC_Z,
+    )
+
+
 class IngestRequest(BaseModel):
     """One event as a client sends it: the body of ``POST /api/ingest/{app_id}``, a batch's item."""
 

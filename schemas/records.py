@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import orjson
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 RECORD_BYTES = 900_000  # below the broker's default max.message.bytes (1 MiB), with room
 
@@ -57,16 +57,16 @@ def rejection_reason(error: ValidationError) -> str:
 
 
 def parse_batch(
-    value: bytes | None, model: type[M], many: TypeAdapter[list[M]]
-) -> list[tuple[int | None, M | Invalid]]:
+    value: bytes | None, one: TypeAdapter[T], many: TypeAdapter[list[T]]
+) -> list[tuple[int | None, T | Invalid]]:
     """The values of a record, each with its position in a batch record (None for a record that
-    is one value), validated as ``model`` (``many``: a ``TypeAdapter(list[model])``); what is not
-    valid comes as ``Invalid``."""
+    is one value), validated by ``one`` (``many``: the same type's list); what is not valid comes
+    as ``Invalid``."""
     if value is None or value.lstrip()[:1] != b"[":
         if value is None:
             return [(None, Invalid("<record>: a null value (a tombstone)"))]
         try:
-            return [(None, model.model_validate_json(value))]
+            return [(None, one.validate_json(value))]
         except ValidationError as exc:
             return [(None, Invalid(rejection_reason(exc)))]
     try:
@@ -81,10 +81,10 @@ def parse_batch(
         return [(None, Invalid(f"<record>: Invalid JSON: {exc}"))]
     if not items:
         return [(None, Invalid("<record>: an empty batch"))]
-    found: list[tuple[int | None, M | Invalid]] = []
+    found: list[tuple[int | None, T | Invalid]] = []
     for index, item in enumerate(items):
         try:
-            found.append((index, model.model_validate(item)))
+            found.append((index, one.validate_python(item)))
         except ValidationError as exc:
             found.append((index, Invalid(rejection_reason(exc), orjson.dumps(item))))
     return found

@@ -20,6 +20,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from schemas import EventEnvelope, EventStatus, RoutedEvent, RoutingSummary
+from schemas.events import envelope_json
 from schemas.records import Invalid, parse_batch
 from schemas.rules import AppRules, RoutingRule
 from streams.conditions import Document, Matcher, compile_matcher
@@ -131,7 +132,7 @@ def routing_failed(
 
 
 def _route(event: EventEnvelope, rules: list[CompiledRule], routed_at: datetime) -> Routing:
-    event_json = event.model_dump_json()  # serialised once, embedded in each record
+    event_json = envelope_json(event)  # serialised once, embedded in each record
     evaluated = 0
     matched: list[RoutingRule] = []
     if rules:
@@ -173,7 +174,7 @@ def _dumps(value: dict[str, Any]) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_UTC_Z)
 
 
-_BATCH = TypeAdapter(list[EventEnvelope])
+_ONE, _BATCH = TypeAdapter(EventEnvelope), TypeAdapter(list[EventEnvelope])
 
 
 def parse_record(value: bytes | None) -> list[tuple[int | None, EventEnvelope | Routing]]:
@@ -181,7 +182,7 @@ def parse_record(value: bytes | None) -> list[tuple[int | None, EventEnvelope | 
     a record that is one envelope); what is not a valid envelope comes as an "invalid" Routing."""
     return [
         (index, _invalid(item, index) if isinstance(item, Invalid) else item)
-        for index, item in parse_batch(value, EventEnvelope, _BATCH)
+        for index, item in parse_batch(value, _ONE, _BATCH)
     ]
 
 

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from schemas import EventEnvelope
-from sinks.event_store import to_row, write_rows
+from sinks.event_store import ROUTED, to_row, write_rows
 from streams.claims import Claims, Verdict, Version, decide, version_of
 from tests.integration.test_event_store import routed
 from vdip.db import _init_connection
@@ -61,7 +61,7 @@ async def test_a_claim_from_before_hashes_compares_with_the_stored_event(conn: a
     # 6e16: jsonb writes it 60000000000000000, yet it is the same version
     stored.event.event_id, stored.event.event_type, stored.event.payload = x, "order", {"total": 6e16}
     async with conn.transaction():
-        await write_rows(conn, [to_row(stored)])
+        await write_rows(conn, [to_row(ROUTED.validate_json(stored.model_dump_json()))])
     await conn.execute("INSERT INTO event_claims (app_id, event_id) VALUES ($1, $2)", app_id, x)
     v1, v2 = version(app_id, x, 6e16), version(app_id, x, 100)
     assert await decide(conn, [v2]) == [Verdict("conflict", None)]

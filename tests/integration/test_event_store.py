@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from schemas import EventEnvelope, EventStatus, RoutedEvent, RoutingSummary
 from schemas.events import DeliveryRef
-from sinks.event_store import EventStore, to_row, write_rows
+from sinks.event_store import ROUTED, EventStore, to_row, write_rows
 from streams.claims import decide, version_of
 from tests.conftest import consume_all, consumed
 from tests.unit.test_schemas import json_values, texts
@@ -112,7 +112,7 @@ async def test_stored_at_is_the_moment_of_the_write(settings: Settings) -> None:
         async with conn.transaction():
             started = await conn.fetchval("SELECT now()")
             await asyncio.sleep(0.3)
-            await write_rows(conn, [to_row(event)])
+            await write_rows(conn, [to_row(ROUTED.validate_json(event.model_dump_json()))])
         stored_at = await conn.fetchval(
             "SELECT stored_at FROM data_events WHERE event_id = $1", event.event.event_id
         )
@@ -235,9 +235,7 @@ def test_any_valid_payload_comes_back_from_postgres_unchanged(
             for event, payload in zip(events, payloads, strict=True):
                 event.event.payload = payload
             async with conn.transaction():
-                await write_rows(
-                    conn, [to_row(RoutedEvent.model_validate_json(e.model_dump_json())) for e in events]
-                )
+                await write_rows(conn, [to_row(ROUTED.validate_json(e.model_dump_json())) for e in events])
             rows = await conn.fetch("SELECT event_id, payload FROM data_events WHERE app_id = $1", app_id)
             by_id = {r["event_id"]: r["payload"] for r in rows}
             return [by_id[e.event.event_id] for e in events]

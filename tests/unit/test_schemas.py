@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from gateway.routes.ingest import build_envelope
 from schemas import EventEnvelope, EventMetadata, IngestRequest
-from schemas.events import content_hash
+from schemas.events import content_hash, envelope_json
 from schemas.export import SCHEMA_FILE, envelope_json_schema
 from streams.claims import version_of
 from streams.routing import parse_record
@@ -118,6 +118,32 @@ def test_any_json_object_payload_round_trips(payload: dict[str, object], offset:
     again = EventEnvelope.model_validate_json(event.model_dump_json())
     assert again.payload == payload
     assert again.received_at == received
+
+
+@given(
+    payload=st.dictionaries(texts, json_values, max_size=6),
+    offset=st.integers(min_value=-12 * 60, max_value=14 * 60),
+    micros=st.integers(min_value=0, max_value=999_999),
+    address=st.none() | st.ip_addresses().map(str),
+    occurred=st.booleans(),
+)
+def test_envelope_json_writes_what_pydantic_writes(
+    payload: dict[str, object], offset: int, micros: int, address: str | None, occurred: bool
+) -> None:
+    received = datetime(2026, 1, 1, 0, 0, 0, micros, tzinfo=timezone(timedelta(minutes=offset)))
+    event = EventEnvelope.model_validate(
+        envelope(
+            payload=payload,
+            received_at=received.isoformat(),
+            occurred_at=received.isoformat() if occurred else None,
+            metadata={"ip_address": address, "user_agent": "ua \u2028", "source": "http"},
+        )
+    )
+    assert envelope_json(event) == event.model_dump_json().encode()
+    built = build_envelope(
+        "shop", IngestRequest(event_type="t", payload=payload), event.metadata, received, None, 3
+    )
+    assert envelope_json(built) == built.model_dump_json().encode()
 
 
 def test_ingest_request_strips_event_type_and_defaults_payload() -> None:
