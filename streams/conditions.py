@@ -247,9 +247,17 @@ def _compile_clause(key: str, value: Any) -> Matcher:
         tests = [_compile_operator(op, operand) for op, operand in value.items()]
     else:
         tests = [_compile_operator("$eq", value)]
-    if len(tests) == 1:
+    if len(tests) == 1:  # the common case, with Document.values inlined
         (test,) = tests
-        return lambda document: test(document.values(path, parts))
+
+        def one_test(document: Document) -> bool:
+            reached = document.reached
+            found = reached.get(path)
+            if found is None:
+                found = reached[path] = _get(document.data, parts)
+            return test(found)
+
+        return one_test
 
     def clause(document: Document) -> bool:
         found = document.values(path, parts)
@@ -321,31 +329,31 @@ def _compile_operator(op: str, operand: Any) -> Test:
     if op == "$not":
         subs = [_compile_operator(sub, sub_operand) for sub, sub_operand in operand.items()]
         return lambda values: not all(sub(values) for sub in subs)
-    compare = _ORDER[op]
-    return _scalar_test(_TYPES[_kind(operand)], lambda candidate: compare(candidate, operand))
+    return _scalar_test(_TYPES[_kind(operand)], _ORDER[op], operand)
 
 
 def _compile_eq(operand: Any) -> Test:
     kind = _kind(operand)
     if kind in _TYPES:  # the common case: a number or a string, compared without recursion
-        return _scalar_test(_TYPES[kind], lambda candidate: bool(candidate == operand))
+        return _scalar_test(_TYPES[kind], operator.eq, operand)
     if operand is None:  # a missing field equals null
         return lambda values: not values or any(candidate is None for candidate in _candidates(values))
     return lambda values: any(equal(candidate, operand) for candidate in _candidates(values))
 
 
-def _scalar_test(types: tuple[type, ...], holds: Callable[[Any], bool]) -> Test:
-    """Whether a value, or an element of an array value, is of ``types`` and ``holds``."""
+def _scalar_test(types: tuple[type, ...], compare: Callable[[Any, Any], bool], operand: Any) -> Test:
+    """Whether a value, or an element of an array value, is of ``types`` and ``compare(it, operand)``
+    (numbers and strings: ``compare`` gives a bool)."""
 
     def test(values: list[Any]) -> bool:
         for value in values:
             kind = type(value)
             if kind in types:
-                if holds(value):
+                if compare(value, operand):
                     return True
             elif kind is list:
                 for element in value:
-                    if type(element) in types and holds(element):
+                    if type(element) in types and compare(element, operand):
                         return True
         return False
 
