@@ -52,8 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CorrelationIdMiddleware)  # the 413 above carries the id too
     app.add_middleware(IngestMetricsMiddleware)  # outermost: counts the 413 too
     install_error_handlers(app)
+    app.include_router(ingest.router)  # first: routes are matched in order, ingest is the hot path
     app.include_router(health.router)
-    app.include_router(ingest.router)
     app.include_router(events.router)
     app.include_router(applications.router)
     app.include_router(rules.router)

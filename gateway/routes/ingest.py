@@ -101,6 +101,8 @@ def clamp_occurred_at(occurred: datetime | None, received: datetime) -> tuple[da
 def client_ip(peer: str | None, forwarded_for: str | None, trusted: Sequence[str]) -> str | None:
     """The client's address: the peer's, or, when the peer is a trusted proxy, the nearest address
     in X-Forwarded-For that is not a trusted proxy (read from the right)."""
+    if peer is None or not forwarded_for:  # the common case: nothing to believe or not
+        return peer
     networks = [ipaddress.ip_network(cidr, strict=False) for cidr in trusted]
 
     def is_trusted(address: str) -> bool:
@@ -110,7 +112,7 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted: Sequence[str
             return False
         return any(ip in network for network in networks)
 
-    if peer is None or not forwarded_for or not is_trusted(peer):
+    if not is_trusted(peer):
         return peer
     hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
     for hop in reversed(hops):
