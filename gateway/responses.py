@@ -102,3 +102,24 @@ EVENT_CONFLICT: dict[int | str, dict[str, Any]] = {
         },
     }
 }
+
+
+def scoped(scope: str, *codes: int) -> dict[int | str, dict[str, Any]]:
+    """``errors(*codes)`` and the 403 of an application key without ``scope`` (what the route
+    needs: the admin token passes too, but for ingest)."""
+    described = errors(*codes)
+    disabled = " (or the application is disabled)" if scope == "ingest" else ""
+    described[403] = {
+        "model": ErrorResponse,
+        "description": f"Needs a key with the '{scope}' scope{disabled}",
+        "content": {
+            "application/json": {
+                "example": {
+                    "success": False,
+                    "message": f"This key does not have the '{scope}' scope",
+                    "errors": [{"field": "header.X-API-Key", "reason": f"needs the {scope} scope"}],
+                }
+            }
+        },
+    }
+    return described
