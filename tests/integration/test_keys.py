@@ -3,6 +3,9 @@ endpoint an application key can call (enumerated from the gateway's routes, so a
 cannot be left out)."""
 
 import asyncio
+import os
+import re
+import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,6 +15,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 
 from gateway.main import create_app
 from tests.conftest import AppKey
+from tests.integration.test_cli import vdip
 from vdip.applications import Scope
 from vdip.settings import Settings
 
@@ -280,3 +284,36 @@ async def test_a_key_opens_its_own_application_only(
     assert revoke.status_code == 404 and revoke.json()["errors"][0]["field"] == "path.key_id"
     other_key = {"X-API-Key": other.json()["data"]["api_key"]}
     assert (await client.get(f"/api/events/app/{other_id}", headers=other_key)).status_code == 200
+
+
+def test_the_cli_has_the_same_verbs(settings: Settings) -> None:
+    env = {**os.environ, "VDIP_DATABASE_URL": settings.database_url}
+    app_id = f"cli-{uuid.uuid4().hex[:8]}"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return vdip("app", *args, env=env)
+
+    def field(result: subprocess.CompletedProcess[str], name: str) -> str:
+        assert result.returncode == 0, result.stdout + result.stderr
+        found = re.search(rf"^{name}: (\S+)", result.stdout, re.MULTILINE)
+        assert found, result.stdout
+        return found[1]
+
+    assert field(run("create", app_id), "scopes") == "ingest,read,manage"
+    made = run(
+        "add-key", app_id, "--key-name", "reader", "--scopes", "read", "--expires-at", "2099-01-01T00:00Z"
+    )
+    key_id = field(made, "key_id")
+    assert field(made, "scopes") == "read"
+    assert field(run("rotate-key", app_id, "--key-id", key_id, "--grace-s", "60"), "key_id") == key_id
+    revoked = run("revoke-key", app_id, "--key-id", key_id)
+    assert revoked.returncode == 0 and "revoked" in revoked.stdout
+    listing = run("keys", app_id).stdout.splitlines()
+    assert [line.split("\t")[1:3] for line in listing] == [
+        ["default", "ingest,read,manage"],
+        ["reader", "read"],
+    ]
+    assert listing[1].endswith("revoked") and listing[0].endswith("never")
+    assert run("rotate-key", app_id, "--key-id", key_id).returncode == 1  # revoked: no new life
+    assert run("keys", "missing-app").returncode == 1
+    assert run("add-key", app_id, "--scopes", "write").returncode == 2
