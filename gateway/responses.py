@@ -7,7 +7,7 @@ from schemas import ErrorResponse
 _DESCRIBED: dict[int, tuple[str, dict[str, Any]]] = {
     400: ("The body could not be parsed", {"message": "There was an error parsing the body"}),
     401: (
-        "Missing or wrong API key (or admin token)",
+        "Missing, wrong, revoked or expired API key (or admin token)",
         {
             "message": "A valid API key for this application is required",
             "errors": [{"field": "header.X-API-Key", "reason": "missing or wrong key"}],
