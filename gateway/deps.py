@@ -4,9 +4,11 @@ They are all ``async def``: FastAPI runs a plain ``def`` dependency in a thread 
 per dependency per request (it cut single-event ingest to a tenth of its throughput).
 
 Credentials come as ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``; the key is either an
-application's API key or the admin token (``VDIP_ADMIN_TOKEN``). Ingest takes only the
-application's own key; management takes the admin token; reads take either (an application's
-key opens only that application's data).
+one of an application's keys or the admin token (``VDIP_ADMIN_TOKEN``). An application's key
+opens only that application, and only for its scopes (``vdip.applications.Scope``): ingest needs
+``ingest``, reads ``read``, changing rules and keys ``manage``; a key without the scope an
+endpoint needs is a 403 naming it. The admin token may do all but ingest; creating, listing,
+enabling and disabling applications take the admin token only.
 """
 
 import hmac
@@ -23,7 +25,7 @@ from gateway.errors import ApiError
 from gateway.limits import Limits, RateLimiter
 from gateway.producer import EventProducer
 from schemas import ErrorDetail
-from vdip.applications import Application
+from vdip.applications import Application, ApplicationKey, Scope
 from vdip.db import UNAVAILABLE
 from vdip.errors import DatabaseUnavailable
 from vdip.settings import Settings
@@ -61,11 +63,12 @@ AppIdPath = Annotated[
 
 
 class ApplicationCache:
-    """Applications by id, kept ``ttl_s`` seconds: ingest does not query PostgreSQL per request,
-    and goes on for known applications while PostgreSQL is unreachable.
+    """Applications by id with their keys (hashes, scopes, expiry), kept ``ttl_s`` seconds: ingest
+    does not query PostgreSQL per request, and goes on for known applications while PostgreSQL is
+    unreachable.
 
-    A key rotated or an application disabled through this gateway applies at once; through another
-    process (the CLI, another gateway), within ``ttl_s``.
+    A key created, rotated or revoked or an application disabled through this gateway applies at
+    once; through another process (the CLI, another gateway), within ``ttl_s``.
     """
 
     def __init__(self, pool: asyncpg.Pool, ttl_s: float) -> None:
@@ -141,35 +144,49 @@ def is_admin(settings: Settings, key: str | None) -> bool:
     return bool(token and key and hmac.compare_digest(key.encode(), token.encode()))
 
 
+def missing_scope(scope: Scope) -> ApiError:
+    return ApiError(
+        403,
+        f"This key does not have the '{scope}' scope",
+        [ErrorDetail(field="header.X-API-Key", reason=f"needs the {scope} scope")],
+    )
+
+
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling: the admin, or the holder of one application's key."""
+    """Who is calling: the admin, or the holder of one of an application's keys."""
 
     admin: bool
     application: Application | None = None
+    key: ApplicationKey | None = None
 
     def may_read(self, app_id: str) -> bool:
         return self.admin or (self.application is not None and self.application.app_id == app_id)
 
 
 async def authorize_app(
-    applications: ApplicationCache, settings: Settings, app_id: str, key: str | None, *, ingest: bool
+    applications: ApplicationCache, settings: Settings, app_id: str, key: str | None, scope: Scope
 ) -> Caller:
-    """The caller of an application's endpoint: 404 unknown app, 401 wrong key, 403 disabled (ingest)."""
+    """The caller of an application's endpoint that needs ``scope``: 404 unknown app, 401 wrong,
+    revoked or expired key, 403 a key without ``scope``, or a disabled application (ingest)."""
     application = await applications.get(app_id)
     if application is None:
         raise _unknown_app(app_id)
-    if not ingest and is_admin(settings, key):
+    if scope is not Scope.INGEST and is_admin(settings, key):
         return Caller(admin=True, application=application)
-    if key is None or not application.accepts(key, datetime.now(UTC)):
+    found = application.key_for(key, datetime.now(UTC)) if key is not None else None
+    if found is None:
+        ingest = scope is Scope.INGEST
         raise _unauthorized("API key for this application" + ("" if ingest else " (or the admin token)"))
-    if ingest and not application.is_active:
+    if scope not in found.scopes:
+        raise missing_scope(scope)
+    if scope is Scope.INGEST and not application.is_active:
         raise ApiError(
             403,
             f"Application '{app_id}' is disabled",
             [ErrorDetail(field="path.app_id", reason="application disabled")],
         )
-    return Caller(admin=False, application=application)
+    return Caller(admin=False, application=application, key=found)
 
 
 @dataclass(frozen=True)
@@ -190,7 +207,7 @@ async def ingest_dependency(
     # One dependency rather than five: FastAPI's per-dependency cost dominated single-event ingest.
     state = request.app.state
     key = await _presented_key(authorization, x_api_key)
-    caller = await authorize_app(state.applications, state.settings, app_id, key, ingest=True)
+    caller = await authorize_app(state.applications, state.settings, app_id, key, Scope.INGEST)
     assert caller.application is not None
     return Ingest(
         caller.application, state.settings, state.producer, state.rate_limiter, state.limits, state.conflicts
@@ -200,7 +217,13 @@ async def ingest_dependency(
 async def _app_reader(
     app_id: AppIdPath, applications: ApplicationsDep, settings: SettingsDep, key: PresentedKey
 ) -> Caller:
-    return await authorize_app(applications, settings, app_id, key, ingest=False)
+    return await authorize_app(applications, settings, app_id, key, Scope.READ)
+
+
+async def _app_manager(
+    app_id: AppIdPath, applications: ApplicationsDep, settings: SettingsDep, key: PresentedKey
+) -> Caller:
+    return await authorize_app(applications, settings, app_id, key, Scope.MANAGE)
 
 
 async def _admin(settings: SettingsDep, key: PresentedKey) -> None:
@@ -209,7 +232,8 @@ async def _admin(settings: SettingsDep, key: PresentedKey) -> None:
 
 
 IngestDep = Annotated[Ingest, Depends(ingest_dependency)]
-AppReader = Annotated[Caller, Depends(_app_reader)]
+AppReader = Annotated[Caller, Depends(_app_reader)]  # the read scope, or the admin token
+AppManager = Annotated[Caller, Depends(_app_manager)]  # the manage scope, or the admin token
 RequireAdmin = Depends(_admin)
 
 # A filter on event_type: what an event type can be (no control characters; PostgreSQL refuses NUL).

@@ -12,7 +12,7 @@ from gateway.errors import install_error_handlers
 from gateway.limits import Limits, RateLimiter
 from gateway.middleware import BodySizeLimitMiddleware, CorrelationIdMiddleware, IngestMetricsMiddleware
 from gateway.producer import EventProducer
-from gateway.routes import applications, dashboard, events, health, ingest, rules, statistics
+from gateway.routes import applications, dashboard, events, health, ingest, keys, rules, statistics
 from vdip.db import create_pool, migrate_url
 from vdip.rulesets import Republisher
 from vdip.settings import Settings, get_settings
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(applications.router)
+    app.include_router(keys.router)
     app.include_router(rules.router)
     app.include_router(statistics.router)
     app.include_router(dashboard.router)

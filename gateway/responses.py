@@ -7,7 +7,7 @@ from schemas import ErrorResponse
 _DESCRIBED: dict[int, tuple[str, dict[str, Any]]] = {
     400: ("The body could not be parsed", {"message": "There was an error parsing the body"}),
     401: (
-        "Missing or wrong API key (or admin token)",
+        "Missing, wrong, revoked or expired API key (or admin token)",
         {
             "message": "A valid API key for this application is required",
             "errors": [{"field": "header.X-API-Key", "reason": "missing or wrong key"}],
@@ -102,3 +102,24 @@ EVENT_CONFLICT: dict[int | str, dict[str, Any]] = {
         },
     }
 }
+
+
+def scoped(scope: str, *codes: int) -> dict[int | str, dict[str, Any]]:
+    """``errors(*codes)`` and the 403 of an application key without ``scope`` (what the route
+    needs: the admin token passes too, but for ingest)."""
+    described = errors(*codes)
+    disabled = " (or the application is disabled)" if scope == "ingest" else ""
+    described[403] = {
+        "model": ErrorResponse,
+        "description": f"Needs a key with the '{scope}' scope{disabled}",
+        "content": {
+            "application/json": {
+                "example": {
+                    "success": False,
+                    "message": f"This key does not have the '{scope}' scope",
+                    "errors": [{"field": "header.X-API-Key", "reason": f"needs the {scope} scope"}],
+                }
+            }
+        },
+    }
+    return described

@@ -7,9 +7,11 @@ import secrets
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from vdip import logs, stack
+from vdip.applications import ALL_SCOPES, ApplicationKey, Scope
 from vdip.errors import VdipError
 from vdip.settings import Settings, get_settings
 
@@ -154,34 +156,77 @@ def cmd_webhooks(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_app(settings: Settings, args: argparse.Namespace) -> int:
-    key = asyncio.run(_app_action(settings, args))
-    if key is None:
-        return 1
-    print(f"app_id: {args.app_id}\napi_key: {key}  (shown once; only its hash is stored)")
-    return 0
+    """The verbs of the keys API, on PostgreSQL directly: gateways see a change within
+    ``VDIP_APP_CACHE_TTL_S``."""
+    return asyncio.run(_app_action(settings, args))
 
 
-async def _app_action(settings: Settings, args: argparse.Namespace) -> str | None:
+async def _app_action(settings: Settings, args: argparse.Namespace) -> int:
     from vdip.db import create_pool
-    from vdip.store.applications import create_application, rotate_key
+    from vdip.store import keys
+    from vdip.store.applications import create_application, get_application
 
     pool = await create_pool(settings.database_url)
     try:
         if args.action == "create":
             created = await create_application(pool, args.app_id, args.name or args.app_id)
             if created is None:
-                print(
-                    f"application '{args.app_id}' exists already (use `vdip app rotate-key`)", file=sys.stderr
-                )
-                return None
-            return created[1]
-        rotated = await rotate_key(pool, args.app_id)  # the old key stops working at once
+                return _fail(f"application '{args.app_id}' exists already (use `vdip app rotate-key`)")
+            return _show_key(created[0].keys[0], created[1])
+        if await get_application(pool, args.app_id) is None:
+            return _fail(f"application '{args.app_id}' does not exist")
+        if args.action == "keys":
+            for key in await keys.keys_of(pool, args.app_id):
+                state = "revoked" if key.revoked_at else "expires " + str(key.expires_at or "never")
+                print(f"{key.key_id}\t{key.name}\t{','.join(key.scopes)}\t{state}")
+            return 0
+        if args.action == "add-key":
+            made, secret = await keys.create_key(
+                pool, args.app_id, args.key_name or "cli", args.scopes, args.expires_at
+            )
+            return _show_key(made, secret)
+        if args.action == "revoke-key":
+            if args.key_id is None:
+                return _fail("say which key with --key-id (`vdip app keys` lists them)")
+            revoked = await keys.revoke_key(pool, args.app_id, args.key_id)
+            if revoked is None:
+                return _fail(f"application '{args.app_id}' has no key {args.key_id}")
+            print(f"key {revoked.key_id} ({revoked.name}) revoked")
+            return 0
+        # rotate-key: without --key-id, the key made with the application
+        rotated = await keys.rotate_key(pool, args.app_id, args.key_id, timedelta(seconds=args.grace_s))
         if rotated is None:
-            print(f"application '{args.app_id}' does not exist", file=sys.stderr)
-            return None
-        return rotated[1]
+            return _fail(f"application '{args.app_id}' has no live key {args.key_id or '(the first)'}")
+        return _show_key(*rotated)
     finally:
         await pool.close()
+
+
+def _fail(message: str) -> int:
+    print(message, file=sys.stderr)
+    return 1
+
+
+def _show_key(key: ApplicationKey, secret: str) -> int:
+    print(
+        f"app_id: {key.app_id}\nkey_id: {key.key_id}\nname: {key.name}\nscopes: {','.join(key.scopes)}"
+        f"\napi_key: {secret}  (shown once; only its hash is stored)"
+    )
+    return 0
+
+
+def _scopes(text: str) -> list[Scope]:
+    try:
+        return [Scope(s.strip()) for s in text.split(",") if s.strip()] or list(ALL_SCOPES)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"scopes are a comma-separated list of {', '.join(Scope)}") from exc
+
+
+def _moment(text: str) -> datetime:
+    at = datetime.fromisoformat(text)
+    if at.tzinfo is None:
+        raise argparse.ArgumentTypeError("give a time zone, e.g. 2030-01-01T00:00:00Z")
+    return at
 
 
 def _run_dir(settings: Settings) -> Path:
@@ -413,10 +458,22 @@ def build_parser() -> argparse.ArgumentParser:
     add("sink", cmd_sink, "Run the event store sink in the foreground")
     add("table-sink", cmd_table_sink, "Run the sink of database_table destinations in the foreground")
     add("webhooks", cmd_webhooks, "Run the webhook dispatcher in the foreground")
-    p = add("app", cmd_app, "Create an application, or rotate its API key")
-    p.add_argument("action", choices=["create", "rotate-key"])
+    p = add("app", cmd_app, "Create an application; list, add, revoke or rotate its keys")
+    p.add_argument("action", choices=["create", "keys", "add-key", "revoke-key", "rotate-key"])
     p.add_argument("app_id")
-    p.add_argument("--name")
+    p.add_argument("--name", help="create: the application's name")
+    p.add_argument("--key-name", help="add-key: the key's name")
+    p.add_argument(
+        "--scopes", type=_scopes, default=list(ALL_SCOPES), help="add-key: e.g. ingest,read (default: all)"
+    )
+    p.add_argument("--expires-at", type=_moment, help="add-key: ISO time with zone (default: never)")
+    p.add_argument("--key-id", type=int, help="revoke-key, rotate-key (default: the key made with the app)")
+    p.add_argument(
+        "--grace-s",
+        type=float,
+        default=0,
+        help="rotate-key: seconds the old secret keeps working (default 0)",
+    )
     return parser
 
 

@@ -1,16 +1,24 @@
-"""Management of applications and their API keys (admin token; an application may read itself
-and rotate its own key)."""
+"""Management of applications (admin token; an application's key with the ``read`` scope reads
+it, with ``manage`` rotates the key made with it). Its other keys: ``gateway.routes.keys``."""
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from gateway.deps import AppIdPath, ApplicationsDep, AppReader, PoolDep, RequireAdmin, SettingsDep
+from gateway.deps import (
+    AppIdPath,
+    ApplicationsDep,
+    AppManager,
+    AppReader,
+    PoolDep,
+    RequireAdmin,
+    SettingsDep,
+)
 from gateway.errors import ApiError
-from gateway.responses import errors
+from gateway.responses import errors, scoped
 from schemas import ErrorDetail, SuccessResponse
 from schemas.events import AppId
 from vdip.applications import Application
@@ -31,19 +39,21 @@ class ApplicationView(BaseModel):
     description: str | None
     is_active: bool
     previous_key_valid_until: datetime | None = Field(
-        description="Until when the key replaced by the last rotation keeps working."
+        description="Until when the key replaced by the last rotation of the key made with the"
+        " application keeps working."
     )
     created_at: datetime
     updated_at: datetime
 
     @classmethod
     def of(cls, app: Application) -> "ApplicationView":
+        first = app.first_key
         return cls(
             app_id=app.app_id,
             name=app.name,
             description=app.description,
             is_active=app.is_active,
-            previous_key_valid_until=app.previous_key_expires_at if app.previous_key_hash else None,
+            previous_key_valid_until=first.previous_valid_until(datetime.now(UTC)) if first else None,
             created_at=app.created_at,
             updated_at=app.updated_at,
         )
@@ -95,7 +105,7 @@ async def list_all(pool: PoolDep) -> SuccessResponse[list[ApplicationView]]:
     )
 
 
-@router.get("/api/applications/{app_id}", summary="One application", responses=errors(401, 404, 422))
+@router.get("/api/applications/{app_id}", summary="One application", responses=scoped("read", 401, 404, 422))
 async def get_one(caller: AppReader) -> SuccessResponse[ApplicationView]:
     assert caller.application is not None
     return SuccessResponse(message="Application found", data=ApplicationView.of(caller.application))
@@ -139,11 +149,12 @@ async def enable(
 
 @router.post(
     "/api/applications/{app_id}/rotate-key",
-    summary="Replace the API key; the old one keeps working for key_rotation_grace_s (a day)",
-    responses=errors(401, 404, 422),
+    summary="Replace the key made with the application; the old one keeps working for"
+    " key_rotation_grace_s (a day)",
+    responses=scoped("manage", 401, 404, 422),
 )
 async def rotate(
-    caller: AppReader, pool: PoolDep, cache: ApplicationsDep, settings: SettingsDep
+    caller: AppManager, pool: PoolDep, cache: ApplicationsDep, settings: SettingsDep
 ) -> SuccessResponse[ApplicationWithKey]:
     assert caller.application is not None
     app_id = caller.application.app_id

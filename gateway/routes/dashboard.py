@@ -10,7 +10,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from gateway.deps import AppReader, PoolDep, SettingsDep
-from gateway.responses import errors
+from gateway.responses import scoped
 from schemas import SuccessResponse
 from vdip.store import rules
 from vdip.topics import DeadLetterReason, read_to_end
@@ -32,7 +32,7 @@ class RuleActivity(BaseModel):
 @router.get(
     "/api/statistics/rules/{app_id}",
     summary="Each of an application's rules with how many events it matched, delivered and failed",
-    responses=errors(401, 404, 422),
+    responses=scoped("read", 401, 404, 422),
 )
 async def rule_activity(caller: AppReader, pool: PoolDep) -> SuccessResponse[list[RuleActivity]]:
     assert caller.application is not None
@@ -53,7 +53,7 @@ class DeadLetter(BaseModel):
 @router.get(
     "/api/dead-letters/app/{app_id}",
     summary="An application's most recent records in events.dlq, newest first",
-    responses=errors(401, 404, 422),
+    responses=scoped("read", 401, 404, 422),
 )
 async def dead_letters(
     caller: AppReader, settings: SettingsDep, limit: Annotated[int, Query(ge=1, le=200)] = 20

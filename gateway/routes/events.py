@@ -34,8 +34,10 @@ from gateway.deps import (
     is_admin,
 )
 from gateway.errors import ApiError
-from gateway.responses import errors
+from gateway.responses import scoped
 from schemas import DeliveryStatus, ErrorDetail, EventStatus, SuccessResponse
+from vdip.applications import Scope
+from vdip.settings import Settings
 from vdip.store import deliveries as delivery_store
 from vdip.store import events as event_store
 
@@ -101,7 +103,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 @router.get(
     "/api/events/app/{app_id}",
     summary="List an application's events, newest first",
-    responses=errors(401, 404, 422),
+    responses=scoped("read", 401, 404, 422),
 )
 async def list_events(
     caller: AppReader,
@@ -146,24 +148,27 @@ AppIdQuery = Annotated[
 
 
 async def _opens(applications: ApplicationCache, app_id: str, key: str | None) -> bool:
-    """Whether ``key`` is ``app_id``'s key."""
+    """Whether ``key`` is one of ``app_id``'s keys."""
     application = await applications.get(app_id)
-    return application is not None and key is not None and application.accepts(key, datetime.now(UTC))
+    if application is None or key is None:
+        return False
+    return application.key_for(key, datetime.now(UTC)) is not None
 
 
-async def _readable_event(
+async def _event(
     event_id: uuid.UUID,
-    pool: PoolDep,
-    key: PresentedKey,
-    applications: ApplicationsDep,
-    settings: SettingsDep,
-    app_id: AppIdQuery = None,
+    pool: asyncpg.Pool,
+    key: str | None,
+    applications: ApplicationCache,
+    settings: Settings,
+    app_id: str | None,
+    scope: Scope,
 ) -> asyncpg.Record:
-    """The stored event of the path, if the caller may read its application's data: the event of
-    ``app_id``, else of the key's application, else (the admin) of the one application that used
-    the id."""
+    """The stored event of the path, if the caller may use its application's data with ``scope``:
+    the event of ``app_id``, else of the key's application, else (the admin) of the one
+    application that used the id."""
     if app_id is not None:
-        await authorize_app(applications, settings, app_id, key, ingest=False)
+        await authorize_app(applications, settings, app_id, key, scope)
     rows = await event_store.find(pool, event_id, app_id)
     if not rows:
         raise ApiError(
@@ -183,11 +188,34 @@ async def _readable_event(
             [ErrorDetail(field="query.app_id", reason=f"ambiguous: the event id is used by {used_by}")],
         )
     if app_id is None:
-        await authorize_app(applications, settings, rows[0]["app_id"], key, ingest=False)
+        await authorize_app(applications, settings, rows[0]["app_id"], key, scope)
     return rows[0]
 
 
+async def _readable_event(
+    event_id: uuid.UUID,
+    pool: PoolDep,
+    key: PresentedKey,
+    applications: ApplicationsDep,
+    settings: SettingsDep,
+    app_id: AppIdQuery = None,
+) -> asyncpg.Record:
+    return await _event(event_id, pool, key, applications, settings, app_id, Scope.READ)
+
+
+async def _manageable_event(
+    event_id: uuid.UUID,
+    pool: PoolDep,
+    key: PresentedKey,
+    applications: ApplicationsDep,
+    settings: SettingsDep,
+    app_id: AppIdQuery = None,
+) -> asyncpg.Record:
+    return await _event(event_id, pool, key, applications, settings, app_id, Scope.MANAGE)
+
+
 ReadableEvent = Annotated[asyncpg.Record, Depends(_readable_event)]
+ManageableEvent = Annotated[asyncpg.Record, Depends(_manageable_event)]
 
 
 async def _deliveries(pool: asyncpg.Pool, event: asyncpg.Record) -> list[DeliveryOutcome]:
@@ -198,7 +226,7 @@ async def _deliveries(pool: asyncpg.Pool, event: asyncpg.Record) -> list[Deliver
 @router.get(
     "/api/events/{event_id}",
     summary="One stored event, with its status, routing summary and deliveries",
-    responses=errors(401, 404, 409, 422),
+    responses=scoped("read", 401, 404, 409, 422),
 )
 async def get_event(event: ReadableEvent, pool: PoolDep) -> SuccessResponse[EventWithDeliveries]:
     found = EventWithDeliveries(**dict(event), deliveries=await _deliveries(pool, event))
@@ -208,7 +236,7 @@ async def get_event(event: ReadableEvent, pool: PoolDep) -> SuccessResponse[Even
 @router.get(
     "/api/events/{event_id}/deliveries",
     summary="Where an event was delivered: one outcome per matching rule",
-    responses=errors(401, 404, 409, 422),
+    responses=scoped("read", 401, 404, 409, 422),
 )
 async def list_deliveries(event: ReadableEvent, pool: PoolDep) -> SuccessResponse[list[DeliveryOutcome]]:
     found = await _deliveries(pool, event)
@@ -219,10 +247,10 @@ async def list_deliveries(event: ReadableEvent, pool: PoolDep) -> SuccessRespons
     "/api/events/{event_id}/deliveries/{delivery_id}/redeliver",
     status_code=202,
     summary="Send a failed webhook delivery again",
-    responses=errors(401, 404, 409, 422),
+    responses=scoped("manage", 401, 404, 409, 422),
 )
 async def redeliver(
-    event: ReadableEvent, delivery_id: uuid.UUID, pool: PoolDep
+    event: ManageableEvent, delivery_id: uuid.UUID, pool: PoolDep
 ) -> SuccessResponse[DeliveryOutcome]:
     """The delivery goes back to the dispatcher's queue, due now, with the same ``webhook-id``. A
     destination the dispatcher disabled stays disabled until its rule is replaced (PUT)."""

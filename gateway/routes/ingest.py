@@ -27,7 +27,7 @@ from gateway.conflicts import Candidate
 from gateway.deps import APP_ID_PATTERN, IngestDep, ingest_dependency
 from gateway.errors import ApiError
 from gateway.limits import check_event
-from gateway.responses import EVENT_CONFLICT, errors
+from gateway.responses import EVENT_CONFLICT, scoped
 from schemas import ErrorDetail, EventEnvelope, EventMetadata, EventSource, IngestRequest, SuccessResponse
 from vdip import metrics
 from vdip.logs import correlation_id
@@ -267,7 +267,7 @@ router.add_api_route(
     methods=["POST"],
     status_code=202,
     summary="Ingest one event",
-    responses={**errors(400, 401, 403, 404, 413, 422, 429, 503), **EVENT_CONFLICT},
+    responses={**scoped("ingest", 400, 401, 404, 413, 422, 429, 503), **EVENT_CONFLICT},
     route_class_override=SingleEventRoute,
 )
 
@@ -276,7 +276,7 @@ router.add_api_route(
     "/api/messages/{app_id}",
     status_code=202,
     summary="Ingest a message (legacy): the body is the payload of an event of type 'message'",
-    responses={**errors(400, 401, 403, 404, 413, 422, 429, 503), **EVENT_CONFLICT},
+    responses={**scoped("ingest", 400, 401, 404, 413, 422, 429, 503), **EVENT_CONFLICT},
 )
 async def ingest_message(
     ingest_: IngestDep,
@@ -343,7 +343,7 @@ async def _without_conflicts(
     summary="Ingest up to max_batch_events events; each is accepted or rejected on its own",
     responses={
         207: {"model": SuccessResponse[BatchResult], "description": "Some events were rejected"},
-        **errors(400, 401, 403, 404, 413, 422, 429, 503),
+        **scoped("ingest", 400, 401, 404, 413, 422, 429, 503),
         **EVENT_CONFLICT,
     },
     openapi_extra={

@@ -30,12 +30,13 @@ from gateway.deps import (
 )
 from gateway.errors import ApiError
 from gateway.producer import EventProducer
-from gateway.responses import errors
+from gateway.responses import scoped
 from schemas import ErrorDetail, EventEnvelope, EventMetadata, IngestRequest, SuccessResponse
 from schemas.events import AppId, JsonObject
 from schemas.rules import RoutingRule, RuleFields, SavedRule, destination_problems
 from streams.conditions import ConditionLimits, Document, compile_matcher, explain, validate
 from streams.routing import applies, as_document
+from vdip.applications import Scope
 from vdip.rulesets import Republisher, write_rules
 from vdip.settings import Settings
 from vdip.store import rules as store
@@ -99,12 +100,17 @@ RepublisherDep = Annotated[Republisher, Depends(_republisher)]
 
 
 async def _authorized_rule(
-    pool: asyncpg.Pool, applications: ApplicationsDep, settings: Settings, rule_id: int, key: str | None
+    pool: asyncpg.Pool,
+    applications: ApplicationsDep,
+    settings: Settings,
+    rule_id: int,
+    key: str | None,
+    scope: Scope,
 ) -> RoutingRule:
     rule = await store.get_rule(pool, rule_id)
     if rule is None:
         raise _not_found(rule_id)
-    await authorize_app(applications, settings, rule.app_id, key, ingest=False)
+    await authorize_app(applications, settings, rule.app_id, key, scope)
     return rule
 
 
@@ -115,7 +121,7 @@ RuleId = Annotated[int, Field(ge=1, le=2**63 - 1)]
     "/api/routing-rules",
     status_code=201,
     summary="Create a routing rule",
-    responses=errors(400, 401, 404, 422, 503),
+    responses=scoped("manage", 400, 401, 404, 422, 503),
 )
 async def create_rule(
     body: RuleFields,
@@ -127,7 +133,7 @@ async def create_rule(
     key: PresentedKey,
 ) -> SuccessResponse[SavedRule]:
     """A webhook rule's signing secret is in the response, and only there: keep it."""
-    await authorize_app(applications, settings, body.app_id, key, ingest=False)
+    await authorize_app(applications, settings, body.app_id, key, Scope.MANAGE)
     _check(body, settings)
 
     async def insert(conn: asyncpg.Connection) -> SavedRule:
@@ -141,7 +147,7 @@ async def create_rule(
 @router.get(
     "/api/routing-rules/app/{app_id}",
     summary="An application's routing rules",
-    responses=errors(401, 404, 422),
+    responses=scoped("read", 401, 404, 422),
 )
 async def list_app_rules(
     caller: AppReader, pool: PoolDep, include_inactive: bool = False
@@ -151,11 +157,13 @@ async def list_app_rules(
     return SuccessResponse(message=f"{len(found)} rule(s)", data=found)
 
 
-@router.get("/api/routing-rules/{rule_id}", summary="One routing rule", responses=errors(401, 404, 422))
+@router.get(
+    "/api/routing-rules/{rule_id}", summary="One routing rule", responses=scoped("read", 401, 404, 422)
+)
 async def get_rule(
     rule_id: RuleId, pool: PoolDep, applications: ApplicationsDep, settings: SettingsDep, key: PresentedKey
 ) -> SuccessResponse[RoutingRule]:
-    rule = await _authorized_rule(pool, applications, settings, rule_id, key)
+    rule = await _authorized_rule(pool, applications, settings, rule_id, key, Scope.READ)
     return SuccessResponse(message="Routing rule found", data=rule)
 
 
@@ -171,8 +179,10 @@ class RuleChanges:
     key: str | None
 
     async def current(self, rule_id: int) -> RoutingRule:
-        """The rule, if it exists (404) and the caller may change it (401)."""
-        return await _authorized_rule(self.pool, self.applications, self.settings, rule_id, self.key)
+        """The rule, if it exists (404) and the caller may change it (401, 403)."""
+        return await _authorized_rule(
+            self.pool, self.applications, self.settings, rule_id, self.key, Scope.MANAGE
+        )
 
     async def apply(
         self, rule: RoutingRule, change: Callable[[asyncpg.Connection], Awaitable[R | None]]
@@ -202,7 +212,7 @@ RuleChangesDep = Annotated[RuleChanges, Depends(_rule_changes)]
 @router.put(
     "/api/routing-rules/{rule_id}",
     summary="Replace a routing rule (every field; app_id cannot change)",
-    responses=errors(400, 401, 404, 422, 503),
+    responses=scoped("manage", 400, 401, 404, 422, 503),
 )
 async def replace_rule(
     rule_id: RuleId, body: RuleFields, rules: RuleChangesDep
@@ -224,7 +234,7 @@ async def replace_rule(
 @router.patch(
     "/api/routing-rules/{rule_id}/toggle",
     summary="Switch a routing rule on or off",
-    responses=errors(401, 404, 422, 503),
+    responses=scoped("manage", 401, 404, 422, 503),
 )
 async def toggle_rule(rule_id: RuleId, rules: RuleChangesDep) -> SuccessResponse[RoutingRule]:
     rule = await rules.apply(await rules.current(rule_id), lambda conn: store.toggle_rule(conn, rule_id))
@@ -234,7 +244,9 @@ async def toggle_rule(rule_id: RuleId, rules: RuleChangesDep) -> SuccessResponse
 
 
 @router.delete(
-    "/api/routing-rules/{rule_id}", summary="Delete a routing rule", responses=errors(401, 404, 422, 503)
+    "/api/routing-rules/{rule_id}",
+    summary="Delete a routing rule",
+    responses=scoped("manage", 401, 404, 422, 503),
 )
 async def delete_rule(rule_id: RuleId, rules: RuleChangesDep) -> SuccessResponse[RoutingRule]:
     rule = await rules.apply(await rules.current(rule_id), lambda conn: store.delete_rule(conn, rule_id))
@@ -244,7 +256,7 @@ async def delete_rule(rule_id: RuleId, rules: RuleChangesDep) -> SuccessResponse
 @router.post(
     "/api/routing-rules/{rule_id}/rotate-secret",
     summary="A new webhook signing secret; the previous one keeps signing for a grace period",
-    responses=errors(401, 404, 409, 422),
+    responses=scoped("manage", 401, 404, 409, 422),
 )
 async def rotate_secret(rule_id: RuleId, rules: RuleChangesDep) -> SuccessResponse[SavedRule]:
     """During the grace period (``VDIP_WEBHOOK_SECRET_GRACE_S``) every delivery carries both
@@ -297,7 +309,7 @@ class RuleVerdict(BaseModel):
 @router.post(
     "/api/routing-rules/test",
     summary="Dry run: which rules a sample event matches, and why the others do not",
-    responses=errors(400, 401, 404, 422),
+    responses=scoped("read", 400, 401, 404, 422),
 )
 async def dry_run(
     body: DryRun,
@@ -306,7 +318,7 @@ async def dry_run(
     applications: ApplicationsDep,
     key: PresentedKey,
 ) -> SuccessResponse[list[RuleVerdict]]:
-    await authorize_app(applications, settings, body.app_id, key, ingest=False)
+    await authorize_app(applications, settings, body.app_id, key, Scope.READ)
     candidates: list[tuple[int | None, str, str | None, dict[str, Any], str]] = []
     if body.rule is not None:
         candidates.append(

@@ -13,9 +13,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import AwareDatetime, BaseModel
 
-from gateway.deps import AppReader, EventTypeFilter, PoolDep
+from gateway.deps import AppManager, AppReader, EventTypeFilter, PoolDep
 from gateway.errors import ApiError
-from gateway.responses import errors
+from gateway.responses import scoped
 from schemas import ErrorDetail, SuccessResponse
 from vdip import statistics
 from vdip.statistics import STEP, Period, bucket_range
@@ -117,7 +117,7 @@ async def _buckets(
 @router.get(
     "/api/statistics/{app_id}",
     summary="An application's event counts per event type and bucket",
-    responses=errors(401, 404, 422),
+    responses=scoped("read", 401, 404, 422),
 )
 async def get_statistics(
     caller: AppReader,
@@ -136,7 +136,7 @@ async def get_statistics(
 @router.get(
     "/api/statistics/dashboard/{app_id}",
     summary="Totals per event type and overall, and a time series with every bucket of the range",
-    responses=errors(401, 404, 422),
+    responses=scoped("read", 401, 404, 422),
 )
 async def dashboard(
     caller: AppReader,
@@ -172,10 +172,10 @@ async def dashboard(
 @router.post(
     "/api/statistics/refresh/{app_id}",
     summary="Recompute an application's statistics from its stored events, repairing any drift",
-    responses=errors(401, 404, 422),
+    responses=scoped("manage", 401, 404, 422),
 )
 async def refresh(
-    caller: AppReader, pool: PoolDep, start_date: StartQuery = None, end_date: EndQuery = None
+    caller: AppManager, pool: PoolDep, start_date: StartQuery = None, end_date: EndQuery = None
 ) -> SuccessResponse[Refreshed]:
     """Default range: from the application's first stored event to now. Reports every bucket that
     was wrong, with what it held and what it holds now (total, processed, failed)."""

@@ -55,7 +55,14 @@ async def test_dashboard_shows_events_as_they_arrive(
     await wrong.click("#sign-in button[type=submit]")
     await expect(wrong.locator("#sign-in-error")).to_contain_text("Cannot open")
 
-    await sign_in(page, pipeline.base_url, app)
+    read_key = await client.post(
+        f"/api/applications/{app.app_id}/keys",
+        json={"name": "dashboard", "scopes": ["read"]},
+        headers=app.headers,
+    )
+    await sign_in(
+        page, pipeline.base_url, AppKey(app.app_id, read_key.json()["data"]["api_key"])
+    )  # reads only
     sent = []
     for n, event_type in enumerate(["signup", "order", "order", "order", "refund"]):
         response = await client.post(

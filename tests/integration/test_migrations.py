@@ -11,9 +11,11 @@ import orjson
 import pytest
 
 from tests.conftest import ROOT, Services, _with_database
+from vdip.applications import Application, Scope, hash_key
 from vdip.db import Migration, create_pool, load_migrations, loopback_without_tls, migrate
 from vdip.errors import MigrationError
 from vdip.settings import Settings
+from vdip.store.applications import get_application
 
 
 @pytest.fixture
@@ -220,3 +222,36 @@ async def test_events_stored_before_claims_are_claimed_without_a_hash(empty_db: 
     assert await migrate(empty_db) == ["0009_event_claims"]
     claims = await empty_db.fetch("SELECT app_id, event_id, content_hash FROM event_claims")
     assert [tuple(c) for c in claims] == [("old-app", event_id, None)]
+
+
+async def test_each_application_key_becomes_a_key_with_every_scope(empty_db: asyncpg.Connection) -> None:
+    """0010 -> 0011: the key (and a previous key still in its grace period) keeps opening
+    everything it opened."""
+    await migrate(empty_db, load_migrations()[:10])
+    db = empty_db
+    await db.execute(
+        """INSERT INTO applications (app_id, name, api_key_hash, previous_key_hash, previous_key_expires_at)
+           VALUES ('in-grace', 'a', $1, $2, now() + interval '1 hour'),
+                  ('grace-over', 'b', $3, $4, now() - interval '1 hour'),
+                  ('no-key', 'c', NULL, NULL, NULL)""",
+        hash_key("current-a"),
+        hash_key("previous-a"),
+        hash_key("current-b"),
+        hash_key("previous-b"),
+    )
+    await migrate(db)
+    now = datetime.now(UTC)
+
+    async def opens(app_id: str, key: str) -> bool:
+        app = await get_application(db, app_id)
+        assert isinstance(app, Application)
+        found = app.key_for(key, now)
+        return found is not None and found.scopes == (Scope.INGEST, Scope.READ, Scope.MANAGE)
+
+    assert await opens("in-grace", "current-a") and await opens("in-grace", "previous-a")
+    assert await opens("grace-over", "current-b") and not await opens("grace-over", "previous-b")
+    assert not await opens("in-grace", "current-b")
+    no_key = await get_application(db, "no-key")
+    assert no_key is not None and no_key.keys == ()
+    names = await db.fetch("SELECT app_id, name FROM application_keys ORDER BY app_id")
+    assert [tuple(r) for r in names] == [("grace-over", "default"), ("in-grace", "default")]

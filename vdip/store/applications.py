@@ -1,7 +1,7 @@
 """``applications``: every statement that writes it, and its reads.
 
-Keys are generated and hashed by ``vdip.applications``; only their SHA-256 is stored. Rotating a
-key keeps the previous one valid for a grace period.
+An application's keys are in ``application_keys`` (``vdip.store.keys``); an application read here
+comes with them, oldest first.
 """
 
 from datetime import timedelta
@@ -9,55 +9,55 @@ from typing import TypeAlias
 
 import asyncpg
 
-from vdip.applications import Application, generate_key, hash_key
+from vdip.applications import Application
+from vdip.store import keys
 
 Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
-_COLUMNS = """app_id, name, description, is_active, api_key_hash, previous_key_hash,
-              previous_key_expires_at, created_at, updated_at"""
+_COLUMNS = "app_id, name, description, is_active, created_at, updated_at"
 
 
 async def get_application(db: Db, app_id: str) -> Application | None:
     row = await db.fetchrow(f"SELECT {_COLUMNS} FROM applications WHERE app_id = $1", app_id)
-    return Application(**dict(row)) if row else None
+    if row is None:
+        return None
+    return Application(**dict(row), keys=tuple(await keys.keys_of(db, app_id)))
 
 
 async def list_applications(db: Db) -> list[Application]:
     rows = await db.fetch(f"SELECT {_COLUMNS} FROM applications ORDER BY app_id")
-    return [Application(**dict(row)) for row in rows]
+    found = await keys.keys_of_all(db, [row["app_id"] for row in rows])
+    return [Application(**dict(row), keys=tuple(found.get(row["app_id"], []))) for row in rows]
 
 
 async def create_application(
-    db: Db, app_id: str, name: str, description: str | None = None
+    db: asyncpg.Pool, app_id: str, name: str, description: str | None = None
 ) -> tuple[Application, str] | None:
-    """Create an application with a new key. Returns it and the key, or None if the id is taken."""
-    key = generate_key()
-    row = await db.fetchrow(
-        f"""INSERT INTO applications (app_id, name, description, api_key_hash)
-            VALUES ($1, $2, $3, $4) ON CONFLICT (app_id) DO NOTHING
-            RETURNING {_COLUMNS}""",
-        app_id,
-        name,
-        description,
-        hash_key(key),
-    )
-    return (Application(**dict(row)), key) if row else None
+    """Create an application with a key of every scope. Returns it and the key, or None if the id
+    is taken."""
+    async with db.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            f"""INSERT INTO applications (app_id, name, description)
+                VALUES ($1, $2, $3) ON CONFLICT (app_id) DO NOTHING
+                RETURNING {_COLUMNS}""",
+            app_id,
+            name,
+            description,
+        )
+        if row is None:
+            return None
+        made, key = await keys.create_key(conn, app_id, "default")
+    return Application(**dict(row), keys=(made,)), key
 
 
 async def rotate_key(db: Db, app_id: str, grace: timedelta = timedelta(0)) -> tuple[Application, str] | None:
-    """Give an application a new key; the old one keeps working for ``grace``. None if unknown."""
-    key = generate_key()
-    row = await db.fetchrow(
-        f"""UPDATE applications
-            SET previous_key_hash = api_key_hash,
-                previous_key_expires_at = now() + $3::interval,
-                api_key_hash = $2, updated_at = now()
-            WHERE app_id = $1 RETURNING {_COLUMNS}""",
-        app_id,
-        hash_key(key),
-        grace,
-    )
-    return (Application(**dict(row)), key) if row else None
+    """A new secret for the key made with the application; the old one keeps working for
+    ``grace``. None if the application is unknown or that key was revoked."""
+    rotated = await keys.rotate_key(db, app_id, None, grace)
+    if rotated is None:
+        return None
+    application = await get_application(db, app_id)
+    return (application, rotated[1]) if application else None
 
 
 async def set_active(db: Db, app_id: str, active: bool) -> Application | None:
@@ -67,4 +67,4 @@ async def set_active(db: Db, app_id: str, active: bool) -> Application | None:
         app_id,
         active,
     )
-    return Application(**dict(row)) if row else None
+    return Application(**dict(row), keys=tuple(await keys.keys_of(db, app_id))) if row else None
