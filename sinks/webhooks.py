@@ -21,6 +21,9 @@ Two loops in one process:
   delivery is never sent twice at once, by this
   dispatcher or another.
 
+If the intake or the dispatch loop ends on its own, the other stops and the process exits with
+the error.
+
 Ordering: none is promised. Deliveries are attempted roughly in routing order, and a delivery
 waiting for its retry does not hold back the ones after it.
 
@@ -42,7 +45,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -506,11 +509,12 @@ class Dispatcher:
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """The intake and the dispatcher, until ``stop``."""
+    """The intake and the dispatcher, until ``stop``. If either ends before, the other is stopped
+    too and this raises (the process exits with the error): never half alive, sending while
+    nothing new is recorded or recording while nothing is sent."""
     await migrate_url(settings.database_url)  # before the first claim; serve_sink runs it too
     pool = await create_pool(settings.database_url, min_size=1, max_size=4)
     allowed = networks(settings.webhook_allowed_networks)
-    intake_task: asyncio.Task[None] | None = None
     try:
         async with WebhookClient(allowed, settings.webhook_timeout_s) as client:
             dispatcher = Dispatcher(pool, client, settings)
@@ -523,13 +527,29 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                 ),
                 stop=stop,
             )
-            intake_task = asyncio.create_task(intake)
-            await dispatcher.run(stop)
+            await together({"intake": intake, "dispatcher": dispatcher.run(stop)}, stop)
+    finally:
+        await pool.close()
+
+
+async def together(parts: dict[str, Coroutine[Any, Any, None]], stop: asyncio.Event) -> None:
+    """Run ``parts`` (each until ``stop``) as tasks until each has ended. The first to end sets
+    ``stop`` for the others; if it ended before ``stop`` was set, this raises its exception (or
+    says it returned) once the others have stopped."""
+    tasks = {asyncio.create_task(part, name=name): name for name, part in parts.items()}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        early = None if stop.is_set() else next(iter(done))
     finally:
         stop.set()
-        if intake_task is not None:
-            await intake_task
-        await pool.close()
+        await asyncio.wait(tasks)
+    errors = [error for task in tasks if (error := task.exception()) is not None]
+    if early is not None:
+        error = early.exception()
+        log.error("the webhook %s ended on its own (%r): stopping", tasks[early], error)
+        raise error or RuntimeError(f"the webhook {tasks[early]} returned before it was stopped")
+    if errors:
+        raise errors[0]
 
 
 def run(settings: Settings) -> None:
