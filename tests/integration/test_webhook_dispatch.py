@@ -84,7 +84,8 @@ async def test_two_dispatchers_share_deliveries_and_lose_none_when_one_is_killed
         "webhooks",
         twin_settings,
         log_dir,
-        {"VDIP_WEBHOOK_TIMEOUT_S": "3", "VDIP_WEBHOOK_LEASE_S": "8"},
+        # At DEBUG, it logs each delivery it made.
+        {"VDIP_WEBHOOK_TIMEOUT_S": "3", "VDIP_WEBHOOK_LEASE_S": "8", "VDIP_LOG_LEVEL": "DEBUG"},
         label="twin-webhooks-dispatch",
     )
     twin_log = log_dir / "twin-webhooks-dispatch.log"
