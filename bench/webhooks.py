@@ -428,9 +428,7 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=200, help="deliveries/s offered in the paced scenario")
     parser.add_argument("--seconds", type=float, default=10, help="how long the paced scenario offers them")
     parser.add_argument("--only", default="", help="only the scenarios whose name contains this")
-    parser.add_argument(
-        "--log-level", default="INFO", help="the dispatcher's (INFO, the default, logs each delivery)"
-    )
+    parser.add_argument("--log-level", default="INFO", help="the dispatcher's (DEBUG logs each delivery)")
     parser.add_argument("--logs", default="/tmp/bench-webhooks", help="where the processes' output goes")
     parser.add_argument("--receiver", type=int, help=argparse.SUPPRESS)  # run the receiver on this port
     parsed = parser.parse_args()

@@ -9,6 +9,7 @@ refused whole. IPv6 forms that carry an IPv4 address (IPv4-mapped, IPv4-compatib
 """
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Iterable, Sequence
@@ -119,6 +120,17 @@ class GuardedResolver(AbstractResolver):
 KEEPALIVE_EXPIRY_S = 5.0  # idle connections closed after this
 
 
+@functools.lru_cache(maxsize=4096)
+def parsed(url: str) -> tuple[yarl.URL, IPAddress | None]:
+    """A webhook URL, parsed once, and the address it names if its host is an IP address."""
+    parsed_url = yarl.URL(url)
+    try:
+        literal = ipaddress.ip_address((parsed_url.host or "").split("%")[0])
+    except ValueError:
+        return parsed_url, None  # a name: the resolver judges it
+    return parsed_url, literal
+
+
 class WebhookClient:
     """The HTTP client of webhooks: aiohttp (about a tenth of httpx's CPU per request here),
     connecting only to allowed addresses, never following redirects nor proxies from the
@@ -135,24 +147,31 @@ class WebhookClient:
             limit=0,
             keepalive_timeout=KEEPALIVE_EXPIRY_S,
         )
+        # No cookies: one receiver's would go back with every webhook to its host, whichever rule's.
+        # Answers are read and dropped, never decompressed. One deadline a request, ``post``'s.
+        self.timeout_s = timeout_s
         self.session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s), trust_env=False
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout_s),
+            trust_env=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
         )
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
-        """POST ``body``; the status and the ``Retry-After`` header. Raises ``AddressRefused``, or
-        ``aiohttp.ClientError`` when there is no answer."""
-        host = yarl.URL(url).host or ""
-        try:
-            literal = ipaddress.ip_address(host.split("%")[0])
-        except ValueError:
-            pass  # a name: the resolver judges it
-        else:
+        """POST ``body``; the status and the ``Retry-After`` header. Raises ``AddressRefused``,
+        ``aiohttp.ClientError`` when there is no answer, or ``TimeoutError`` when it is not
+        complete ``timeout_s`` after the call, whatever the phase (aiohttp's own timeouts are per
+        phase: a receiver dripping its answer a byte at a time would never trip them)."""
+        target, literal = parsed(url)
+        host = target.host or ""
+        if literal is not None:
             reason = refusal(literal, self.allowed)
             if reason:
                 raise AddressRefused(f"{host} is {reason}: webhooks may not connect there")
         try:
-            async with self.session.post(url, data=body, headers=headers, allow_redirects=False) as response:
+            request = self.session.post(target, data=body, headers=headers, allow_redirects=False)
+            async with asyncio.timeout(self.timeout_s), request as response:
                 await response.read()  # so that the connection can serve the next request
                 return response.status, response.headers.get("retry-after")
         except aiohttp.InvalidUrlClientError as exc:  # e.g. a legacy IPv4 form (2130706433, 127.1)

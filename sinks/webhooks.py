@@ -16,10 +16,13 @@ Two loops in one process:
   moment a slot frees, without a round trip to PostgreSQL (each within one attempt's time of
   its claim, so well within its lease); stopping puts them back. A slow or dead endpoint holds
   only its own slots, never another endpoint's, and retries wait in the table, not in a
-  partition. Successes are recorded many in one statement. An attempt ends within
-  ``webhook_timeout_s`` in total, shorter than the lease (``Settings`` checks it), so a
-  delivery is never sent twice at once, by this
-  dispatcher or another.
+  partition. Successes are recorded many in one statement (each waits up to 10 ms for others).
+  An attempt ends within ``webhook_timeout_s`` in total, shorter than the lease (``Settings``
+  checks it), so a delivery is never sent twice at once, by this dispatcher or another.
+
+The body is built from the message as recorded, without validating it again; a success is
+logged at DEBUG only (a failed attempt at INFO). If the intake or the dispatch loop ends on
+its own, the other stops and the process exits with the error.
 
 Ordering: none is promised. Deliveries are attempted roughly in routing order, and a delivery
 waiting for its retry does not hold back the ones after it.
@@ -36,13 +39,14 @@ delivery at once.
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -55,6 +59,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from schemas import DeliveryStatus
+from schemas.events import EventEnvelope, EventMetadata
 from schemas.rules import MAX_IN_FLIGHT, Delivery
 from sinks.addresses import WebhookClient, networks
 from sinks.batching import (
@@ -70,7 +75,6 @@ from sinks.batching import (
 from vdip import metrics
 from vdip.db import UNAVAILABLE, create_pool, migrate_url
 from vdip.errors import AddressRefused
-from vdip.logs import event_context
 from vdip.settings import WEBHOOK_LEASE_MARGIN_S, Settings
 from vdip.store import deliveries, rules
 
@@ -78,15 +82,23 @@ log = logging.getLogger(__name__)
 
 JITTER = 0.2
 ORPHANS_EVERY_S = 1.0  # deliveries of a deleted rule are failed this often
+SUCCESSES_LINGER_S = 0.01  # a success waits this long for others to be recorded with
 
 # ------------------------------------------------------------------------------ pure parts
 
 
+@functools.lru_cache(maxsize=1024)
+def _keyed(secret: str) -> hmac.HMAC:
+    """HMAC-SHA256 keyed with ``secret``, nothing hashed yet: each signature copies it."""
+    return hmac.new(base64.b64decode(secret.removeprefix("whsec_")), digestmod=hashlib.sha256)
+
+
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """A Standard Webhooks ``v1`` signature: HMAC-SHA256 of ``id.timestamp.body``, base64."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
+    mac = _keyed(secret).copy()
+    mac.update(f"{msg_id}.{timestamp}.".encode())
+    mac.update(body)
+    return "v1," + base64.b64encode(mac.digest()).decode()
 
 
 def request_body(delivery: Delivery) -> bytes:
@@ -102,17 +114,50 @@ def request_body(delivery: Delivery) -> bytes:
     )
 
 
-def request_headers(delivery: Delivery, secrets: list[str], body: bytes, now: float) -> dict[str, str]:
+ENVELOPE_FIELDS = tuple(EventEnvelope.model_fields)
+METADATA_FIELDS = tuple(EventMetadata.model_fields)
+ENVELOPE_KEYS = frozenset(ENVELOPE_FIELDS)
+METADATA_KEYS = frozenset(METADATA_FIELDS)
+
+
+def recorded_body(message: dict[str, Any]) -> bytes:
+    """``request_body`` of a delivery as the intake recorded it (``Delivery.model_dump(mode="json")``,
+    back from jsonb), the same bytes without validating it again: only the envelope's fields go
+    back in the model's order (jsonb keeps its own). A message of another shape is validated."""
+    event = message["event"]
+    metadata = event["metadata"]
+    if event.keys() != ENVELOPE_KEYS or type(metadata) is not dict or metadata.keys() != METADATA_KEYS:
+        return request_body(Delivery.model_validate(message))
+    data = {name: event[name] for name in ENVELOPE_FIELDS}
+    data["metadata"] = {name: metadata[name] for name in METADATA_FIELDS}
+    return orjson.dumps(
+        {
+            "type": event["event_type"],
+            "timestamp": datetime.fromisoformat(event["received_at"]),
+            "delivery_id": message["delivery_id"],
+            "rule_id": message["rule_id"],
+            "data": data,
+        }
+    )
+
+
+def signed_headers(
+    msg_id: str, config: Mapping[str, Any], secrets: list[str], body: bytes, now: float
+) -> dict[str, str]:
+    """The headers of one attempt: the destination's own (``config["headers"]``), then ours."""
     timestamp = int(now)
-    msg_id = str(delivery.delivery_id)
     return {
-        **delivery.destination_config.get("headers", {}),
+        **config.get("headers", {}),
         "content-type": "application/json",
         "user-agent": "vdip-webhooks/1",
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
         "webhook-signature": " ".join(sign(s, msg_id, timestamp, body) for s in secrets),
     }
+
+
+def request_headers(delivery: Delivery, secrets: list[str], body: bytes, now: float) -> dict[str, str]:
+    return signed_headers(str(delivery.delivery_id), delivery.destination_config, secrets, body, now)
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
@@ -155,24 +200,30 @@ class Outcome:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
+def log_context(message: dict[str, Any]) -> dict[str, str]:
+    """``vdip.logs.event_context`` of a recorded delivery's event."""
+    event = message.get("event") or {}
+    metadata = event.get("metadata") or {}
+    return {"event_id": str(event.get("event_id")), "correlation_id": metadata.get("correlation_id") or "-"}
+
+
 # ------------------------------------------------------------------------------ one attempt
 
 
-async def attempt(client: WebhookClient, delivery: Delivery, secrets: list[str], timeout_s: float) -> Outcome:
-    """One POST, cut off ``timeout_s`` after it started whatever the phase (the client's own
-    timeouts are per phase: a receiver dripping its answer a byte at a time never trips them)."""
-    url = delivery.destination_config["url"]
-    body = request_body(delivery)
-    headers = request_headers(delivery, secrets, body, time.time())
+async def attempt(client: WebhookClient, message: dict[str, Any], secrets: list[str]) -> Outcome:
+    """One POST of a recorded delivery, cut off ``client.timeout_s`` after it started whatever
+    the phase."""
+    config = message["destination_config"]
+    body = recorded_body(message)
+    headers = signed_headers(message["delivery_id"], config, secrets, body, time.time())
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(timeout_s):
-            status_code, retry_after_header = await client.post(url, body, headers)
+        status_code, retry_after_header = await client.post(config["url"], body, headers)
     except AddressRefused as exc:
         return Outcome(error=str(exc), refused=True)
     except TimeoutError:
         elapsed = (time.perf_counter() - started) * 1000
-        return Outcome(error=f"no complete answer within {timeout_s} s", latency_ms=elapsed)
+        return Outcome(error=f"no complete answer within {client.timeout_s} s", latency_ms=elapsed)
     except (aiohttp.ClientError, OSError, ValueError) as exc:
         elapsed = (time.perf_counter() - started) * 1000
         return Outcome(error=f"{type(exc).__name__}: {exc}"[:1000], latency_ms=elapsed)
@@ -222,11 +273,13 @@ T = TypeVar("T")
 
 
 class GroupWriter(Generic[T]):
-    """Writes what is submitted while a write is under way together, in the next one: each
-    ``submit`` returns once its item is written (or raises what the write raised)."""
+    """Writes what is submitted while a write is under way, or within ``linger_s`` before it,
+    together, in the next one: each ``submit`` returns once its item is written (or raises what
+    the write raised)."""
 
-    def __init__(self, write: Callable[[list[T]], Awaitable[None]]) -> None:
+    def __init__(self, write: Callable[[list[T]], Awaitable[None]], linger_s: float = 0.0) -> None:
         self.write = write
+        self.linger_s = linger_s
         self.waiting: list[tuple[T, asyncio.Future[None]]] = []
         self.writing: asyncio.Task[None] | None = None
 
@@ -240,6 +293,7 @@ class GroupWriter(Generic[T]):
     async def _drain(self) -> None:
         try:
             while self.waiting:
+                await asyncio.sleep(self.linger_s)
                 batch, self.waiting = self.waiting, []
                 try:
                     await self.write([item for item, _ in batch])
@@ -294,24 +348,25 @@ class Dispatcher:
         self.tasks: set[asyncio.Task[None]] = set()
         self.rng = random.Random()
         self.wake = asyncio.Event()
-        self.successes = GroupWriter(self._write_successes)
+        self.successes = GroupWriter(self._write_successes, SUCCESSES_LINGER_S)
         self.orphans_claimed_at = 0.0
+        self.attempts = {status: metrics.WEBHOOK_ATTEMPTS.labels(status) for status in DeliveryStatus}
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self.wake.clear()
             try:
-                claimed = await self.claim()
+                await self.claim()
                 if time.monotonic() - self.orphans_claimed_at >= ORPHANS_EVERY_S:
                     self.orphans_claimed_at = time.monotonic()
-                    claimed += await self.claim_orphans()
+                    await self.claim_orphans()
             except UNAVAILABLE as exc:
                 log.warning("claiming deliveries failed, retrying: %r", exc)
-                claimed = 0
                 await asyncio.sleep(self.settings.webhook_poll_interval_s)
-            if not claimed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), self._wait_s())
+            # A claim took all that each endpoint may start (or all that was due): the next one
+            # when woken (an attempt ended, deliveries were recorded) or polling.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self._wait_s())
         with contextlib.suppress(*UNAVAILABLE):
             await self.release_waiting()
         if self.tasks:  # let attempts under way finish; their leases cover a crash
@@ -412,35 +467,44 @@ class Dispatcher:
                 self.wake.set()
 
         try:
-            delivery = Delivery.model_validate(message)
+            delivery_id = UUID(message["delivery_id"])
             if endpoint is None:
                 endpoint = await rules.webhook_endpoint(self.pool, rule_id)
             if endpoint is None or endpoint["webhook_secret"] is None:
                 free()
-                await self.finish(delivery, attempts, Outcome(error="the rule no longer exists"), final=True)
+                outcome = Outcome(error="the rule no longer exists")
+                await self.finish(delivery_id, rule_id, message, attempts, outcome, final=True)
             elif endpoint["destination_disabled_reason"] is not None:
                 free()
                 reason = f"destination disabled: {endpoint['destination_disabled_reason']}"
-                await self.finish(delivery, attempts, Outcome(error=reason), final=True)
+                await self.finish(delivery_id, rule_id, message, attempts, Outcome(error=reason), final=True)
             else:
                 secrets = [endpoint["webhook_secret"]]
                 if endpoint["previous_valid"] and endpoint["previous_webhook_secret"]:
                     secrets.append(endpoint["previous_webhook_secret"])
-                outcome = await attempt(self.client, delivery, secrets, self.settings.webhook_timeout_s)
+                outcome = await attempt(self.client, message, secrets)
                 free()
-                await self.finish(delivery, attempts, outcome)
+                await self.finish(delivery_id, rule_id, message, attempts, outcome)
         except Exception:  # the lease brings the delivery back
             log.exception("delivering for rule %s failed", rule_id)
         finally:
             free()
 
-    async def finish(self, delivery: Delivery, attempts: int, outcome: Outcome, final: bool = False) -> None:
-        rule_id, tried = delivery.rule_id, 0 if final else 1
+    async def finish(
+        self,
+        delivery_id: UUID,
+        rule_id: int,
+        message: dict[str, Any],
+        attempts: int,
+        outcome: Outcome,
+        final: bool = False,
+    ) -> None:
+        tried = 0 if final else 1
         if outcome.delivered and outcome.status_code is not None:
             await self.successes.submit(
-                Success(delivery.delivery_id, rule_id, outcome.status_code, outcome.latency_ms)
+                Success(delivery_id, rule_id, outcome.status_code, outcome.latency_ms)
             )
-            self._count(delivery, DeliveryStatus.DELIVERED, attempts + 1, outcome)
+            self._count(delivery_id, rule_id, message, DeliveryStatus.DELIVERED, attempts + 1, outcome)
             return
         async with self.pool.acquire() as conn, conn.transaction():
             if final or outcome.refused:
@@ -464,7 +528,7 @@ class Dispatcher:
                     await self.disable(conn, rule_id, reason)
             await deliveries.set_outcome(
                 conn,
-                delivery.delivery_id,
+                delivery_id,
                 status=status,
                 tried=tried,
                 status_code=outcome.status_code,
@@ -472,23 +536,34 @@ class Dispatcher:
                 latency_ms=outcome.latency_ms if tried else None,
                 wait_s=wait,
             )
-        self._count(delivery, status, attempts + tried, outcome)
+        self._count(delivery_id, rule_id, message, status, attempts + tried, outcome)
 
     def _count(
-        self, delivery: Delivery, status: DeliveryStatus, attempt_number: int, outcome: Outcome
+        self,
+        delivery_id: UUID,
+        rule_id: int,
+        message: dict[str, Any],
+        status: DeliveryStatus,
+        attempt_number: int,
+        outcome: Outcome,
     ) -> None:
-        metrics.WEBHOOK_ATTEMPTS.labels(status).inc()
+        """Metrics, and a log line: INFO for a failed attempt, DEBUG for a success (one a delivery
+        was most of a busy dispatcher's logging; PostgreSQL records each outcome anyway)."""
+        self.attempts[status].inc()
         if outcome.status_code is not None or outcome.latency_ms:
             metrics.WEBHOOK_SECONDS.observe(outcome.latency_ms / 1000)
-        log.info(
-            "delivery %s (rule %s): %s after attempt %d (%s)",
-            delivery.delivery_id,
-            delivery.rule_id,
-            status,
-            attempt_number,
-            outcome.status_code or outcome.error,
-            extra=event_context(delivery.event),
-        )
+        level = logging.DEBUG if status is DeliveryStatus.DELIVERED else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "delivery %s (rule %s): %s after attempt %d (%s)",
+                delivery_id,
+                rule_id,
+                status,
+                attempt_number,
+                outcome.status_code or outcome.error,
+                extra=log_context(message),
+            )
 
     async def _write_successes(self, successes: list[Success]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -506,11 +581,12 @@ class Dispatcher:
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """The intake and the dispatcher, until ``stop``."""
+    """The intake and the dispatcher, until ``stop``. If either ends before, the other is stopped
+    too and this raises (the process exits with the error): never half alive, sending while
+    nothing new is recorded or recording while nothing is sent."""
     await migrate_url(settings.database_url)  # before the first claim; serve_sink runs it too
-    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=4, session_state=False)
     allowed = networks(settings.webhook_allowed_networks)
-    intake_task: asyncio.Task[None] | None = None
     try:
         async with WebhookClient(allowed, settings.webhook_timeout_s) as client:
             dispatcher = Dispatcher(pool, client, settings)
@@ -523,13 +599,29 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                 ),
                 stop=stop,
             )
-            intake_task = asyncio.create_task(intake)
-            await dispatcher.run(stop)
+            await together({"intake": intake, "dispatcher": dispatcher.run(stop)}, stop)
+    finally:
+        await pool.close()
+
+
+async def together(parts: dict[str, Coroutine[Any, Any, None]], stop: asyncio.Event) -> None:
+    """Run ``parts`` (each until ``stop``) as tasks until each has ended. The first to end sets
+    ``stop`` for the others; if it ended before ``stop`` was set, this raises its exception (or
+    says it returned) once the others have stopped."""
+    tasks = {asyncio.create_task(part, name=name): name for name, part in parts.items()}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        early = None if stop.is_set() else next(iter(done))
     finally:
         stop.set()
-        if intake_task is not None:
-            await intake_task
-        await pool.close()
+        await asyncio.wait(tasks)
+    errors = [error for task in tasks if (error := task.exception()) is not None]
+    if early is not None:
+        error = early.exception()
+        log.error("the webhook %s ended on its own (%r): stopping", tasks[early], error)
+        raise error or RuntimeError(f"the webhook {tasks[early]} returned before it was stopped")
+    if errors:
+        raise errors[0]
 
 
 def run(settings: Settings) -> None:

@@ -11,7 +11,7 @@ import orjson
 
 from streams.app import create_app, new_worker
 from tests.conftest import ROOT, AppKey, Pipeline, Process, _free_port, wait_until
-from tests.integration.test_webhooks import ok, receiving, settled, webhook_rule
+from tests.integration.test_webhooks import Received, receiving, settled, webhook_rule
 from vdip.logs import logging_config
 from vdip.settings import Settings
 
@@ -33,7 +33,10 @@ def json_lines(pipeline: Pipeline, name: str) -> list[dict[str, Any]]:
 async def test_an_event_is_followed_from_its_request_to_its_webhook(
     pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey
 ) -> None:
-    async with receiving(ok) as receiver:
+    async def fails_once(_: Received) -> tuple[int, dict[str, str]]:
+        return (503, {}) if len(receiver.requests) == 1 else (204, {})
+
+    async with receiving(fails_once) as receiver:  # a failed attempt is logged at INFO, a success at DEBUG
         await webhook_rule(pipeline, client, app, receiver.url("/logs"))
         response = await client.post(
             f"/api/ingest/{app.app_id}",
@@ -46,7 +49,7 @@ async def test_an_event_is_followed_from_its_request_to_its_webhook(
     def mentions(name: str) -> list[dict[str, Any]]:
         return [line for line in json_lines(pipeline, name) if line.get("event_id") == event_id]
 
-    await wait_until(lambda: bool(mentions("webhooks")), 10, message="the dispatcher logged the delivery")
+    await wait_until(lambda: bool(mentions("webhooks")), 10, message="the dispatcher logged the failure")
     (accepted,) = mentions("gateway")
     assert accepted["correlation_id"] == "trace-logs-1" and accepted["process"] == "gateway"
     assert accepted["level"] == "INFO" and "accepted event" in accepted["message"] and accepted["time"]

@@ -1,6 +1,7 @@
 """The webhook dispatcher at the endpoint's pace: per-destination limits, two dispatchers."""
 
 import asyncio
+import subprocess
 import time
 from pathlib import Path
 
@@ -83,7 +84,8 @@ async def test_two_dispatchers_share_deliveries_and_lose_none_when_one_is_killed
         "webhooks",
         twin_settings,
         log_dir,
-        {"VDIP_WEBHOOK_TIMEOUT_S": "3", "VDIP_WEBHOOK_LEASE_S": "8"},
+        # At DEBUG, it logs each delivery it made.
+        {"VDIP_WEBHOOK_TIMEOUT_S": "3", "VDIP_WEBHOOK_LEASE_S": "8", "VDIP_LOG_LEVEL": "DEBUG"},
         label="twin-webhooks-dispatch",
     )
     twin_log = log_dir / "twin-webhooks-dispatch.log"
@@ -136,3 +138,23 @@ async def test_two_dispatchers_share_deliveries_and_lose_none_when_one_is_killed
             assert second - first >= 7 and second >= killed_at, "sent again only once its lease ran out"
     finally:
         twin.kill()
+
+
+async def test_the_process_exits_when_its_intake_ends(pipeline: Pipeline, log_dir: Path) -> None:
+    """An intake that cannot reach Kafka ends at once while the dispatch loop could go on: the
+    process does not stay half alive (sending, recording nothing new) but exits with the error."""
+    unreachable = pipeline.settings.model_copy(
+        update={"kafka_bootstrap": f"127.0.0.1:{_free_port()}", "webhooks_metrics_port": 0}
+    )
+    lone = Process("webhooks", unreachable, log_dir, label="webhooks-without-kafka")
+    lone.start()
+    try:
+        assert lone.proc is not None
+        try:
+            code = await asyncio.to_thread(lone.proc.wait, 60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running 60 s later:\n{lone.log_tail()}") from None
+        assert code != 0, lone.log_tail()
+        assert "the webhook intake ended on its own" in lone.log_path.read_text(), lone.log_tail()
+    finally:
+        lone.kill()

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -28,6 +28,7 @@ from sinks.addresses import GuardedResolver, WebhookClient, networks, refusal
 from sinks.webhooks import (
     Dispatcher,
     parse_retry_after,
+    recorded_body,
     request_body,
     request_headers,
     retry_delay,
@@ -149,6 +150,34 @@ def test_signatures_verify_with_the_standard_webhooks_library() -> None:
         standardwebhooks.Webhook(new_webhook_secret()).verify(body, headers)
     with pytest.raises(standardwebhooks.WebhookVerificationError):
         standardwebhooks.Webhook(secret).verify(body + b" ", headers)
+
+
+async def test_a_recorded_delivery_is_sent_as_its_model_would_be(pool: asyncpg.Pool) -> None:
+    """The dispatcher builds the body from the message as stored (jsonb, which orders keys its own
+    way) without validating it again: the same bytes as the model validated from it gives."""
+    received = datetime(2026, 1, 1, 5, 0, 0, 120, tzinfo=timezone(timedelta(hours=2)))
+    delivery = Delivery.model_validate(
+        {
+            "delivery_id": uuid.uuid4(),
+            "rule_id": 3,
+            "destination_type": "webhook",
+            "destination_config": {"url": "https://example.invalid/", "headers": {"x-team": "a"}},
+            "event": {
+                "event_id": uuid.uuid4(),
+                "app_id": "shop",
+                "event_type": "order",
+                "payload": {"zeta": [1.5, None, True], "a": {"big": 2**64 - 1, "small": -1e-7}, "é": "ü"},
+                "metadata": {"ip_address": "::1", "correlation_id": "c-1", "source": "http"},
+                "received_at": received,
+                "occurred_at": received - timedelta(seconds=3),
+            },
+        }
+    )
+    message = await pool.fetchval("SELECT $1::jsonb", delivery.model_dump(mode="json"))
+    assert list(message["event"]) != list(delivery.event.model_dump())  # jsonb's order, not the model's
+    assert recorded_body(message) == request_body(Delivery.model_validate(message))
+    older = {**message, "event": {k: v for k, v in message["event"].items() if k != "occurred_at_clamped"}}
+    assert recorded_body(older) == request_body(Delivery.model_validate(message))  # validated: defaults
 
 
 def test_retry_schedule_jitter_retry_after_and_exhaustion() -> None:
@@ -589,7 +618,7 @@ async def test_an_attempt_has_one_deadline_however_slowly_the_receiver_drips(
     pool: asyncpg.Pool, app: AppKey, settings: Settings
 ) -> None:
     """A receiver that sends its answer a byte at a time never trips the HTTP client's timeouts,
-    which are per read; the attempt's own deadline ends it, and its outcome is recorded, well
+    which are per read; the client's one deadline a request ends it, and its outcome is recorded, well
     within the delivery's lease: no other dispatcher can send it again meanwhile."""
     answer = b"x" * 20  # a byte every 0.25 s: 5 s in all, each byte well within a 1 s read timeout
     requests = 0
