@@ -17,9 +17,7 @@ from typing import Any, TypeAlias, TypeVar
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
-from pydantic import ValidationError
 
-from schemas.rules import Delivery
 from vdip import metrics
 from vdip.db import create_pool, migrate_url
 from vdip.kafka import client_options
@@ -132,26 +130,6 @@ async def dead_letter(
     await producer.send_and_wait(
         topic, key=record.key, value=value, headers=dead_letter_headers(reason, stage, record, index)
     )
-
-
-async def deliveries_of(
-    records: Records, kind: str, setting: str, refused: Callable[[Record, str], Awaitable[None]]
-) -> list[tuple[Record, Delivery, str]]:
-    """The records that are ``kind`` deliveries with a string ``destination_config[setting]``,
-    parsed, with that setting; the others go to ``refused`` with the reason."""
-    found: list[tuple[Record, Delivery, str]] = []
-    for record in records:
-        try:
-            delivery = Delivery.model_validate_json(record.value)
-        except ValidationError as exc:
-            await refused(record, str(exc))
-            continue
-        value = delivery.destination_config.get(setting)
-        if delivery.destination_type != kind or not isinstance(value, str):
-            await refused(record, f"not a {kind} delivery")
-        else:
-            found.append((record, delivery, value))
-    return found
 
 
 async def stage(conn: asyncpg.Connection, table: str, columns: str, rows: list[tuple[Any, ...]]) -> None:

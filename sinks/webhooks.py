@@ -50,23 +50,24 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 from uuid import UUID
 
 import aiohttp
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
+from pydantic import AwareDatetime, ConfigDict, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
 
 from schemas import DeliveryStatus
-from schemas.events import EventEnvelope, EventMetadata
+from schemas.events import EventEnvelope, EventMetadata, EventSource
 from schemas.rules import MAX_IN_FLIGHT, Delivery
 from sinks.addresses import WebhookClient, networks
 from sinks.batching import (
     Record,
     Records,
     dead_letter,
-    deliveries_of,
     executing,
     insert_rows,
     run_until_signalled,
@@ -238,6 +239,49 @@ async def attempt(client: WebhookClient, message: dict[str, Any], secrets: list[
 # ------------------------------------------------------------------------------ intake
 
 
+_STRICT = ConfigDict(extra="forbid")
+
+
+class _Metadata(TypedDict):
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+
+    ip_address: str | None
+    user_agent: str | None
+    correlation_id: str | None
+    source: EventSource
+
+
+class _Envelope(TypedDict):
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+
+    schema_version: Literal[1]
+    event_id: UUID
+    app_id: str
+    event_type: str
+    payload: dict[str, Any]
+    metadata: _Metadata
+    received_at: AwareDatetime
+    occurred_at: AwareDatetime | None
+    occurred_at_clamped: bool
+
+
+class WebhookDelivery(TypedDict):
+    """A ``Delivery`` as the router writes it, checked for its shape and types without building
+    the models (a fifth of the cost: the router validated the event). What the intake records is
+    the record's JSON as it came, which is then ``Delivery.model_dump(mode="json")``."""
+
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+
+    delivery_id: UUID
+    rule_id: int
+    destination_type: str
+    destination_config: dict[str, Any]
+    event: _Envelope
+
+
+_DELIVERY = TypeAdapter(WebhookDelivery)
+
+
 class Intake:
     """Records each delivery, then calls ``recorded`` (the dispatcher's wake-up): in this
     process, a delivery is claimed and sent as soon as it is in the table."""
@@ -255,10 +299,19 @@ class Intake:
         self.recorded = recorded
 
     async def write(self, records: Records) -> None:
-        rows = [
-            (record, (d.delivery_id, d.event.app_id, d.event.event_id, d.rule_id, d.model_dump(mode="json")))
-            for record, d, _ in await deliveries_of(records, "webhook", "url", self._refused)
-        ]
+        rows = []
+        for record in records:
+            try:
+                d = _DELIVERY.validate_json(record.value)
+            except ValidationError as exc:
+                await self._refused(record, str(exc))
+                continue
+            if d["destination_type"] != "webhook" or not isinstance(d["destination_config"].get("url"), str):
+                await self._refused(record, "not a webhook delivery")
+                continue
+            event, message = d["event"], orjson.loads(record.value)
+            row = (d["delivery_id"], event["app_id"], event["event_id"], d["rule_id"], message)
+            rows.append((record, row))
         await insert_rows(self.pool, executing(deliveries.RECORD_WEBHOOK), rows, self._refused)
         if rows:
             self.recorded()

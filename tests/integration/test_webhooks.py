@@ -19,21 +19,32 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pydantic
 import pytest
 import standardwebhooks
+from aiokafka import AIOKafkaProducer
 
 from schemas.rules import Delivery, RuleFields
 from sinks.addresses import GuardedResolver, WebhookClient, networks, refusal
 from sinks.webhooks import (
     Dispatcher,
+    Intake,
     parse_retry_after,
     recorded_body,
     request_body,
     request_headers,
     retry_delay,
 )
-from tests.conftest import WEBHOOK_RECEIVER_HOST, AppKey, Pipeline, rule_applied, wait_until
+from tests.conftest import (
+    WEBHOOK_RECEIVER_HOST,
+    AppKey,
+    Pipeline,
+    consume_all,
+    consumed,
+    rule_applied,
+    wait_until,
+)
 from tests.integration.test_rules import rule_body, send
 from vdip.errors import AddressRefused
 from vdip.settings import Settings
@@ -178,6 +189,55 @@ async def test_a_recorded_delivery_is_sent_as_its_model_would_be(pool: asyncpg.P
     assert recorded_body(message) == request_body(Delivery.model_validate(message))
     older = {**message, "event": {k: v for k, v in message["event"].items() if k != "occurred_at_clamped"}}
     assert recorded_body(older) == request_body(Delivery.model_validate(message))  # validated: defaults
+
+
+async def test_the_intake_records_what_the_router_wrote_and_dead_letters_the_rest(
+    pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings
+) -> None:
+    """A delivery is recorded as its model dumps it (the dispatcher builds the body from that);
+    what is not a webhook delivery of that exact shape is dead-lettered, each record alone."""
+
+    def delivery(kind: str = "webhook") -> Delivery:
+        return Delivery.model_validate(
+            {
+                "delivery_id": uuid.uuid4(),
+                "rule_id": 7,
+                "destination_type": kind,
+                "destination_config": {"url": "https://example.invalid/", "table": "t"},
+                "event": {
+                    "event_id": uuid.uuid4(),
+                    "app_id": "shop",
+                    "event_type": "order",
+                    "payload": {"a": [1.5, None, {"b": "é"}]},
+                    "metadata": {"ip_address": "::1", "source": "http"},
+                    "received_at": datetime.now(UTC),
+                },
+            }
+        )
+
+    good, table = delivery(), delivery("database_table")
+    marker = uuid.uuid4().hex
+    extra = orjson.dumps({**orjson.loads(delivery().model_dump_json()), "marker": marker})
+    refused = [b'{"not": "' + marker.encode() + b'"}', extra, table.model_dump_json().encode()]
+    records = [
+        consumed("deliveries.webhook", v, n)
+        for n, v in enumerate([good.model_dump_json().encode(), *refused])
+    ]
+    await Intake(pool, producer, settings.topic("events.dlq")).write(records)
+    rows = await pool.fetch(
+        "SELECT delivery_id, message FROM deliveries WHERE delivery_id = ANY($1::uuid[])",
+        [good.delivery_id, table.delivery_id],
+    )
+    assert [(r["delivery_id"], r["message"]) for r in rows] == [
+        (good.delivery_id, good.model_dump(mode="json"))
+    ]
+
+    def ours(found: list[Any]) -> list[Any]:
+        return [r for r in found if marker.encode() in r.value or str(table.delivery_id).encode() in r.value]
+
+    dead = ours(await consume_all(settings, "events.dlq", until=lambda rs: len(ours(rs)) >= 3))
+    assert sorted(r.value for r in dead) == sorted(refused)
+    assert {dict(r.headers)["error.stage"] for r in dead} == {b"webhooks"}
 
 
 def test_retry_schedule_jitter_retry_after_and_exhaustion() -> None:
