@@ -12,7 +12,7 @@ from gateway.errors import install_error_handlers
 from gateway.limits import Limits, RateLimiter
 from gateway.middleware import BodySizeLimitMiddleware, CorrelationIdMiddleware, IngestMetricsMiddleware
 from gateway.producer import EventProducer
-from gateway.routes import applications, dashboard, events, health, ingest, keys, rules, statistics
+from gateway.routes import applications, dashboard, events, health, ingest, keys, rules, statistics, tenancy
 from vdip.db import create_pool, migrate_url
 from vdip.rulesets import Republisher
 from vdip.settings import Settings, get_settings
@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(rules.router)
     app.include_router(statistics.router)
+    app.include_router(tenancy.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard", dashboard.PAGE, name="dashboard")
     _document_limits(app, settings)
