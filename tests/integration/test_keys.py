@@ -17,7 +17,9 @@ from gateway.main import create_app
 from tests.conftest import AppKey
 from tests.integration.test_cli import vdip
 from vdip.applications import Scope
+from vdip.db import create_pool
 from vdip.settings import Settings
+from vdip.store import audit
 
 # What each /api endpoint needs of an application's key: a scope, or (None) the admin token.
 NEEDS: dict[tuple[str, str], Scope | None] = {
@@ -363,3 +365,17 @@ def test_the_cli_has_the_same_verbs(settings: Settings) -> None:
     assert run("rotate-key", app_id, "--key-id", key_id).returncode == 1  # revoked: no new life
     assert run("keys", "missing-app").returncode == 1
     assert run("add-key", app_id, "--scopes", "write").returncode == 2
+    trail = asyncio.run(audit_of(settings, app_id))
+    assert [(e.action, e.actor, e.changes["via"]) for e in trail] == [
+        (action, "admin", "cli")
+        for action in ("application.create", "key.create", "key.rotate", "key.revoke")
+    ]
+    assert "vdip_" not in str(trail)  # no key in it
+
+
+async def audit_of(settings: Settings, app_id: str) -> list[audit.AuditEntry]:
+    pool = await create_pool(settings.database_url)
+    try:
+        return list(reversed(await audit.page(pool, app_id, None, 100)))
+    finally:
+        await pool.close()
