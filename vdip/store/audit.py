@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any, TypeAlias
 
 import asyncpg
+import orjson
 from pydantic import BaseModel
 
 Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
@@ -44,7 +45,7 @@ class AuditEntry(BaseModel):
 async def record(
     db: Db, app_id: str, actor: Actor, action: str, target: str | None, changes: dict[str, Any]
 ) -> None:
-    """``changes``: JSON as the pool's codec writes it (orjson: datetimes and UUIDs as strings)."""
+    """``changes``: anything orjson writes, other values (asyncpg's UUIDs, say) as their str."""
     await db.execute(
         """INSERT INTO audit_log (app_id, actor, key_id, action, target, changes)
            VALUES ($1, $2, $3, $4, $5, $6)""",
@@ -53,7 +54,7 @@ async def record(
         actor.key_id,
         action,
         target,
-        changes,
+        orjson.loads(orjson.dumps(changes, default=str)),
     )
 
 
