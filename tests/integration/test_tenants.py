@@ -4,6 +4,7 @@ management action is in the application's audit trail."""
 
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -11,12 +12,13 @@ import httpx
 from aiokafka import AIOKafkaProducer
 
 from schemas import EventEnvelope
-from schemas.rules import Delivery
+from schemas.rules import AppRules, Delivery
 from sinks.tables import TableWriter
 from streams.routing import delivery_id
-from tests.conftest import AppKey
+from tests.conftest import AppKey, Services, _with_database, another_gateway, consume_all
 from tests.integration.test_rules import rule_body
 from tests.integration.test_tables import as_record
+from vdip.db import load_migrations, migrate
 from vdip.settings import Settings
 from vdip.store import owners
 
@@ -230,3 +232,42 @@ async def test_every_management_action_is_in_the_audit_trail_with_who_did_it(
     assert [e["action"] for e in theirs] == ["application.create"]
     bad = await client.get(trail, params={"cursor": "not-a-cursor"}, headers=key)
     assert bad.status_code == 422
+
+
+async def test_a_gateway_that_applies_0012_publishes_the_rules_it_switched_off(
+    services: Services, settings: Settings, log_dir: Path
+) -> None:
+    """A database from before ownership, two applications' rules on one topic: the gateway that
+    migrates it publishes the later rule's application's rule set again, that rule off, so that the
+    worker stops routing it into the other application's topic."""
+    name = f"vdip_own_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(services.database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(services.database_url, name)
+    try:
+        conn = await asyncpg.connect(url)
+        await migrate(conn, load_migrations()[:11])
+        first, second = f"first-{uuid.uuid4().hex[:6]}", f"second-{uuid.uuid4().hex[:6]}"
+        await conn.execute(
+            "INSERT INTO applications (app_id, name) VALUES ($1, 'a'), ($2, 'b')", first, second
+        )
+        for app_id, minutes in ((first, 10), (second, 5)):
+            await conn.execute(
+                """INSERT INTO routing_rules (app_id, rule_name, destination_type, destination_config,
+                                              created_at)
+                   VALUES ($1, 'r', 'queue', '{"topic": "shared"}', now() - make_interval(mins => $2))""",
+                app_id,
+                minutes,
+            )
+        await conn.close()
+        async with another_gateway(settings.model_copy(update={"database_url": url}), log_dir, "upgrade"):
+            key = second.encode()
+            records = await consume_all(
+                settings, "routing-rules", until=lambda rs: any(r.key == key for r in rs)
+            )
+        published = AppRules.model_validate_json(next(r.value for r in records if r.key == key))
+        assert [(r.app_id, r.is_active) for r in published.rules] == [(second, False)]
+        assert not any(r.key == first.encode() for r in records)  # its rule set did not change
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
