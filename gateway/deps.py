@@ -30,6 +30,7 @@ from vdip.db import UNAVAILABLE
 from vdip.errors import DatabaseUnavailable
 from vdip.settings import Settings
 from vdip.store.applications import get_application
+from vdip.store.audit import ADMIN, Actor
 
 
 async def _settings(request: Request) -> Settings:
@@ -159,6 +160,11 @@ class Caller:
     admin: bool
     application: Application | None = None
     key: ApplicationKey | None = None
+
+    @property
+    def actor(self) -> Actor:
+        """Who the audit trail says did it."""
+        return ADMIN if self.admin or self.key is None else Actor(self.key.key_id)
 
     def may_read(self, app_id: str) -> bool:
         return self.admin or (self.application is not None and self.application.app_id == app_id)

@@ -12,10 +12,11 @@ from gateway.errors import install_error_handlers
 from gateway.limits import Limits, RateLimiter
 from gateway.middleware import BodySizeLimitMiddleware, CorrelationIdMiddleware, IngestMetricsMiddleware
 from gateway.producer import EventProducer
-from gateway.routes import applications, dashboard, events, health, ingest, keys, rules, statistics
+from gateway.routes import applications, dashboard, events, health, ingest, keys, rules, statistics, tenancy
 from vdip.db import create_pool, migrate_url
 from vdip.rulesets import Republisher
 from vdip.settings import Settings, get_settings
+from vdip.store import rules as rules_store
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -23,7 +24,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await migrate_url(settings.database_url)  # idempotent; concurrent starts wait on a lock
+        applied = await migrate_url(settings.database_url)  # idempotent; concurrent starts wait on a lock
         app.state.pool = await create_pool(settings.database_url, min_size=0)
         app.state.applications = ApplicationCache(app.state.pool, settings.app_cache_ttl_s)
         app.state.conflicts = ConflictCheck(
@@ -32,6 +33,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.producer = EventProducer(settings)
         app.state.republisher = Republisher(app.state.pool, app.state.producer.publish, settings)
         await app.state.producer.start()
+        if "0012_destination_owners" in applied:  # rules it switched off: the worker must know
+            for app_id in await rules_store.switched_off_by_ownership(app.state.pool):
+                app.state.republisher.schedule(app_id)
         try:
             yield
         finally:
@@ -59,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(rules.router)
     app.include_router(statistics.router)
+    app.include_router(tenancy.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard", dashboard.PAGE, name="dashboard")
     _document_limits(app, settings)

@@ -1,8 +1,10 @@
 """The table sink: writes each delivery of a ``database_table`` rule as a row of that table.
 
 Tables live in their own schema (``VDIP_TABLES_SCHEMA``, ``vdip_tables``) and are created on
-first use (``vdip.store.tables``). Names were validated when the rule was saved and are quoted as
-identifiers all the same; no SQL is ever built from event data, which travels as parameters.
+first use (``vdip.store.tables``). A table belongs to one application (``destination_owners``):
+each batch checks, with one statement per table, that its rows are its owner's, and refuses the
+others (dead-lettered, their deliveries failed). Names were validated when the rule was saved
+and are quoted as identifiers all the same; no SQL is ever built from event data, which travels as parameters.
 Each batch is one transaction of one statement: the batch's columns travel as arrays, and one
 ``INSERT ... SELECT`` (``vdip.store.deliveries.table_rows_statement``) writes the rows and their
 outcomes in ``deliveries`` (which the statistics triggers count). Rows are idempotent on
@@ -25,8 +27,11 @@ from schemas.events import JsonObject
 from schemas.rules import TABLE_NAME
 from sinks.batching import Record, Records, WriteRows, dead_letter, insert_rows, run_sink
 from vdip.settings import Settings
+from vdip.store import owners
 from vdip.store.deliveries import table_row_failed, table_rows_statement
 from vdip.store.tables import create_table
+
+APP_ID = 2  # the application's column in a ``to_row`` row
 
 
 class TableEvent(TypedDict):
@@ -100,10 +105,24 @@ class TableWriter:
                 await self._refused(record, f"invalid table name {table!r}")
             else:
                 by_table.setdefault(table, []).append((record, to_row(delivery)))
-        for table, rows in by_table.items():
+        for table, found in by_table.items():
+            rows = await self._owned(table, found)
+            if not rows:
+                continue
             await self._create(table)
             write = writer_of(table_rows_statement(self.schema, table))
             await insert_rows(self.pool, write, rows, self._refused)
+
+    async def _owned(
+        self, table: str, rows: list[tuple[Record, tuple[Any, ...]]]
+    ) -> list[tuple[Record, tuple[Any, ...]]]:
+        """The rows of the table's owner (a table nobody owns yet becomes the first row's
+        application's); the others are refused: tables of different applications never mix."""
+        owner = await owners.claim(self.pool, "database_table", table, rows[0][1][APP_ID])
+        for record, row in rows:
+            if row[APP_ID] != owner:
+                await self._refused(record, f"table {table!r} belongs to another application")
+        return [(record, row) for record, row in rows if row[APP_ID] == owner]
 
     async def _create(self, table: str) -> None:
         if table in self.created:

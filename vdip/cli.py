@@ -163,15 +163,21 @@ def cmd_app(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _app_action(settings: Settings, args: argparse.Namespace) -> int:
     from vdip.db import create_pool
-    from vdip.store import keys
+    from vdip.store import audit, keys
     from vdip.store.applications import create_application, get_application
 
     pool = await create_pool(settings.database_url)
+
+    async def record(action: str, target: str, changes: dict[str, object]) -> None:
+        """The audit trail's entry: the operator at the shell acts as the admin."""
+        await audit.record(pool, args.app_id, audit.ADMIN, action, target, {**changes, "via": "cli"})
+
     try:
         if args.action == "create":
             created = await create_application(pool, args.app_id, args.name or args.app_id)
             if created is None:
                 return _fail(f"application '{args.app_id}' exists already (use `vdip app rotate-key`)")
+            await record("application.create", f"application {args.app_id}", {"name": created[0].name})
             return _show_key(created[0].keys[0], created[1])
         if await get_application(pool, args.app_id) is None:
             return _fail(f"application '{args.app_id}' does not exist")
@@ -184,6 +190,12 @@ async def _app_action(settings: Settings, args: argparse.Namespace) -> int:
             made, secret = await keys.create_key(
                 pool, args.app_id, args.key_name or "cli", args.scopes, args.expires_at
             )
+            changes: dict[str, object] = {
+                "name": made.name,
+                "scopes": list(made.scopes),
+                "expires_at": made.expires_at,
+            }
+            await record("key.create", f"key {made.key_id}", changes)
             return _show_key(made, secret)
         if args.action == "revoke-key":
             if args.key_id is None:
@@ -191,12 +203,14 @@ async def _app_action(settings: Settings, args: argparse.Namespace) -> int:
             revoked = await keys.revoke_key(pool, args.app_id, args.key_id)
             if revoked is None:
                 return _fail(f"application '{args.app_id}' has no key {args.key_id}")
+            await record("key.revoke", f"key {revoked.key_id}", {})
             print(f"key {revoked.key_id} ({revoked.name}) revoked")
             return 0
         # rotate-key: without --key-id, the key made with the application
         rotated = await keys.rotate_key(pool, args.app_id, args.key_id, timedelta(seconds=args.grace_s))
         if rotated is None:
             return _fail(f"application '{args.app_id}' has no live key {args.key_id or '(the first)'}")
+        await record("key.rotate", f"key {rotated[0].key_id}", {"previous_secret_valid_s": args.grace_s})
         return _show_key(*rotated)
     finally:
         await pool.close()

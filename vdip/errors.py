@@ -7,6 +7,7 @@
   - ``BrokerUnavailable``: Kafka did not acknowledge a record in time (the gateway answers 503).
   - ``DatabaseUnavailable``: PostgreSQL could not be reached (the gateway answers 503).
   - ``AddressRefused``: a webhook would have connected to a refused address (SSRF protection).
+  - ``DestinationOwned``: a rule names a topic or table another application owns (the API: 409).
 """
 
 
@@ -36,3 +37,12 @@ class DatabaseUnavailable(VdipError):
 
 class AddressRefused(VdipError):
     """A webhook URL resolves to an address webhooks may not reach (private, loopback...)."""
+
+
+class DestinationOwned(VdipError):
+    """A rule names a queue topic or destination table that belongs to another application."""
+
+    def __init__(self, destination_type: str, name: str) -> None:
+        super().__init__(f"the {destination_type} destination {name!r} belongs to another application")
+        self.destination_type = destination_type
+        self.name = name

@@ -21,10 +21,11 @@ from typing import TypeVar
 
 import asyncpg
 
-from schemas.rules import RoutingRule
+from schemas.rules import RoutingRule, RuleFields
 from vdip.db import UNAVAILABLE
-from vdip.errors import BrokerUnavailable
+from vdip.errors import BrokerUnavailable, DestinationOwned
 from vdip.settings import Settings
+from vdip.store import owners
 from vdip.store import rules as store
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,17 @@ async def publish_rules(conn: asyncpg.Connection, publish: Publish, settings: Se
     snapshot = await store.snapshot(conn, app_id)
     value = snapshot.model_dump_json().encode() if snapshot.rules else None
     await publish(settings.topic("routing-rules"), app_id.encode(), value)
+
+
+async def claim_destination(conn: asyncpg.Connection, fields: RuleFields) -> None:
+    """Claim the rule's queue topic or table for its application (the first rule naming it claims
+    it); raise ``DestinationOwned`` if another application owns it. Call it in the rule's write."""
+    key = owners.NAME_KEYS.get(fields.destination_type)
+    name = fields.destination_config.get(key) if key else None
+    if isinstance(name, str):
+        owner = await owners.claim(conn, fields.destination_type, name, fields.app_id)
+        if owner != fields.app_id:
+            raise DestinationOwned(fields.destination_type, name)
 
 
 class Republisher:

@@ -23,6 +23,7 @@ from schemas import ErrorDetail, SuccessResponse
 from schemas.events import AppId
 from vdip.applications import Application
 from vdip.store import applications as apps
+from vdip.store import audit
 
 router = APIRouter(tags=["applications"])
 
@@ -83,7 +84,10 @@ async def create(
 ) -> SuccessResponse[ApplicationWithKey]:
     app_id = body.app_id or f"app-{uuid.uuid4().hex[:12]}"
     created = await apps.create_application(pool, app_id, body.name, body.description)
-    if created is None:
+    if created is not None:
+        changes = {"name": body.name, "description": body.description}
+        await audit.record(pool, app_id, audit.ADMIN, "application.create", f"application {app_id}", changes)
+    else:
         raise ApiError(
             409, f"Application '{app_id}' exists already", [ErrorDetail(field="body.app_id", reason="taken")]
         )
@@ -114,9 +118,12 @@ async def get_one(caller: AppReader) -> SuccessResponse[ApplicationView]:
 async def _set_active(
     pool: PoolDep, cache: ApplicationsDep, app_id: str, active: bool
 ) -> SuccessResponse[ApplicationView]:
-    app = await apps.set_active(pool, app_id, active)
-    if app is None:
-        raise _not_found(app_id)
+    async with pool.acquire() as conn, conn.transaction():
+        app = await apps.set_active(conn, app_id, active)
+        if app is None:
+            raise _not_found(app_id)
+        action = "application.enable" if active else "application.disable"
+        await audit.record(conn, app_id, audit.ADMIN, action, f"application {app_id}", {"is_active": active})
     cache.forget(app_id)
     return SuccessResponse(
         message=f"Application {'enabled' if active else 'disabled'}", data=ApplicationView.of(app)
@@ -158,9 +165,13 @@ async def rotate(
 ) -> SuccessResponse[ApplicationWithKey]:
     assert caller.application is not None
     app_id = caller.application.app_id
-    rotated = await apps.rotate_key(pool, app_id, timedelta(seconds=settings.key_rotation_grace_s))
-    if rotated is None:
-        raise _not_found(app_id)
+    grace_s = settings.key_rotation_grace_s
+    async with pool.acquire() as conn, conn.transaction():
+        rotated = await apps.rotate_key(conn, app_id, timedelta(seconds=grace_s))
+        if rotated is None:
+            raise _not_found(app_id)
+        changes = {"previous_secret_valid_s": grace_s}
+        await audit.record(conn, app_id, caller.actor, "application.rotate_key", "key made with it", changes)
     cache.forget(app_id)
     app, key = rotated
     return SuccessResponse(

@@ -38,6 +38,7 @@ from gateway.responses import scoped
 from schemas import DeliveryStatus, ErrorDetail, EventStatus, SuccessResponse
 from vdip.applications import Scope
 from vdip.settings import Settings
+from vdip.store import audit
 from vdip.store import deliveries as delivery_store
 from vdip.store import events as event_store
 
@@ -170,13 +171,14 @@ async def _event(
     if app_id is not None:
         await authorize_app(applications, settings, app_id, key, scope)
     rows = await event_store.find(pool, event_id, app_id)
+    unknown = ApiError(
+        404,
+        f"Event '{event_id}'{f' of application {app_id!r}' if app_id else ''} was not found"
+        " (it may not be stored yet)",
+        [ErrorDetail(field="path.event_id", reason="unknown event")],
+    )
     if not rows:
-        raise ApiError(
-            404,
-            f"Event '{event_id}'{f' of application {app_id!r}' if app_id else ''} was not found"
-            " (it may not be stored yet)",
-            [ErrorDetail(field="path.event_id", reason="unknown event")],
-        )
+        raise unknown
     if len(rows) > 1 and not is_admin(settings, key):
         # An application's key reads its own application's event; a key of none of them: 401 below.
         rows = [row for row in rows if await _opens(applications, row["app_id"], key)] or rows[:1]
@@ -188,7 +190,12 @@ async def _event(
             [ErrorDetail(field="query.app_id", reason=f"ambiguous: the event id is used by {used_by}")],
         )
     if app_id is None:
-        await authorize_app(applications, settings, rows[0]["app_id"], key, scope)
+        try:
+            await authorize_app(applications, settings, rows[0]["app_id"], key, scope)
+        except ApiError as exc:  # another application's event is unknown to a key, as if absent
+            if exc.status_code == 401 and key is not None:
+                raise unknown from exc
+            raise
     return rows[0]
 
 
@@ -250,12 +257,23 @@ async def list_deliveries(event: ReadableEvent, pool: PoolDep) -> SuccessRespons
     responses=scoped("manage", 401, 404, 409, 422),
 )
 async def redeliver(
-    event: ManageableEvent, delivery_id: uuid.UUID, pool: PoolDep
+    event: ManageableEvent,
+    delivery_id: uuid.UUID,
+    pool: PoolDep,
+    key: PresentedKey,
+    applications: ApplicationsDep,
+    settings: SettingsDep,
 ) -> SuccessResponse[DeliveryOutcome]:
     """The delivery goes back to the dispatcher's queue, due now, with the same ``webhook-id``. A
     destination the dispatcher disabled stays disabled until its rule is replaced (PUT)."""
     event_id = event["event_id"]
-    row = await delivery_store.redeliver(pool, delivery_id, app_id=event["app_id"], event_id=event_id)
+    caller = await authorize_app(applications, settings, event["app_id"], key, Scope.MANAGE)  # cached
+    async with pool.acquire() as conn, conn.transaction():
+        row = await delivery_store.redeliver(conn, delivery_id, app_id=event["app_id"], event_id=event_id)
+        if row is not None:
+            changes = {"event_id": event_id, "delivery_id": delivery_id}
+            target = f"delivery {delivery_id}"
+            await audit.record(conn, event["app_id"], caller.actor, "delivery.redeliver", target, changes)
     if row is not None:
         return SuccessResponse(message="Delivery queued again", data=DeliveryOutcome(**dict(row)))
     current = next((d for d in await _deliveries(pool, event) if d.delivery_id == delivery_id), None)

@@ -13,6 +13,7 @@ from gateway.errors import ApiError
 from gateway.responses import scoped
 from schemas import ErrorDetail, SuccessResponse
 from vdip.applications import ApplicationKey, Scope
+from vdip.store import audit
 from vdip.store import keys as store
 
 router = APIRouter(tags=["keys"])
@@ -56,6 +57,11 @@ class KeyWithSecret(KeyView):
     api_key: str = Field(description="Shown only now: only its hash is stored.")
 
 
+def _audited(key: ApplicationKey) -> dict[str, object]:
+    """What the audit trail keeps of a new key (never its secret or hash)."""
+    return {"name": key.name, "scopes": list(key.scopes), "expires_at": key.expires_at}
+
+
 def _unknown_key(key_id: int, what: str = "unknown key") -> ApiError:
     return ApiError(
         404, f"This application has no key {key_id}", [ErrorDetail(field="path.key_id", reason=what)]
@@ -80,7 +86,9 @@ async def create_key(
             422, "The key would be expired", [ErrorDetail(field="body.expires_at", reason="is in the past")]
         )
     app_id = caller.application.app_id
-    made, secret = await store.create_key(pool, app_id, body.name, body.scopes, body.expires_at)
+    async with pool.acquire() as conn, conn.transaction():
+        made, secret = await store.create_key(conn, app_id, body.name, body.scopes, body.expires_at)
+        await audit.record(conn, app_id, caller.actor, "key.create", f"key {made.key_id}", _audited(made))
     cache.forget(app_id)
     return SuccessResponse(
         message="Key created; store it now, it is not shown again",
@@ -109,9 +117,11 @@ async def revoke_key(
 ) -> SuccessResponse[KeyView]:
     assert caller.application is not None
     app_id = caller.application.app_id
-    revoked = await store.revoke_key(pool, app_id, key_id)
-    if revoked is None:
-        raise _unknown_key(key_id)
+    async with pool.acquire() as conn, conn.transaction():
+        revoked = await store.revoke_key(conn, app_id, key_id)
+        if revoked is None:
+            raise _unknown_key(key_id)
+        await audit.record(conn, app_id, caller.actor, "key.revoke", f"key {key_id}", {})
     cache.forget(app_id)
     return SuccessResponse(message="Key revoked", data=KeyView.of(revoked))
 
@@ -137,9 +147,12 @@ async def rotate_key(
     assert caller.application is not None
     app_id = caller.application.app_id
     grace = timedelta(seconds=settings.key_rotation_grace_s if grace_s is None else grace_s)
-    rotated = await store.rotate_key(pool, app_id, key_id, grace)
-    if rotated is None:
-        raise _unknown_key(key_id, "unknown, revoked or expired key")
+    async with pool.acquire() as conn, conn.transaction():
+        rotated = await store.rotate_key(conn, app_id, key_id, grace)
+        if rotated is None:
+            raise _unknown_key(key_id, "unknown, revoked or expired key")
+        changes = {"previous_secret_valid_s": grace.total_seconds()}
+        await audit.record(conn, app_id, caller.actor, "key.rotate", f"key {key_id}", changes)
     cache.forget(app_id)
     key, secret = rotated
     return SuccessResponse(

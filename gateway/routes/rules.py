@@ -22,6 +22,7 @@ from gateway.deps import (
     ApplicationCache,
     ApplicationsDep,
     AppReader,
+    Caller,
     PoolDep,
     PresentedKey,
     ProducerDep,
@@ -37,8 +38,10 @@ from schemas.rules import RoutingRule, RuleFields, SavedRule, destination_proble
 from streams.conditions import ConditionLimits, Document, compile_matcher, explain, validate
 from streams.routing import applies, as_document
 from vdip.applications import Scope
-from vdip.rulesets import Republisher, write_rules
+from vdip.errors import DestinationOwned
+from vdip.rulesets import Republisher, claim_destination, write_rules
 from vdip.settings import Settings
+from vdip.store import audit
 from vdip.store import rules as store
 from vdip.topics import load_topics
 
@@ -83,6 +86,28 @@ def _check(fields: RuleFields, settings: Settings) -> None:
         raise ApiError(422, "The rule is invalid", problems)
 
 
+async def _claim(conn: asyncpg.Connection, fields: RuleFields) -> None:
+    """Claim the rule's topic or table (409 if another application owns it; whose is not said)."""
+    try:
+        await claim_destination(conn, fields)
+    except DestinationOwned as exc:
+        key = "topic" if exc.destination_type == "queue" else "table"
+        raise ApiError(
+            409,
+            "The destination belongs to another application",
+            [ErrorDetail(field=f"body.destination_config.{key}", reason="owned by another application")],
+        ) from exc
+
+
+def audited(rule: RoutingRule | RuleFields) -> dict[str, Any]:
+    """A rule's fields as the audit trail keeps them: webhook header values left out (secrets)."""
+    fields = rule.model_dump(mode="json", include=set(RuleFields.model_fields))
+    headers = fields["destination_config"].get("headers")
+    if isinstance(headers, dict):
+        fields["destination_config"]["headers"] = {name: "(not recorded)" for name in headers}
+    return fields
+
+
 def _not_found(rule_id: int) -> ApiError:
     return ApiError(
         404,
@@ -106,12 +131,18 @@ async def _authorized_rule(
     rule_id: int,
     key: str | None,
     scope: Scope,
-) -> RoutingRule:
+) -> tuple[RoutingRule, Caller]:
+    """The rule and its caller; another application's rule is unknown to a key (404, as if it
+    did not exist: rule ids are sequential, so a 401 would tell that it does)."""
     rule = await store.get_rule(pool, rule_id)
     if rule is None:
         raise _not_found(rule_id)
-    await authorize_app(applications, settings, rule.app_id, key, scope)
-    return rule
+    try:
+        return rule, await authorize_app(applications, settings, rule.app_id, key, scope)
+    except ApiError as exc:
+        if exc.status_code == 401 and key is not None:
+            raise _not_found(rule_id) from exc
+        raise
 
 
 RuleId = Annotated[int, Field(ge=1, le=2**63 - 1)]
@@ -121,7 +152,7 @@ RuleId = Annotated[int, Field(ge=1, le=2**63 - 1)]
     "/api/routing-rules",
     status_code=201,
     summary="Create a routing rule",
-    responses=scoped("manage", 400, 401, 404, 422, 503),
+    responses=scoped("manage", 400, 401, 404, 409, 422, 503),
 )
 async def create_rule(
     body: RuleFields,
@@ -133,11 +164,16 @@ async def create_rule(
     key: PresentedKey,
 ) -> SuccessResponse[SavedRule]:
     """A webhook rule's signing secret is in the response, and only there: keep it."""
-    await authorize_app(applications, settings, body.app_id, key, Scope.MANAGE)
+    caller = await authorize_app(applications, settings, body.app_id, key, Scope.MANAGE)
     _check(body, settings)
 
     async def insert(conn: asyncpg.Connection) -> SavedRule:
-        return await store.insert_rule(conn, body)
+        await _claim(conn, body)
+        rule = await store.insert_rule(conn, body)
+        await audit.record(
+            conn, body.app_id, caller.actor, "rule.create", f"rule {rule.rule_id}", audited(body)
+        )
+        return rule
 
     rule = await write_rules(pool, producer.publish, republisher, settings, body.app_id, insert)
     assert rule is not None
@@ -163,7 +199,7 @@ async def list_app_rules(
 async def get_rule(
     rule_id: RuleId, pool: PoolDep, applications: ApplicationsDep, settings: SettingsDep, key: PresentedKey
 ) -> SuccessResponse[RoutingRule]:
-    rule = await _authorized_rule(pool, applications, settings, rule_id, key, Scope.READ)
+    rule, _ = await _authorized_rule(pool, applications, settings, rule_id, key, Scope.READ)
     return SuccessResponse(message="Routing rule found", data=rule)
 
 
@@ -178,11 +214,12 @@ class RuleChanges:
     applications: ApplicationCache
     key: str | None
 
-    async def current(self, rule_id: int) -> RoutingRule:
-        """The rule, if it exists (404) and the caller may change it (401, 403)."""
-        return await _authorized_rule(
+    async def current(self, rule_id: int) -> tuple[RoutingRule, audit.Actor]:
+        """The rule, if it exists (404) and the caller may change it (401, 403), and who asks."""
+        rule, caller = await _authorized_rule(
             self.pool, self.applications, self.settings, rule_id, self.key, Scope.MANAGE
         )
+        return rule, caller.actor
 
     async def apply(
         self, rule: RoutingRule, change: Callable[[asyncpg.Connection], Awaitable[R | None]]
@@ -212,14 +249,14 @@ RuleChangesDep = Annotated[RuleChanges, Depends(_rule_changes)]
 @router.put(
     "/api/routing-rules/{rule_id}",
     summary="Replace a routing rule (every field; app_id cannot change)",
-    responses=scoped("manage", 400, 401, 404, 422, 503),
+    responses=scoped("manage", 400, 401, 404, 409, 422, 503),
 )
 async def replace_rule(
     rule_id: RuleId, body: RuleFields, rules: RuleChangesDep
 ) -> SuccessResponse[SavedRule]:
     """Also re-enables a destination the webhook dispatcher disabled. A rule that becomes a
     webhook gets a signing secret, in this response only."""
-    current = await rules.current(rule_id)
+    current, actor = await rules.current(rule_id)
     if body.app_id != current.app_id:
         raise ApiError(
             422,
@@ -227,7 +264,18 @@ async def replace_rule(
             [ErrorDetail(field="body.app_id", reason=f"must stay {current.app_id}")],
         )
     _check(body, rules.settings)
-    rule = await rules.apply(current, lambda conn: store.update_rule(conn, rule_id, body))
+
+    async def update(conn: asyncpg.Connection) -> SavedRule | None:
+        await _claim(conn, body)
+        before = await store.get_rule(conn, rule_id)
+        rule = await store.update_rule(conn, rule_id, body)
+        if before is not None and rule is not None:
+            old, new = audited(before), audited(body)
+            changed = {k: [old[k], new[k]] for k in new if old[k] != new[k]}
+            await audit.record(conn, rule.app_id, actor, "rule.replace", f"rule {rule_id}", changed)
+        return rule
+
+    rule = await rules.apply(current, update)
     return SuccessResponse(message="Routing rule replaced", data=rule)
 
 
@@ -237,7 +285,16 @@ async def replace_rule(
     responses=scoped("manage", 401, 404, 422, 503),
 )
 async def toggle_rule(rule_id: RuleId, rules: RuleChangesDep) -> SuccessResponse[RoutingRule]:
-    rule = await rules.apply(await rules.current(rule_id), lambda conn: store.toggle_rule(conn, rule_id))
+    current, actor = await rules.current(rule_id)
+
+    async def toggle(conn: asyncpg.Connection) -> RoutingRule | None:
+        rule = await store.toggle_rule(conn, rule_id)
+        if rule is not None:
+            changes = {"is_active": [not rule.is_active, rule.is_active]}
+            await audit.record(conn, rule.app_id, actor, "rule.toggle", f"rule {rule_id}", changes)
+        return rule
+
+    rule = await rules.apply(current, toggle)
     return SuccessResponse(
         message=f"Routing rule {'activated' if rule.is_active else 'deactivated'}", data=rule
     )
@@ -249,7 +306,15 @@ async def toggle_rule(rule_id: RuleId, rules: RuleChangesDep) -> SuccessResponse
     responses=scoped("manage", 401, 404, 422, 503),
 )
 async def delete_rule(rule_id: RuleId, rules: RuleChangesDep) -> SuccessResponse[RoutingRule]:
-    rule = await rules.apply(await rules.current(rule_id), lambda conn: store.delete_rule(conn, rule_id))
+    current, actor = await rules.current(rule_id)
+
+    async def delete(conn: asyncpg.Connection) -> RoutingRule | None:
+        rule = await store.delete_rule(conn, rule_id)
+        if rule is not None:
+            await audit.record(conn, rule.app_id, actor, "rule.delete", f"rule {rule_id}", audited(rule))
+        return rule
+
+    rule = await rules.apply(current, delete)
     return SuccessResponse(message="Routing rule deleted", data=rule)
 
 
@@ -261,16 +326,20 @@ async def delete_rule(rule_id: RuleId, rules: RuleChangesDep) -> SuccessResponse
 async def rotate_secret(rule_id: RuleId, rules: RuleChangesDep) -> SuccessResponse[SavedRule]:
     """During the grace period (``VDIP_WEBHOOK_SECRET_GRACE_S``) every delivery carries both
     signatures, so receivers can switch to the new secret whenever they like."""
-    current = await rules.current(rule_id)
+    current, actor = await rules.current(rule_id)
     if current.destination_type != "webhook":
         raise ApiError(
             409,
             "Only a webhook rule has a signing secret",
             [ErrorDetail(field="path.rule_id", reason=f"is a {current.destination_type} rule")],
         )
-    rule = await store.rotate_secret(rules.pool, rule_id, rules.settings.webhook_secret_grace_s)
-    if rule is None:
-        raise _not_found(rule_id)
+    grace_s = rules.settings.webhook_secret_grace_s
+    async with rules.pool.acquire() as conn, conn.transaction():
+        rule = await store.rotate_secret(conn, rule_id, grace_s)
+        if rule is None:
+            raise _not_found(rule_id)
+        changes = {"previous_secret_valid_s": grace_s}
+        await audit.record(conn, rule.app_id, actor, "rule.rotate_secret", f"rule {rule_id}", changes)
     return SuccessResponse(message="Signing secret rotated", data=rule)
 
 

@@ -19,6 +19,7 @@ from gateway.responses import scoped
 from schemas import ErrorDetail, SuccessResponse
 from vdip import statistics
 from vdip.statistics import STEP, Period, bucket_range
+from vdip.store import audit
 from vdip.store import events as event_store
 from vdip.store import statistics as stored_statistics
 
@@ -192,6 +193,8 @@ async def refresh(
             [ErrorDetail(field="query.start_date", reason="must be before end_date")],
         )
     changed = await statistics.recompute(pool, app_id, start, end)
+    span = {"start": start, "end": end, "repaired_buckets": len(changed)}
+    await audit.record(pool, app_id, caller.actor, "statistics.refresh", None, span)
     report = [
         {
             "event_type": d.event_type,

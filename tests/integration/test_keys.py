@@ -1,6 +1,6 @@
 """An application's keys and their scopes, over real HTTP: what each scope opens, on every /api
 endpoint an application key can call (enumerated from the gateway's routes, so a new endpoint
-cannot be left out)."""
+cannot be left out), on its own application and on another one, whose data never shows."""
 
 import asyncio
 import os
@@ -17,7 +17,9 @@ from gateway.main import create_app
 from tests.conftest import AppKey
 from tests.integration.test_cli import vdip
 from vdip.applications import Scope
+from vdip.db import create_pool
 from vdip.settings import Settings
+from vdip.store import audit
 
 # What each /api endpoint needs of an application's key: a scope, or (None) the admin token.
 NEEDS: dict[tuple[str, str], Scope | None] = {
@@ -47,6 +49,9 @@ NEEDS: dict[tuple[str, str], Scope | None] = {
     ("POST", "/api/statistics/refresh/{app_id}"): Scope.MANAGE,
     ("GET", "/api/statistics/rules/{app_id}"): Scope.READ,
     ("GET", "/api/dead-letters/app/{app_id}"): Scope.READ,
+    ("GET", "/api/destinations/app/{app_id}"): Scope.READ,
+    ("GET", "/api/audit/app/{app_id}"): Scope.READ,
+    ("PUT", "/api/destinations/{destination_type}/{name}/owner"): None,
     ("POST", "/api/applications"): None,
     ("GET", "/api/applications"): None,
     ("POST", "/api/applications/{app_id}/disable"): None,
@@ -116,7 +121,13 @@ async def call(
     client: httpx.AsyncClient, app: AppKey, admin: dict[str, str], method: str, path: str, key: str
 ) -> httpx.Response:
     """``path`` called with ``key``, its path filled with things of ``app`` made for the call."""
-    values: dict[str, object] = {"app_id": app.app_id, "event_id": uuid.uuid4(), "delivery_id": uuid.uuid4()}
+    values: dict[str, object] = {
+        "app_id": app.app_id,
+        "event_id": uuid.uuid4(),
+        "delivery_id": uuid.uuid4(),
+        "destination_type": "database_table",
+        "name": f"matrix_{uuid.uuid4().hex[:8]}",
+    }
     if "{rule_id}" in path:
         made = await client.post("/api/routing-rules", json=rule(app.app_id), headers=admin)
         values["rule_id"] = made.json()["data"]["rule_id"]
@@ -131,6 +142,7 @@ async def call(
         ("PUT", "/api/routing-rules/{rule_id}"): rule(app.app_id),
         ("POST", "/api/routing-rules/test"): {"app_id": app.app_id, "event": {"event_type": "t"}},
         ("POST", "/api/applications"): {"name": "made by the matrix"},
+        ("PUT", "/api/destinations/{destination_type}/{name}/owner"): {"app_id": app.app_id},
     }
     params = {"app_id": app.app_id} if path.startswith("/api/events/{event_id}") else None
     return await client.request(
@@ -142,33 +154,69 @@ async def call(
     )
 
 
-async def test_each_scope_on_every_endpoint(
+async def other_application(client: httpx.AsyncClient, admin: dict[str, str]) -> tuple[AppKey, list[str]]:
+    """Another application with data of every kind (events, rules, a topic and a table, keys, an
+    audit trail), and the strings that would betray it in an answer."""
+    made = (await client.post("/api/applications", json={"name": "the other"}, headers=admin)).json()["data"]
+    other = AppKey(made["app_id"], made["api_key"])
+    topic, table = f"other-topic-{uuid.uuid4().hex[:8]}", f"other_table_{uuid.uuid4().hex[:8]}"
+    for kind, config in (("queue", {"topic": topic}), ("database_table", {"table": table})):
+        body = {**rule(other.app_id), "destination_type": kind, "destination_config": config}
+        assert (await client.post("/api/routing-rules", json=body, headers=other.headers)).status_code == 201
+    sent = await client.post(
+        f"/api/ingest/{other.app_id}", json={"event_type": "other-type"}, headers=other.headers
+    )
+    assert sent.status_code == 202
+    await make_key(client, other, other.headers, "read")
+    return other, [other.app_id, topic, table, "other-type", sent.json()["data"]["event_id"]]
+
+
+# What a key of one application gets on another's endpoint: 401 where the path or body names the
+# application, 404 where a rule id does (as if the rule did not exist: ids are sequential).
+ON_THE_OTHER: dict[tuple[str, str], int] = {
+    ("PUT", "/api/routing-rules/{rule_id}"): 404,
+    ("GET", "/api/routing-rules/{rule_id}"): 404,
+    ("PATCH", "/api/routing-rules/{rule_id}/toggle"): 404,
+    ("DELETE", "/api/routing-rules/{rule_id}"): 404,
+    ("POST", "/api/routing-rules/{rule_id}/rotate-secret"): 404,
+}
+
+
+async def test_each_scope_on_every_endpoint_of_its_own_and_another_application(
     client: httpx.AsyncClient, app: AppKey, admin: dict[str, str], settings: Settings
 ) -> None:
-    """Each key with one scope, and the admin token, on every endpoint: the allowed status, a 403
-    naming the scope needed, or a 401 where only the admin token opens (the admin cannot ingest)."""
+    """Each key with one scope, and the admin token, on every endpoint of its own application: the
+    allowed status, a 403 naming the scope needed, or a 401 where only the admin token opens (the
+    admin cannot ingest); on another application's: 401 (404 for its rules). No answer to a key
+    holds anything of the other application."""
+    other, betrayals = await other_application(client, admin)
     keys = {scope: (await make_key(client, app, admin, scope))["api_key"] for scope in Scope}
     assert settings.admin_token is not None
     callers: dict[Scope | None, str] = {scope: keys[scope] for scope in Scope}
     callers[None] = settings.admin_token.get_secret_value()
     seen = []
     for (method, path), needed in NEEDS.items():
-        for holder, key in callers.items():
-            response = await call(client, app, admin, method, path, key)
-            allowed = ALLOWED.get((method, path), 200)
-            if holder is None:  # the admin token
-                expected = 401 if needed is Scope.INGEST else allowed
-            elif needed is None:
-                expected = 401
-            else:
-                expected = allowed if holder is needed else 403
-            seen.append((method, path, holder, response.status_code))
-            assert response.status_code == expected, (method, path, holder, response.text)
-            if expected == 403:
-                error = response.json()["errors"][0]
-                assert error == {"field": "header.X-API-Key", "reason": f"needs the {needed} scope"}
-                assert f"'{needed}'" in response.json()["message"]
-    assert len(seen) == 4 * len(NEEDS)
+        for target in (app, other):
+            for holder, key in callers.items():
+                response = await call(client, target, admin, method, path, key)
+                allowed = ALLOWED.get((method, path), 200)
+                if holder is None:  # the admin token
+                    expected = 401 if needed is Scope.INGEST else allowed
+                elif needed is None:
+                    expected = 401
+                elif target is other:
+                    expected = ON_THE_OTHER.get((method, path), 401)
+                else:
+                    expected = allowed if holder is needed else 403
+                seen.append((method, path, target.app_id, holder, response.status_code))
+                assert response.status_code == expected, (method, path, target.app_id, holder, response.text)
+                if holder is not None:
+                    assert not [b for b in betrayals if b in response.text], (method, path, response.text)
+                if expected == 403:
+                    error = response.json()["errors"][0]
+                    assert error == {"field": "header.X-API-Key", "reason": f"needs the {needed} scope"}
+                    assert f"'{needed}'" in response.json()["message"]
+    assert len(seen) == 2 * 4 * len(NEEDS)
 
 
 async def test_an_ingest_key_only_ingests(
@@ -317,3 +365,17 @@ def test_the_cli_has_the_same_verbs(settings: Settings) -> None:
     assert run("rotate-key", app_id, "--key-id", key_id).returncode == 1  # revoked: no new life
     assert run("keys", "missing-app").returncode == 1
     assert run("add-key", app_id, "--scopes", "write").returncode == 2
+    trail = asyncio.run(audit_of(settings, app_id))
+    assert [(e.action, e.actor, e.changes["via"]) for e in trail] == [
+        (action, "admin", "cli")
+        for action in ("application.create", "key.create", "key.rotate", "key.revoke")
+    ]
+    assert "vdip_" not in str(trail)  # no key in it
+
+
+async def audit_of(settings: Settings, app_id: str) -> list[audit.AuditEntry]:
+    pool = await create_pool(settings.database_url)
+    try:
+        return list(reversed(await audit.page(pool, app_id, None, 100)))
+    finally:
+        await pool.close()

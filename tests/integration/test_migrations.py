@@ -255,3 +255,47 @@ async def test_each_application_key_becomes_a_key_with_every_scope(empty_db: asy
     assert no_key is not None and no_key.keys == ()
     names = await db.fetch("SELECT app_id, name FROM application_keys ORDER BY app_id")
     assert [tuple(r) for r in names] == [("grace-over", "default"), ("in-grace", "default")]
+
+
+async def test_existing_topics_and_tables_go_to_their_earliest_rules_application(
+    empty_db: asyncpg.Connection,
+) -> None:
+    """0011 -> 0012: each topic and table belongs to the application of its earliest rule; the
+    other applications' rules naming it are switched off, and say why."""
+    await migrate(empty_db, load_migrations()[:11])
+    db = empty_db
+    await db.execute("INSERT INTO applications (app_id, name) VALUES ('first', 'a'), ('second', 'b')")
+    rules = [  # (app, type, config, created minutes ago)
+        ("second", "queue", {"topic": "shared"}, 5),
+        ("first", "queue", {"topic": "shared"}, 10),
+        ("second", "database_table", {"table": "orders"}, 10),
+        ("first", "database_table", {"table": "orders"}, 5),
+        ("second", "queue", {"topic": "own"}, 1),
+        ("first", "webhook", {"url": "https://example.com/h"}, 1),
+    ]
+    for app_id, kind, config, minutes in rules:
+        await db.execute(
+            """INSERT INTO routing_rules (app_id, rule_name, destination_type, destination_config, created_at)
+               VALUES ($1, 'r', $2, $3::jsonb, now() - make_interval(mins => $4))""",
+            app_id,
+            kind,
+            orjson.dumps(config).decode(),
+            minutes,
+        )
+    await migrate(db)
+    owners = await db.fetch("SELECT destination_type, name, app_id FROM destination_owners ORDER BY 1, 2")
+    assert [tuple(r) for r in owners] == [
+        ("database_table", "orders", "second"),
+        ("queue", "own", "second"),
+        ("queue", "shared", "first"),
+    ]
+    off = await db.fetch(
+        """SELECT app_id, destination_config, destination_disabled_reason FROM routing_rules
+           WHERE NOT is_active ORDER BY app_id"""
+    )
+    assert [(r["app_id"], r["destination_config"]) for r in off] == [
+        ("first", '{"table": "orders"}'),
+        ("second", '{"topic": "shared"}'),
+    ]
+    assert all("another application" in r["destination_disabled_reason"] for r in off)
+    assert await db.fetchval("SELECT count(*) FROM routing_rules WHERE is_active") == 4

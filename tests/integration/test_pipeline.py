@@ -233,17 +233,17 @@ async def test_two_applications_may_use_the_same_event_id(
     created = await create_application(pool, f"app-{uuid.uuid4().hex[:12]}", "the other one")
     assert created is not None
     apps = [app, AppKey(created[0].app_id, created[1])]
-    shared_table = f"shared_{uuid.uuid4().hex[:8]}"
-    queues, rules = {}, {}
-    for each in apps:
+    queues, tables, rules = {}, {}, {}
+    for each in apps:  # each its own topic and table: another application's are refused (409)
         queues[each.app_id] = f"ids-{uuid.uuid4().hex[:8]}"
+        tables[each.app_id] = f"ids_{uuid.uuid4().hex[:8]}"
         queue = await create(client, each, condition={}, destination_config={"topic": queues[each.app_id]})
         table = await create(
             client,
             each,
             condition={},
             destination_type="database_table",
-            destination_config={"table_name": shared_table},
+            destination_config={"table_name": tables[each.app_id]},
         )
         rules[each.app_id] = {queue["rule_id"], table["rule_id"]}
         await rule_applied(pipeline, table)
@@ -312,10 +312,11 @@ async def test_two_applications_may_use_the_same_event_id(
         )
         assert total == processed == 2  # X and Y, once each
 
-    rows = await pool.fetch(f'SELECT event_id, rule_id, app_id, payload FROM vdip_tables."{shared_table}"')
-    assert sorted((r["event_id"], r["app_id"], r["payload"]["owner"]) for r in rows) == sorted(
-        (i, a.app_id, a.app_id) for i in (x, y) for a in apps
-    )
+    for each in apps:
+        rows = await pool.fetch(f'SELECT event_id, app_id, payload FROM vdip_tables."{tables[each.app_id]}"')
+        assert sorted((r["event_id"], r["app_id"], r["payload"]["owner"]) for r in rows) == sorted(
+            (i, each.app_id, each.app_id) for i in (x, y)
+        )
 
 
 VERSION_CASES = {

@@ -477,6 +477,11 @@ async def test_410_disables_the_destination_until_the_rule_is_replaced(
             f"/api/events/{second}/deliveries/{skipped['delivery_id']}/redeliver", headers=app.headers
         )
         assert twice.status_code == 409
+        trail = (await client.get(f"/api/audit/app/{app.app_id}", headers=app.headers)).json()["data"]
+        redelivered = [e for e in trail["entries"] if e["action"] == "delivery.redeliver"]
+        assert [e["changes"] for e in redelivered] == [
+            {"event_id": second, "delivery_id": skipped["delivery_id"]}
+        ]  # once: the refused second one changed nothing
 
 
 async def test_a_hanging_endpoint_does_not_delay_a_healthy_one(

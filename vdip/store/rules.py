@@ -68,6 +68,19 @@ async def activity(db: asyncpg.Pool | asyncpg.Connection, app_id: str) -> list[a
     return rows
 
 
+# What migration 0012 wrote on the rules it switched off: their destination had another owner.
+OWNED_ELSEWHERE = "the destination belongs to another application"
+
+
+async def switched_off_by_ownership(db: asyncpg.Pool | asyncpg.Connection) -> list[str]:
+    """The applications with rules migration 0012 switched off (their rule sets to publish again)."""
+    rows = await db.fetch(
+        "SELECT DISTINCT app_id FROM routing_rules WHERE destination_disabled_reason = $1 ORDER BY app_id",
+        OWNED_ELSEWHERE,
+    )
+    return [row["app_id"] for row in rows]
+
+
 async def lock_app(conn: asyncpg.Connection, app_id: str) -> None:
     """Serialise rule writes of one application until the transaction ends, so that the rule set
     published last is the one committed last."""
