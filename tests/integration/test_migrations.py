@@ -299,3 +299,11 @@ async def test_existing_topics_and_tables_go_to_their_earliest_rules_application
     ]
     assert all("another application" in r["destination_disabled_reason"] for r in off)
     assert await db.fetchval("SELECT count(*) FROM routing_rules WHERE is_active") == 4
+
+
+async def test_counting_plans_each_call(empty_db: asyncpg.Connection) -> None:
+    """count_events runs on every status change; a plan cached while a new database's tables were
+    nearly empty made it scan them whole on every batch, so it plans each call."""
+    await migrate(empty_db)
+    config = await empty_db.fetchval("SELECT proconfig FROM pg_proc WHERE proname = 'count_events'")
+    assert config == ["plan_cache_mode=force_custom_plan"]
