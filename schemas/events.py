@@ -24,6 +24,7 @@ from pydantic import (
     StringConstraints,
     WithJsonSchema,
 )
+from typing_extensions import TypedDict
 
 SCHEMA_VERSION = 1
 
@@ -193,6 +194,36 @@ class EventEnvelope(BaseModel):
             " received_at and was clamped to that range."
         ),
     )
+
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class MetadataView(TypedDict):
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+
+    ip_address: str | None
+    user_agent: str | None
+    correlation_id: str | None
+    source: EventSource
+
+
+class EnvelopeView(TypedDict):
+    """An ``EventEnvelope`` as a dict, its fields' types checked but not their content (a fifth of
+    the model's validation): for the sinks, which read events the router validated and wrote with
+    every field. Extra fields are refused, as the model refuses them."""
+
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+
+    schema_version: Literal[1]
+    event_id: UUID
+    app_id: str
+    event_type: str
+    payload: dict[str, Any]
+    metadata: MetadataView
+    received_at: AwareDatetime
+    occurred_at: AwareDatetime | None
+    occurred_at_clamped: bool
 
 
 def envelope_json(event: EventEnvelope) -> bytes:

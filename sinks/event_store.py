@@ -24,7 +24,7 @@ from pydantic import AwareDatetime, TypeAdapter
 from typing_extensions import TypedDict
 
 from schemas import EventStatus
-from schemas.events import DestinationType, content_hash
+from schemas.events import DestinationType, EnvelopeView, content_hash
 from schemas.records import Invalid, parse_batch
 from sinks.batching import Record, Records, dead_letter, insert_rows, run_sink, stage
 from vdip.settings import Settings
@@ -64,18 +64,6 @@ RETURNING s.ord, o.claimed
 INSERT = f"{deliveries.insert_staged(STAGE)};\n\n{events.insert_staged(STAGE)}"
 
 
-class StoredEvent(TypedDict):
-    event_id: UUID
-    app_id: str
-    event_type: str
-    payload: dict[str, Any]
-    metadata: dict[str, Any]
-    received_at: AwareDatetime
-    occurred_at: AwareDatetime | None
-    occurred_at_clamped: bool
-    schema_version: int
-
-
 class StoredDelivery(TypedDict):
     delivery_id: UUID
     rule_id: int
@@ -95,7 +83,7 @@ class Routed(TypedDict):
     building its models (the router validated the event; a third of the cost). A value PostgreSQL
     refuses all the same (a NUL in a string) is dead-lettered alone."""
 
-    event: StoredEvent
+    event: EnvelopeView
     status: EventStatus
     routing: StoredRouting
 
