@@ -124,8 +124,8 @@ class Setup:
     pool: asyncpg.Pool
     apps: list[AppKey]
     receiver: Receiver
-    queue_topic: str
-    table: str
+    queue_topics: list[str]  # one per application, prefixed
+    tables: list[str]  # one per application
 
     @property
     def app_ids(self) -> list[str]:
@@ -143,16 +143,19 @@ def apps_over_partitions(partitions: int = 3) -> list[str]:
 
 async def make_setup(pipeline: Pipeline, pool: asyncpg.Pool, receiver: Receiver) -> Setup:
     """Three applications, one on each partition, each with a queue, a table and a webhook rule
-    (the same three destinations for all)."""
-    queue, table = f"faults-{uuid.uuid4().hex[:8]}", f"faults_{uuid.uuid4().hex[:8]}"
-    bodies = {
-        "queue": ({"payload.queue": True}, {"topic": queue}),
-        "database_table": ({"payload.table": True}, {"table": table}),
-        "webhook": ({"payload.webhook": True}, {"url": receiver.url("/faults")}),
-    }
-    apps = []
+    (a queue topic and a table of its own: destinations belong to one application; one webhook
+    receiver for all)."""
+    apps, queues, tables = [], [], []
     async with httpx.AsyncClient(base_url=pipeline.base_url, timeout=30) as client:
         for app_id in apps_over_partitions():
+            queue, table = f"faults-{uuid.uuid4().hex[:8]}", f"faults_{uuid.uuid4().hex[:8]}"
+            queues.append(pipeline.settings.topic(queue))
+            tables.append(table)
+            bodies = {
+                "queue": ({"payload.queue": True}, {"topic": queue}),
+                "database_table": ({"payload.table": True}, {"table": table}),
+                "webhook": ({"payload.webhook": True}, {"url": receiver.url("/faults")}),
+            }
             created = await create_application(pool, app_id, app_id)
             assert created is not None
             app = AppKey(app_id, created[1])
@@ -168,7 +171,7 @@ async def make_setup(pipeline: Pipeline, pool: asyncpg.Pool, receiver: Receiver)
                 answer = await client.post("/api/routing-rules", json=body, headers=app.headers)
                 assert answer.status_code == 201, answer.text
                 await rule_applied(pipeline, answer.json()["data"])
-    return Setup(pipeline, pool, apps, receiver, pipeline.settings.topic(queue), table)
+    return Setup(pipeline, pool, apps, receiver, queues, tables)
 
 
 async def under_load(
@@ -233,11 +236,18 @@ async def check(setup: Setup, load: Load, label: str) -> None:
     fewer_rules = [r["event_id"] for r in rows if r["routing"]["rules_evaluated"] != 3]
     assert not fewer_rules, f"{label}: {len(fewer_rules)} events routed with fewer than their 3 rules"
 
-    queue = [orjson.loads(r.value) for r in await read_to_end(setup.pipeline.settings, _unprefixed(setup))]
+    settings, prefix = setup.pipeline.settings, setup.pipeline.settings.topic_prefix
+    queue = [
+        orjson.loads(r.value)
+        for topic in setup.queue_topics
+        for r in await read_to_end(settings, topic.removeprefix(prefix))
+    ]
     queued = [uuid.UUID(d["event"]["event_id"]) for d in queue]
     assert set(queued) == expected["queue"], f"{label}: queue records differ from the expected set"
 
-    table = await pool.fetch(f'SELECT event_id FROM vdip_tables."{setup.table}"')
+    table = [
+        row for name in setup.tables for row in await pool.fetch(f'SELECT event_id FROM vdip_tables."{name}"')
+    ]
     assert sorted(r["event_id"] for r in table) == sorted(expected["database_table"]), f"{label}: table rows"
 
     hooks: dict[uuid.UUID, set[str]] = {}
@@ -267,10 +277,6 @@ async def check(setup: Setup, load: Load, label: str) -> None:
         f" ({webhook_requests - len(hooks)} repeated); answers {load.answers}; drained {waited:.0f} s"
         " after the load"
     )
-
-
-def _unprefixed(setup: Setup) -> str:
-    return setup.queue_topic.removeprefix(setup.pipeline.settings.topic_prefix)
 
 
 @asynccontextmanager
