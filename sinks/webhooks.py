@@ -83,7 +83,6 @@ log = logging.getLogger(__name__)
 
 JITTER = 0.2
 ORPHANS_EVERY_S = 1.0  # deliveries of a deleted rule are failed this often
-SUCCESSES_LINGER_S = 0.01  # a success waits this long for others to be recorded with
 
 # ------------------------------------------------------------------------------ pure parts
 
@@ -300,13 +299,13 @@ T = TypeVar("T")
 
 
 class GroupWriter(Generic[T]):
-    """Writes what is submitted while a write is under way, or within ``linger_s`` before it,
-    together, in the next one: each ``submit`` returns once its item is written (or raises what
-    the write raised)."""
+    """Writes what is submitted while a write is under way together, in the next one (a success
+    does not wait for others: the longer it goes unrecorded, the more a killed dispatcher's
+    successor sends again): each ``submit`` returns once its item is written (or raises what the
+    write raised)."""
 
-    def __init__(self, write: Callable[[list[T]], Awaitable[None]], linger_s: float = 0.0) -> None:
+    def __init__(self, write: Callable[[list[T]], Awaitable[None]]) -> None:
         self.write = write
-        self.linger_s = linger_s
         self.waiting: list[tuple[T, asyncio.Future[None]]] = []
         self.writing: asyncio.Task[None] | None = None
 
@@ -320,7 +319,7 @@ class GroupWriter(Generic[T]):
     async def _drain(self) -> None:
         try:
             while self.waiting:
-                await asyncio.sleep(self.linger_s)
+                await asyncio.sleep(0)  # what the same turn of the loop submits goes along
                 batch, self.waiting = self.waiting, []
                 try:
                     await self.write([item for item, _ in batch])
@@ -375,7 +374,7 @@ class Dispatcher:
         self.tasks: set[asyncio.Task[None]] = set()
         self.rng = random.Random()
         self.wake = asyncio.Event()
-        self.successes = GroupWriter(self._write_successes, SUCCESSES_LINGER_S)
+        self.successes = GroupWriter(self._write_successes)
         self.orphans_claimed_at = 0.0
         self.attempts = {status: metrics.WEBHOOK_ATTEMPTS.labels(status) for status in DeliveryStatus}
 
