@@ -145,15 +145,6 @@ async def stage(conn: asyncpg.Connection, table: str, columns: str, rows: list[t
         raise asyncpg.DataError(f"invalid input for COPY: {exc}") from exc
 
 
-def executing(statement: str) -> WriteRows:
-    """Writes rows by running ``statement`` once per row (``executemany``)."""
-
-    async def write(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
-        await conn.executemany(statement, rows)
-
-    return write
-
-
 async def insert_rows(
     pool: asyncpg.Pool,
     write: WriteRows,

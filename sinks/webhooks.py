@@ -2,9 +2,9 @@
 
 Two loops in one process:
 
-- **intake** consumes ``deliveries.webhook`` and records each delivery in ``deliveries`` (message
-  included), then commits the offsets: from there PostgreSQL holds it durably, and the table is
-  the delay queue. A replayed record changes nothing.
+- **intake** consumes ``deliveries.webhook``, records each batch of deliveries in ``deliveries``
+  (message included) in one statement, then commits the offsets: from there PostgreSQL holds
+  them durably, and the table is the delay queue. A replayed record changes nothing.
 - **dispatch** claims, in one statement, as many due deliveries of each webhook rule as it may
   start now (the rule's ``max_in_flight``, default ``webhook_concurrency_per_endpoint``, less
   what is in flight; no more than its ``max_per_second`` allows), each with a lease of
@@ -16,7 +16,8 @@ Two loops in one process:
   moment a slot frees, without a round trip to PostgreSQL (each within one attempt's time of
   its claim, so well within its lease); stopping puts them back. A slow or dead endpoint holds
   only its own slots, never another endpoint's, and retries wait in the table, not in a
-  partition. Successes are recorded many in one statement (each waits up to 10 ms for others).
+  partition. Successes that end while others are being recorded go together in the next
+  statement (none waits for others: what a killed dispatcher leaves unrecorded is sent again).
   An attempt ends within ``webhook_timeout_s`` in total, shorter than the lease (``Settings``
   checks it), so a delivery is never sent twice at once, by this dispatcher or another.
 
@@ -68,7 +69,6 @@ from sinks.batching import (
     Record,
     Records,
     dead_letter,
-    executing,
     insert_rows,
     run_until_signalled,
     serve_sink,
@@ -282,10 +282,10 @@ class Intake:
             if d["destination_type"] != "webhook" or not isinstance(d["destination_config"].get("url"), str):
                 await self._refused(record, "not a webhook delivery")
                 continue
-            event, message = d["event"], orjson.loads(record.value)
-            row = (d["delivery_id"], event["app_id"], event["event_id"], d["rule_id"], message)
+            event = d["event"]
+            row = (d["delivery_id"], event["app_id"], event["event_id"], d["rule_id"], record.value.decode())
             rows.append((record, row))
-        await insert_rows(self.pool, executing(deliveries.RECORD_WEBHOOK), rows, self._refused)
+        await insert_rows(self.pool, deliveries.record_webhooks, rows, self._refused)
         if rows:
             self.recorded()
 

@@ -195,7 +195,8 @@ async def test_the_intake_records_what_the_router_wrote_and_dead_letters_the_res
     pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings
 ) -> None:
     """A delivery is recorded as its model dumps it (the dispatcher builds the body from that);
-    what is not a webhook delivery of that exact shape is dead-lettered, each record alone."""
+    what is not a webhook delivery of that exact shape, or what PostgreSQL refuses, is
+    dead-lettered, each record alone; a record twice in a batch is recorded once."""
 
     def delivery(kind: str = "webhook") -> Delivery:
         return Delivery.model_validate(
@@ -215,27 +216,29 @@ async def test_the_intake_records_what_the_router_wrote_and_dead_letters_the_res
             }
         )
 
-    good, table = delivery(), delivery("database_table")
+    good, second, table = delivery(), delivery(), delivery("database_table")
     marker = uuid.uuid4().hex
     extra = orjson.dumps({**orjson.loads(delivery().model_dump_json()), "marker": marker})
+    nul = delivery()  # a valid delivery whose text PostgreSQL's jsonb refuses (\u0000)
+    nul.event.payload["marker"] = marker + "\x00"
     refused = [b'{"not": "' + marker.encode() + b'"}', extra, table.model_dump_json().encode()]
-    records = [
-        consumed("deliveries.webhook", v, n)
-        for n, v in enumerate([good.model_dump_json().encode(), *refused])
-    ]
+    refused.append(nul.model_dump_json().encode())
+    values = [good.model_dump_json().encode(), second.model_dump_json().encode()]
+    # The batch brings the first delivery twice (a record replayed within one batch).
+    records = [consumed("deliveries.webhook", v, n) for n, v in enumerate([*values, values[0], *refused])]
     await Intake(pool, producer, settings.topic("events.dlq")).write(records)
     rows = await pool.fetch(
         "SELECT delivery_id, message FROM deliveries WHERE delivery_id = ANY($1::uuid[])",
-        [good.delivery_id, table.delivery_id],
+        [good.delivery_id, second.delivery_id, table.delivery_id, nul.delivery_id],
     )
-    assert [(r["delivery_id"], r["message"]) for r in rows] == [
-        (good.delivery_id, good.model_dump(mode="json"))
-    ]
+    assert {r["delivery_id"]: r["message"] for r in rows} == {
+        d.delivery_id: d.model_dump(mode="json") for d in (good, second)
+    }
 
     def ours(found: list[Any]) -> list[Any]:
         return [r for r in found if marker.encode() in r.value or str(table.delivery_id).encode() in r.value]
 
-    dead = ours(await consume_all(settings, "events.dlq", until=lambda rs: len(ours(rs)) >= 3))
+    dead = ours(await consume_all(settings, "events.dlq", until=lambda rs: len(ours(rs)) >= 4))
     assert sorted(r.value for r in dead) == sorted(refused)
     assert {dict(r.headers)["error.stage"] for r in dead} == {b"webhooks"}
 

@@ -9,7 +9,7 @@ triggers (migrations 0006, 0008) count each status change in the writing transac
 """
 
 import uuid
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
 
@@ -86,16 +86,28 @@ async def table_row_failed(
 
 # ------------------------------------------------------------------------------ webhooks
 
-# Records a delivery with its message, due now; a replayed record changes nothing. Parameters:
-# delivery_id, app_id, event_id, rule_id, message.
-RECORD_WEBHOOK = """
+# Records a batch of deliveries with their messages, due now, in one statement (so the counting
+# trigger runs once per batch); a replayed record changes nothing. Parameters, one array each:
+# delivery_id, app_id, event_id, rule_id, message (JSON text). A delivery_id twice in the batch
+# is recorded once, its first copy.
+RECORD_WEBHOOKS = """
 INSERT INTO deliveries
     (delivery_id, app_id, event_id, rule_id, destination_type, status, message, next_attempt_at)
-VALUES ($1, $2, $3, $4, 'webhook', 'pending', $5, now())
+SELECT DISTINCT ON (delivery_id) delivery_id, app_id, event_id, rule_id, 'webhook', 'pending',
+       message::jsonb, now()
+FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::bigint[], $5::text[]) WITH ORDINALITY
+    AS r(delivery_id, app_id, event_id, rule_id, message, ord)
+ORDER BY delivery_id, ord
 ON CONFLICT (delivery_id) DO UPDATE
     SET message = EXCLUDED.message, next_attempt_at = now(), updated_at = now()
     WHERE deliveries.message IS NULL
 """
+
+
+async def record_webhooks(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """``RECORD_WEBHOOKS`` of rows (delivery_id, app_id, event_id, rule_id, message as JSON text)."""
+    await conn.execute(RECORD_WEBHOOKS, *(list(column) for column in zip(*rows, strict=True)))
+
 
 # Each webhook rule's due deliveries, oldest first: $6 times its max_in_flight (capped; $6 is 2
 # when the next ones wait in this process, to start the moment a slot frees) less what this
