@@ -138,7 +138,9 @@ async def wait_listening(base: str, timeout: float = 30) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     run = uuid.uuid4().hex[:8]
-    settings = Settings(topic_prefix=f"bench-{run}.", gateway_port=free_port(), rate_limit="1000000/second")
+    settings = Settings(
+        topic_prefix=f"bench-{run}.", gateway_port=free_port(), ingest_capacity_events_per_s=10_000_000
+    )
     await migrate_url(settings.database_url)
     await apply_own_topics(settings)
     pool = await create_pool(settings.database_url)

@@ -357,7 +357,7 @@ async def bench(args: argparse.Namespace, processes: Processes) -> int:
         table_sink_metrics_port=free_port(),
         webhooks_metrics_port=free_port(),
         admin_token=secrets.token_urlsafe(24),
-        rate_limit="1000000/second",  # the default 5,000/s per app would cap the saturation run
+        ingest_capacity_events_per_s=10_000_000,  # the default quotas would cap the saturation run
     )
     log_dir = Path(f"/tmp/{name}")
     print(

@@ -22,8 +22,9 @@ from fastapi import Depends, Header, Path, Query, Request
 
 from gateway.conflicts import ConflictCheck
 from gateway.errors import ApiError
-from gateway.limits import Limits, RateLimiter
+from gateway.limits import Limits
 from gateway.producer import EventProducer
+from gateway.quotas import Quotas
 from schemas import ErrorDetail
 from vdip.applications import Application, ApplicationKey, Scope
 from vdip.db import UNAVAILABLE
@@ -202,7 +203,7 @@ class Ingest:
     application: Application
     settings: Settings
     producer: EventProducer
-    limiter: RateLimiter
+    quotas: Quotas
     limits: Limits
     conflicts: ConflictCheck
 
@@ -216,7 +217,7 @@ async def ingest_dependency(
     caller = await authorize_app(state.applications, state.settings, app_id, key, Scope.INGEST)
     assert caller.application is not None
     return Ingest(
-        caller.application, state.settings, state.producer, state.rate_limiter, state.limits, state.conflicts
+        caller.application, state.settings, state.producer, state.quotas, state.limits, state.conflicts
     )
 
 

@@ -1,18 +1,14 @@
-"""The gateway's hard limits: pure checks of one event, and the per-application rate limiter.
+"""The gateway's hard limits: pure checks of one event (the quotas: ``gateway.quotas``).
 
 Every check returns the errors it found (field and reason) instead of raising, so that a batch can
 report each item's own problems. Nothing rejected here reaches Kafka.
 """
 
-import math
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from limits import parse
-from limits.aio import storage, strategies
 
 from schemas import ErrorDetail
 from vdip.settings import Settings
@@ -96,24 +92,3 @@ def check_event(
             )
         )
     return errors
-
-
-class RateLimiter:
-    """Events per application over a sliding window, in this process's memory.
-
-    Each gateway process counts on its own: with N gateways an application may send N times the
-    rate. ``acquire`` takes ``cost`` events at once (a batch counts each of its events). The
-    storage is the library's asyncio one: its expiry runs as a task on the event loop (the
-    threaded ``MemoryStorage`` started a ``threading.Timer`` every 10 ms).
-    """
-
-    def __init__(self, rate: str) -> None:
-        self._item = parse(rate)
-        self._limiter = strategies.SlidingWindowCounterRateLimiter(storage.MemoryStorage())
-
-    async def acquire(self, app_id: str, cost: int = 1) -> float | None:
-        """None when allowed; otherwise how many seconds to wait before retrying."""
-        if await self._limiter.hit(self._item, app_id, cost=cost):
-            return None
-        stats = await self._limiter.get_window_stats(self._item, app_id)
-        return max(1.0, math.ceil(stats.reset_time - time.time()))

@@ -9,9 +9,10 @@ from fastapi import FastAPI
 from gateway.conflicts import ConflictCheck
 from gateway.deps import ApplicationCache
 from gateway.errors import install_error_handlers
-from gateway.limits import Limits, RateLimiter
+from gateway.limits import Limits
 from gateway.middleware import BodySizeLimitMiddleware, CorrelationIdMiddleware, IngestMetricsMiddleware
 from gateway.producer import EventProducer
+from gateway.quotas import Quotas
 from gateway.routes import applications, dashboard, events, health, ingest, keys, rules, statistics, tenancy
 from vdip.db import create_pool, migrate_url
 from vdip.rulesets import Republisher
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.conflicts = ConflictCheck(
             app.state.pool, settings.conflict_check_timeout_s, settings.conflict_check_pause_s
         )
+        app.state.quotas = Quotas(app.state.pool, settings.quota_check_timeout_s)
         app.state.producer = EventProducer(settings)
         app.state.republisher = Republisher(app.state.pool, app.state.producer.publish, settings)
         await app.state.producer.start()
@@ -50,7 +52,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.rate_limiter = RateLimiter(settings.rate_limit)
     app.state.limits = Limits.from_settings(settings)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(CorrelationIdMiddleware)  # the 413 above carries the id too

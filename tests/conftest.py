@@ -155,7 +155,7 @@ async def settings(
         webhooks_metrics_port=_free_port(),
         produce_timeout_s=3.0,
         admin_token=f"admin-{run_id}",
-        rate_limit="100000/second",
+        ingest_capacity_events_per_s=1_000_000,  # quotas far above what tests send, unless a test sets one
         conflict_check_timeout_s=1.0,  # a cold connection on a busy machine: not a skipped check
     )
     await migrate_url(test_settings.database_url)

@@ -68,6 +68,15 @@ class ApplicationKey:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """How many events an application may send: ``events_per_s`` on average, ``burst`` at once."""
+
+    events_per_s: int
+    burst: int
+    default: bool
+
+
+@dataclass(frozen=True)
 class Application:
     app_id: str
     name: str
@@ -76,6 +85,15 @@ class Application:
     created_at: datetime
     updated_at: datetime
     keys: tuple[ApplicationKey, ...] = ()  # oldest first: the first is the key made with it
+    quota_events_per_s: int | None = None  # None: the default
+    quota_burst: int | None = None
+
+    def quota(self, default_events_per_s: int, min_burst: int) -> "Quota":
+        """Its ingest quota: its own, or the default; the burst is a second's worth unless set,
+        and at least ``min_burst`` (a whole batch)."""
+        rate = self.quota_events_per_s or default_events_per_s
+        burst = self.quota_burst or max(rate, min_burst)
+        return Quota(rate, burst, self.quota_events_per_s is None and self.quota_burst is None)
 
     def key_for(self, key: str, now: datetime) -> ApplicationKey | None:
         """The key of this application that ``key`` opens, if any. Every key is compared (no early

@@ -22,6 +22,23 @@ CONFLICT_CHECKS_SKIPPED = Counter(
     "vdip_ingest_conflict_checks_skipped",
     "Ingest requests with client-chosen ids accepted without the conflict check (PostgreSQL slow or away)",
 )
+INGEST_QUOTA = Gauge(
+    "vdip_ingest_quota_events_per_second",
+    "Each application's ingest quota, as this gateway applies it",
+    ["app_id"],
+)
+INGEST_QUOTA_BURST = Gauge(
+    "vdip_ingest_quota_burst_events", "How many events each application may send at once", ["app_id"]
+)
+INGEST_THROTTLED = Counter(
+    "vdip_ingest_throttled_events",
+    "Events refused with 429: their application was over its quota",
+    ["app_id"],
+)
+QUOTA_CHECKS_LOCAL = Counter(
+    "vdip_ingest_quota_checks_local",
+    "Times this gateway counted quotas in its own memory because PostgreSQL was slow or away",
+)
 PRODUCE_SECONDS = Histogram("vdip_produce_seconds", "From produce to Kafka's acknowledgement, per send")
 
 # Worker

@@ -105,8 +105,24 @@ class Settings(BaseSettings):
     max_json_keys: int = Field(default=1_000, ge=1, description="Object keys in one payload, all levels.")
     max_batch_events: int = Field(default=500, ge=1)
     event_type_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9_.:\- ]{0,99}$"
-    rate_limit: str = Field(
-        default="5000/second", description="Per application, in events (`limits` notation)."
+    ingest_capacity_events_per_s: int = Field(
+        default=3_000,
+        ge=1,
+        description="Events per second this deployment routes, stores and counts (about 3,500 with one"
+        " worker on 2 cores, BENCHMARKS.md); the default ingest quotas are shares of it.",
+    )
+    app_quota_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="The share of the capacity one application may send by default (its quota,"
+        " across all gateway processes); beyond: 429. Set per application through the API.",
+    )
+    quota_check_timeout_s: float = Field(
+        default=0.05,
+        gt=0,
+        description="How long ingest waits for PostgreSQL's shared quota buckets; beyond (or while"
+        " PostgreSQL is away), each gateway process counts the quota on its own.",
     )
     max_inflight_events: int = Field(
         default=20_000, ge=1, description="Events awaiting Kafka's ack at once; beyond: 503."
@@ -255,6 +271,11 @@ class Settings(BaseSettings):
         if self.topic_min_insync_replicas is not None:
             return self.topic_min_insync_replicas
         return 2 if self.replication_factor >= 3 else 1
+
+    @property
+    def default_quota_events_per_s(self) -> int:
+        """An application's ingest quota unless it has its own."""
+        return max(1, int(self.ingest_capacity_events_per_s * self.app_quota_share))
 
     @model_validator(mode="after")
     def _attempts_fit_in_their_lease(self) -> Self:

@@ -113,7 +113,10 @@ function every(ms, load) {
 }
 
 async function open() {
-  await api(`/api/applications/${encodeURIComponent(session.appId)}`);  // checks the key
+  const app = await api(`/api/applications/${encodeURIComponent(session.appId)}`);  // checks the key
+  const quota = app.quota;
+  $("#quota").textContent = `Ingest quota: ${quota.events_per_s} events/s, ${quota.burst} at once` +
+    (quota.default ? " (the default)" : "");
   $("#sign-in").hidden = true;
   $("#board").hidden = false;
   $("#sign-out").hidden = false;

@@ -22,6 +22,7 @@ from gateway.responses import errors, scoped
 from schemas import ErrorDetail, SuccessResponse
 from schemas.events import AppId
 from vdip.applications import Application
+from vdip.settings import Settings
 from vdip.store import applications as apps
 from vdip.store import audit
 
@@ -34,11 +35,32 @@ class NewApplication(BaseModel):
     description: Annotated[str | None, Field(max_length=2000, pattern=r"^[^\x00]*$")] = None
 
 
+class QuotaView(BaseModel):
+    events_per_s: int = Field(description="Events per second, on average, across all gateways.")
+    burst: int = Field(description="Events it may send at once (a batch counts each event).")
+    default: bool = Field(description="Whether these are the defaults (a share of the capacity).")
+
+
+class NewQuota(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    events_per_s: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="Events per second; null: the default."
+    )
+    burst: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Events at once; null: a second's worth, and at least a whole batch.",
+    )
+
+
 class ApplicationView(BaseModel):
     app_id: str
     name: str
     description: str | None
     is_active: bool
+    quota: QuotaView = Field(description="Its ingest quota; beyond it, ingest answers 429.")
     previous_key_valid_until: datetime | None = Field(
         description="Until when the key replaced by the last rotation of the key made with the"
         " application keeps working."
@@ -47,13 +69,15 @@ class ApplicationView(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def of(cls, app: Application) -> "ApplicationView":
+    def of(cls, app: Application, settings: Settings) -> "ApplicationView":
         first = app.first_key
+        quota = app.quota(settings.default_quota_events_per_s, settings.max_batch_events)
         return cls(
             app_id=app.app_id,
             name=app.name,
             description=app.description,
             is_active=app.is_active,
+            quota=QuotaView(events_per_s=quota.events_per_s, burst=quota.burst, default=quota.default),
             previous_key_valid_until=first.previous_valid_until(datetime.now(UTC)) if first else None,
             created_at=app.created_at,
             updated_at=app.updated_at,
@@ -80,7 +104,7 @@ def _not_found(app_id: str) -> ApiError:
     responses=errors(400, 401, 409, 422),
 )
 async def create(
-    body: NewApplication, pool: PoolDep, cache: ApplicationsDep
+    body: NewApplication, pool: PoolDep, cache: ApplicationsDep, settings: SettingsDep
 ) -> SuccessResponse[ApplicationWithKey]:
     app_id = body.app_id or f"app-{uuid.uuid4().hex[:12]}"
     created = await apps.create_application(pool, app_id, body.name, body.description)
@@ -95,28 +119,28 @@ async def create(
     app, key = created
     return SuccessResponse(
         message="Application created; store its API key now, it is not shown again",
-        data=ApplicationWithKey(**ApplicationView.of(app).model_dump(), api_key=key),
+        data=ApplicationWithKey(**ApplicationView.of(app, settings).model_dump(), api_key=key),
     )
 
 
 @router.get(
     "/api/applications", dependencies=[RequireAdmin], summary="All applications", responses=errors(401)
 )
-async def list_all(pool: PoolDep) -> SuccessResponse[list[ApplicationView]]:
+async def list_all(pool: PoolDep, settings: SettingsDep) -> SuccessResponse[list[ApplicationView]]:
     found = await apps.list_applications(pool)
     return SuccessResponse(
-        message=f"{len(found)} application(s)", data=[ApplicationView.of(a) for a in found]
+        message=f"{len(found)} application(s)", data=[ApplicationView.of(a, settings) for a in found]
     )
 
 
 @router.get("/api/applications/{app_id}", summary="One application", responses=scoped("read", 401, 404, 422))
-async def get_one(caller: AppReader) -> SuccessResponse[ApplicationView]:
+async def get_one(caller: AppReader, settings: SettingsDep) -> SuccessResponse[ApplicationView]:
     assert caller.application is not None
-    return SuccessResponse(message="Application found", data=ApplicationView.of(caller.application))
+    return SuccessResponse(message="Application found", data=ApplicationView.of(caller.application, settings))
 
 
 async def _set_active(
-    pool: PoolDep, cache: ApplicationsDep, app_id: str, active: bool
+    pool: PoolDep, cache: ApplicationsDep, settings: SettingsDep, app_id: str, active: bool
 ) -> SuccessResponse[ApplicationView]:
     async with pool.acquire() as conn, conn.transaction():
         app = await apps.set_active(conn, app_id, active)
@@ -126,7 +150,7 @@ async def _set_active(
         await audit.record(conn, app_id, audit.ADMIN, action, f"application {app_id}", {"is_active": active})
     cache.forget(app_id)
     return SuccessResponse(
-        message=f"Application {'enabled' if active else 'disabled'}", data=ApplicationView.of(app)
+        message=f"Application {'enabled' if active else 'disabled'}", data=ApplicationView.of(app, settings)
     )
 
 
@@ -137,9 +161,9 @@ async def _set_active(
     responses=errors(401, 404, 422),
 )
 async def disable(
-    app_id: AppIdPath, pool: PoolDep, cache: ApplicationsDep
+    app_id: AppIdPath, pool: PoolDep, cache: ApplicationsDep, settings: SettingsDep
 ) -> SuccessResponse[ApplicationView]:
-    return await _set_active(pool, cache, app_id, False)
+    return await _set_active(pool, cache, settings, app_id, False)
 
 
 @router.post(
@@ -149,9 +173,9 @@ async def disable(
     responses=errors(401, 404, 422),
 )
 async def enable(
-    app_id: AppIdPath, pool: PoolDep, cache: ApplicationsDep
+    app_id: AppIdPath, pool: PoolDep, cache: ApplicationsDep, settings: SettingsDep
 ) -> SuccessResponse[ApplicationView]:
-    return await _set_active(pool, cache, app_id, True)
+    return await _set_active(pool, cache, settings, app_id, True)
 
 
 @router.post(
@@ -176,5 +200,25 @@ async def rotate(
     app, key = rotated
     return SuccessResponse(
         message="Key rotated; store the new key now, it is not shown again",
-        data=ApplicationWithKey(**ApplicationView.of(app).model_dump(), api_key=key),
+        data=ApplicationWithKey(**ApplicationView.of(app, settings).model_dump(), api_key=key),
     )
+
+
+@router.put(
+    "/api/applications/{app_id}/quota",
+    dependencies=[RequireAdmin],
+    summary="Set an application's ingest quota (null fields: the defaults, shares of the capacity)",
+    responses=errors(400, 401, 404, 422),
+)
+async def set_quota(
+    app_id: AppIdPath, body: NewQuota, pool: PoolDep, cache: ApplicationsDep, settings: SettingsDep
+) -> SuccessResponse[ApplicationView]:
+    async with pool.acquire() as conn, conn.transaction():
+        app = await apps.set_quota(conn, app_id, body.events_per_s, body.burst)
+        if app is None:
+            raise _not_found(app_id)
+        await audit.record(
+            conn, app_id, audit.ADMIN, "application.quota", f"application {app_id}", body.model_dump()
+        )
+    cache.forget(app_id)
+    return SuccessResponse(message="Quota set", data=ApplicationView.of(app, settings))

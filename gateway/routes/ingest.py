@@ -11,6 +11,7 @@ claimed by another one is answered 409 (``gateway.conflicts``; fails open).
 import ipaddress
 import json
 import logging
+import math
 import re
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
@@ -162,15 +163,24 @@ def _metadata(request: Request, settings: Settings) -> EventMetadata:
     )
 
 
-async def _check_rate(ingest: IngestDep, cost: int) -> None:
-    app_id = ingest.application.app_id
-    retry_after = await ingest.limiter.acquire(app_id, cost)
+async def _check_quota(ingest: IngestDep, cost: int) -> None:
+    """429 with Retry-After when the application is over its quota (``gateway.quotas``)."""
+    app_id, settings = ingest.application.app_id, ingest.settings
+    quota = ingest.application.quota(settings.default_quota_events_per_s, settings.max_batch_events)
+    if cost > quota.burst:
+        raise ApiError(
+            422,
+            f"{cost} events at once are more than application '{app_id}' may send at once",
+            [ErrorDetail(field="body.events", reason=f"more than its burst of {quota.burst} events")],
+        )
+    retry_after = await ingest.quotas.acquire(app_id, quota, cost)
     if retry_after is not None:
+        metrics.INGEST_THROTTLED.labels(app_id).inc(cost)
         raise ApiError(
             429,
-            f"Application '{app_id}' is over its rate limit",
-            [ErrorDetail(field="path.app_id", reason="rate limit exceeded")],
-            {"Retry-After": str(int(retry_after))},
+            f"Application '{app_id}' is over its quota of {quota.events_per_s} events/s",
+            [ErrorDetail(field="path.app_id", reason="quota exceeded")],
+            {"Retry-After": str(max(1, math.ceil(retry_after)))},
         )
 
 
@@ -195,7 +205,7 @@ async def ingest(
                 f"Event {event_id} was accepted before with other content",
                 [ErrorDetail(field=field, reason=_CONFLICT)],
             )
-    await _check_rate(ingest, 1)
+    await _check_quota(ingest, 1)
     envelope = build_envelope(
         app_id, body, _metadata(request, settings), datetime.now(UTC), idempotency_key, None
     )
@@ -407,7 +417,7 @@ async def ingest_batch(
     if not valid:
         raise ApiError(422, "No event of the batch is valid", [e for r in results for e in r.errors])
     valid = await _without_conflicts(ingest, valid, idempotency_key, results)
-    await _check_rate(ingest, len(valid))
+    await _check_quota(ingest, len(valid))
     metadata, received_at = _metadata(request, settings), datetime.now(UTC)
     envelopes = [build_envelope(app_id, item, metadata, received_at, idempotency_key, i) for i, item in valid]
     outcomes = await ingest.producer.send_many(envelopes)

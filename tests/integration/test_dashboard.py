@@ -73,6 +73,9 @@ async def test_dashboard_shows_events_as_they_arrive(
         sent.append(response.json()["data"]["event_id"])
     await producer.send_and_wait(pipeline.settings.topic("events"), b"{not json", key=app.app_id.encode())
 
+    await expect(page.locator("#quota")).to_have_text(
+        "Ingest quota: 500000 events/s, 500000 at once (the default)"
+    )
     events = page.locator("#events tbody tr")
     await expect(events).to_have_count(len(sent), timeout=15_000)
     for event_id in sent:

@@ -54,6 +54,7 @@ NEEDS: dict[tuple[str, str], Scope | None] = {
     ("PUT", "/api/destinations/{destination_type}/{name}/owner"): None,
     ("POST", "/api/applications"): None,
     ("GET", "/api/applications"): None,
+    ("PUT", "/api/applications/{app_id}/quota"): None,
     ("POST", "/api/applications/{app_id}/disable"): None,
     ("POST", "/api/applications/{app_id}/enable"): None,  # after disable: the matrix goes in order
 }
@@ -143,6 +144,7 @@ async def call(
         ("POST", "/api/routing-rules/test"): {"app_id": app.app_id, "event": {"event_type": "t"}},
         ("POST", "/api/applications"): {"name": "made by the matrix"},
         ("PUT", "/api/destinations/{destination_type}/{name}/owner"): {"app_id": app.app_id},
+        ("PUT", "/api/applications/{app_id}/quota"): {},
     }
     params = {"app_id": app.app_id} if path.startswith("/api/events/{event_id}") else None
     return await client.request(

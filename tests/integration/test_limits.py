@@ -24,7 +24,6 @@ from tests.conftest import (
 from vdip.settings import Settings
 
 STRICT = {
-    "VDIP_RATE_LIMIT": "20/minute",
     "VDIP_MAX_BODY_BYTES": "4096",
     "VDIP_MAX_EVENT_BYTES": "512",
     "VDIP_MAX_JSON_DEPTH": "4",
@@ -157,7 +156,9 @@ async def test_events_count_as_in_flight_until_kafka_answers(
     assert {1, 2, 3} <= numbers and not numbers & {4, 5, 6}, numbers
 
 
-async def test_rate_limit_is_per_application(sclient: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
+async def test_an_application_over_its_quota_gets_429_and_the_others_do_not(
+    sclient: httpx.AsyncClient, pool: asyncpg.Pool, admin: dict[str, str]
+) -> None:
     from vdip.store.applications import create_application
 
     keys = []
@@ -166,17 +167,26 @@ async def test_rate_limit_is_per_application(sclient: httpx.AsyncClient, pool: a
         assert created is not None
         keys.append((created[0].app_id, {"X-API-Key": created[1]}))
     (noisy, noisy_key), (quiet, quiet_key) = keys
+    answer = await sclient.put(
+        f"/api/applications/{noisy}/quota", json={"events_per_s": 1, "burst": 20}, headers=admin
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"]["quota"] == {"events_per_s": 1, "burst": 20, "default": False}
     statuses = [
         (await sclient.post(f"/api/ingest/{noisy}", json={"event_type": "t"}, headers=noisy_key)).status_code
         for _ in range(25)
     ]
     assert statuses.count(202) == 20 and statuses[20:] == [429] * 5
     limited = await sclient.post(f"/api/ingest/{noisy}", json={"event_type": "t"}, headers=noisy_key)
-    assert limited.status_code == 429 and 1 <= int(limited.headers["Retry-After"]) <= 60
-    assert limited.json()["errors"][0]["reason"] == "rate limit exceeded"
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) == 1
+    assert limited.json()["errors"] == [{"field": "path.app_id", "reason": "quota exceeded"}]
     assert (
         await sclient.post(f"/api/ingest/{quiet}", json={"event_type": "t"}, headers=quiet_key)
     ).status_code == 202
+    metrics = (await sclient.get("/metrics")).text
+    assert f'vdip_ingest_throttled_events_total{{app_id="{noisy}"}} 6.0' in metrics
+    assert f'vdip_ingest_quota_events_per_second{{app_id="{noisy}"}} 1.0' in metrics
+    assert f'vdip_ingest_quota_burst_events{{app_id="{quiet}"}} 500000.0' in metrics  # the default
 
 
 async def test_forwarded_for_and_correlation_id(

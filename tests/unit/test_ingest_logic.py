@@ -11,9 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.limits import Limits, RateLimiter, check_event, json_shape
+from gateway.limits import Limits, check_event, json_shape
+from gateway.quotas import LocalBucket
 from gateway.routes.ingest import build_envelope, clamp_occurred_at, client_ip, event_id_for
 from schemas import EventEnvelope, EventMetadata, EventSource, IngestRequest
+from vdip.applications import Application, Quota
 from vdip.settings import Settings
 
 RECEIVED = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -114,6 +116,7 @@ def test_json_shape_handles_nesting_beyond_the_recursion_limit() -> None:
     assert json_shape({"deep": value}) == (10_001, 1)
 
 
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 LIMITS = Limits(
     max_event_bytes=100, max_json_depth=3, max_json_keys=5, event_type_pattern=re.compile(r"^[a-z_]{1,20}$")
 )
@@ -149,13 +152,27 @@ def test_default_event_type_pattern() -> None:
         assert not pattern.fullmatch(bad), bad
 
 
-async def test_rate_limiter_counts_events_per_application() -> None:
-    limiter = RateLimiter("10/minute")
-    assert await limiter.acquire("a", 6) is None
-    assert await limiter.acquire("a", 4) is None
-    retry = await limiter.acquire("a", 1)
-    assert retry is not None and 1 <= retry <= 60
-    assert await limiter.acquire("b", 10) is None  # other applications are unaffected
+def test_an_application_has_its_own_quota_or_a_share_of_the_capacity() -> None:
+    settings = Settings(ingest_capacity_events_per_s=3000, app_quota_share=0.5)
+    assert settings.default_quota_events_per_s == 1500
+    app = Application("shop", "Shop", None, True, NOW, NOW)
+    assert app.quota(1500, 500) == Quota(1500, 1500, default=True)  # a second's worth
+    assert app.quota(100, 500) == Quota(100, 500, default=True)  # at least a whole batch
+    own = Application("shop", "Shop", None, True, NOW, NOW, quota_events_per_s=10)
+    assert own.quota(1500, 500) == Quota(10, 500, default=False)
+    both = Application("shop", "Shop", None, True, NOW, NOW, quota_events_per_s=10, quota_burst=3)
+    assert both.quota(1500, 500) == Quota(10, 3, default=False)
+
+
+def test_the_local_bucket_refills_at_the_quota_up_to_the_burst() -> None:
+    quota = Quota(events_per_s=10, burst=5, default=False)
+    bucket = LocalBucket(tokens=5, at=0.0)
+    assert bucket.take(quota, 5, 0.0) is None
+    assert bucket.take(quota, 1, 0.0) == pytest.approx(0.1)  # one token comes in a tenth of a second
+    assert bucket.take(quota, 2, 0.1) == pytest.approx(0.1)  # one came, two are needed
+    assert bucket.take(quota, 2, 0.2) is None
+    assert bucket.take(quota, 5, 100.0) is None  # never more than the burst
+    assert bucket.take(quota, 1, 100.0) is not None
 
 
 def test_events_go_to_kafka_in_as_few_records_as_fit() -> None:

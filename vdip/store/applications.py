@@ -14,7 +14,7 @@ from vdip.store import keys
 
 Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
-_COLUMNS = "app_id, name, description, is_active, created_at, updated_at"
+_COLUMNS = "app_id, name, description, is_active, quota_events_per_s, quota_burst, created_at, updated_at"
 
 
 async def get_application(db: Db, app_id: str) -> Application | None:
@@ -66,5 +66,17 @@ async def set_active(db: Db, app_id: str, active: bool) -> Application | None:
             WHERE app_id = $1 RETURNING {_COLUMNS}""",
         app_id,
         active,
+    )
+    return Application(**dict(row), keys=tuple(await keys.keys_of(db, app_id))) if row else None
+
+
+async def set_quota(db: Db, app_id: str, events_per_s: int | None, burst: int | None) -> Application | None:
+    """The application's ingest quota (None: the default); None if the application is unknown."""
+    row = await db.fetchrow(
+        f"""UPDATE applications SET quota_events_per_s = $2, quota_burst = $3, updated_at = now()
+            WHERE app_id = $1 RETURNING {_COLUMNS}""",
+        app_id,
+        events_per_s,
+        burst,
     )
     return Application(**dict(row), keys=tuple(await keys.keys_of(db, app_id))) if row else None
