@@ -43,6 +43,7 @@ import aiohttp
 import asyncpg
 import httpx
 import orjson
+from pydantic import SecretStr
 
 from bench.common import (
     Processes,
@@ -338,27 +339,36 @@ async def wait_rules_applied(
 # --------------------------------------------------------------------------------------- main
 
 
+def own_settings(base: Settings, name: str, database: str, **overrides: Any) -> Settings:
+    """``base`` with a database, topic prefix, consumer groups, worker directory, ports and admin
+    token of the run's own."""
+    return base.model_copy(
+        update={
+            "database_url": with_database(base.database_url, database),
+            "topic_prefix": f"{name}.",
+            "worker_id": f"{name}.worker",
+            "worker_datadir": Path(f"/tmp/{name}/worker"),
+            "sink_group_id": f"{name}.event-store",
+            "table_sink_group_id": f"{name}.table-sink",
+            "webhook_group_id": f"{name}.webhooks",
+            "gateway_port": free_port(),
+            "worker_metrics_port": free_port(),
+            "sink_metrics_port": free_port(),
+            "table_sink_metrics_port": free_port(),
+            "webhooks_metrics_port": free_port(),
+            "admin_token": SecretStr(secrets.token_urlsafe(24)),
+            **overrides,
+        }
+    )
+
+
 async def bench(args: argparse.Namespace, processes: Processes) -> int:
     run_id = uuid.uuid4().hex[:8]
     name = f"bench-pipeline-{run_id}"
     base = Settings()
     database = f"vdip_bench_{run_id}"
-    settings = Settings(
-        database_url=with_database(base.database_url, database),
-        topic_prefix=f"{name}.",
-        worker_id=f"{name}.worker",
-        worker_datadir=Path(f"/tmp/{name}/worker"),
-        sink_group_id=f"{name}.event-store",
-        table_sink_group_id=f"{name}.table-sink",
-        webhook_group_id=f"{name}.webhooks",
-        gateway_port=free_port(),
-        worker_metrics_port=free_port(),
-        sink_metrics_port=free_port(),
-        table_sink_metrics_port=free_port(),
-        webhooks_metrics_port=free_port(),
-        admin_token=secrets.token_urlsafe(24),
-        ingest_capacity_events_per_s=10_000_000,  # the default quotas would cap the saturation run
-    )
+    # The default quotas would cap the saturation run.
+    settings = own_settings(base, name, database, ingest_capacity_events_per_s=10_000_000)
     log_dir = Path(f"/tmp/{name}")
     print(
         f"run {run_id}: topics {settings.topic_prefix}*, database {database}, logs in {log_dir}/", flush=True

@@ -121,8 +121,9 @@ class EventProducer:
                 waiter.set_result(outcome)
 
     async def send_many(self, envelopes: Sequence[EventEnvelope]) -> list[BrokerUnavailable | None]:
-        """Produce events of one application together, in as few records as fit (``batch_records``);
-        for each event, None once acknowledged, or why it was not.
+        """Produce events of one application together, in as few records as fit (``batch_records``),
+        to ``events``, or to ``events.bulk`` when more than ``bulk_batch_events``; for each event,
+        None once acknowledged, or why it was not.
 
         Raises ``BrokerUnavailable`` for all of them when the producer cannot even start, or when
         more than ``max_inflight_events`` would be awaiting acknowledgement (memory stays bounded).
@@ -133,7 +134,8 @@ class EventProducer:
         if self._inflight + count > self._settings.max_inflight_events:
             raise BrokerUnavailable(f"more than {self._settings.max_inflight_events} events await Kafka")
         producer = await self._ensure_started()
-        topic, key = self._settings.topic("events"), envelopes[0].app_id.encode()
+        lane = "events.bulk" if count > self._settings.bulk_batch_events else "events"
+        topic, key = self._settings.topic(lane), envelopes[0].app_id.encode()
         timeout = self._settings.produce_timeout_s
         records = batch_records([envelope_json(e) for e in envelopes])
         sent: list[tuple[asyncio.Future[Any], int]] = []

@@ -4,7 +4,9 @@
   ``routing-rules`` topic with a consumer of its own, caught up before each batch is routed.
 - ``streams.router.Router``: the routing agent over ``events``, in batches, outputs acknowledged
   before offsets are committed (at-least-once; every effect downstream is keyed by ``event_id``
-  or ``delivery_id``, so a replay after a crash changes nothing).
+  or ``delivery_id``, so a replay after a crash changes nothing). A second one, the same code,
+  routes the bulk lane ``events.bulk`` (large batches) a few records at a time, so that single
+  events and small batches in ``events`` never wait behind a bulk backlog.
 - ``streams.fold.StatisticsFold``: a timer folding counted status changes into statistics.
 
 There is no faust table: while faust restores a changelog it already fetches, and it resumes the
@@ -59,10 +61,15 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=3,
         web_enabled=False,
     )
-    events = app.topic(settings.topic("events"), value_type=bytes, key_type=bytes)
     rulebook = RuleBook(settings, settings.topic("routing-rules"))
-    router = Router(app, settings, rulebook, Claims(settings.database_url))
-    app.agent(events, name="router")(router.run)
+    for lane, name, batch_size in (
+        ("events", "router", settings.router_batch_size),
+        ("events.bulk", "router-bulk", settings.router_bulk_batch_size),
+    ):
+        topic = app.topic(settings.topic(lane), value_type=bytes, key_type=bytes)
+        app.agent(topic, name=name)(
+            Router(app, settings, rulebook, Claims(settings.database_url), batch_size).run
+        )
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def refresh_rules() -> None:
@@ -109,7 +116,7 @@ async def commit_start_offsets(
 
 async def prepare_group(settings: Settings) -> None:
     """Commit start offsets for the worker's group, waiting for the broker if it is not up yet."""
-    sources = [settings.topic("events")]
+    sources = [settings.topic("events"), settings.topic("events.bulk")]
     while True:
         try:
             await commit_start_offsets(settings, settings.worker_id, sources)

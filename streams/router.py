@@ -64,8 +64,11 @@ class Output:
 class Router:
     """The routing agent's body (``run`` is the agent), with the topics it writes to."""
 
-    def __init__(self, app: faust.App, settings: Settings, rulebook: RuleBook, claims: Claims) -> None:
+    def __init__(
+        self, app: faust.App, settings: Settings, rulebook: RuleBook, claims: Claims, batch_size: int
+    ) -> None:
         self.app = app
+        self.batch_size = batch_size
         self.settings = settings
         self.rulebook = rulebook
         self.claims = claims
@@ -79,7 +82,7 @@ class Router:
 
     async def run(self, stream: Any) -> None:
         await self.rulebook.start()
-        size, wait = self.settings.router_batch_size, self.settings.router_batch_wait_s
+        size, wait = self.batch_size, self.settings.router_batch_wait_s
         try:
             async for batch in stream.noack_take(size, within=wait):
                 await self.route_batch(batch)

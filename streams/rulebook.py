@@ -42,6 +42,7 @@ class RuleBook:
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions: list[TopicPartition] = []
         self._lock = asyncio.Lock()
+        self._starting = asyncio.Lock()
         self.started = False  # every rule set published before start() was read
 
     def rules_for(self, app_id: str) -> list[CompiledRule]:
@@ -78,20 +79,22 @@ class RuleBook:
 
     async def start(self) -> None:
         """Read every rule set published so far; waits for Kafka and for the topic. Once started,
-        it stays started: faust restarts an agent after a rebalance, and the book carries on."""
-        if self.started:
-            return
-        while True:
-            try:
-                await self._open()
-                break
-            except KafkaError as exc:
-                metrics.ROUTER_WAITING_FOR_RULES.set(1)
-                log.warning("cannot read %s yet (%r); retrying in 2 s", self.topic, exc)
-                await self.stop()
-                await asyncio.sleep(2)
-        await self.catch_up()
-        self.started = True
+        it stays started: faust restarts an agent after a rebalance, and the book carries on. Both
+        routing agents (``events``, ``events.bulk``) start it; the second waits for the first."""
+        async with self._starting:
+            if self.started:
+                return
+            while True:
+                try:
+                    await self._open()
+                    break
+                except KafkaError as exc:
+                    metrics.ROUTER_WAITING_FOR_RULES.set(1)
+                    log.warning("cannot read %s yet (%r); retrying in 2 s", self.topic, exc)
+                    await self.stop()
+                    await asyncio.sleep(2)
+            await self.catch_up()
+            self.started = True
 
     async def _open(self) -> None:
         consumer = AIOKafkaConsumer(

@@ -309,19 +309,22 @@ def cmd_status(settings: Settings, _: argparse.Namespace) -> int:
     run_dir = _run_dir(settings)
     state = supervisor.read_state(run_dir)
     inputs = {
-        "worker": (settings.worker_id, "events"),
-        "sink": (settings.sink_group_id, "events.routed"),
-        "table-sink": (settings.table_sink_group_id, "deliveries.table"),
-        "webhooks": (settings.webhook_group_id, "deliveries.webhook"),
+        "worker": (settings.worker_id, ["events", "events.bulk"]),
+        "sink": (settings.sink_group_id, ["events.routed"]),
+        "table-sink": (settings.table_sink_group_id, ["deliveries.table"]),
+        "webhooks": (settings.webhook_group_id, ["deliveries.webhook"]),
     }
 
     async def lags() -> dict[str, int | None]:
         found: dict[str, int | None] = {}
-        for name, (group, topic) in inputs.items():
+        for name, (group, topics) in inputs.items():
+            each: list[int | None] = []
             try:
-                found[name] = await asyncio.wait_for(group_lag(settings, group, settings.topic(topic)), 10)
+                for topic in topics:
+                    each.append(await asyncio.wait_for(group_lag(settings, group, settings.topic(topic)), 10))
             except Exception:  # Kafka down or the topic missing: no figure
-                found[name] = None
+                each.append(None)
+            found[name] = None if None in each else sum(lag or 0 for lag in each)
         return found
 
     lag_of = asyncio.run(lags())

@@ -104,6 +104,12 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(default=16, ge=1, description="Nesting depth of a payload.")
     max_json_keys: int = Field(default=1_000, ge=1, description="Object keys in one payload, all levels.")
     max_batch_events: int = Field(default=500, ge=1)
+    bulk_batch_events: int = Field(
+        default=50,
+        ge=1,
+        description="A batch of more events than this goes to events.bulk, the bulk lane, so that"
+        " single events and small batches are never queued behind it.",
+    )
     event_type_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9_.:\- ]{0,99}$"
     ingest_capacity_events_per_s: int = Field(
         default=3_000,
@@ -142,6 +148,12 @@ class Settings(BaseSettings):
         default=100,
         ge=1,
         description="Records of events (each an event or a batch) routed, sent and acknowledged together.",
+    )
+    router_bulk_batch_size: int = Field(
+        default=4,
+        ge=1,
+        description="Records of events.bulk (each a batch of up to max_batch_events) routed together:"
+        " few, so that routing them never holds interactive events up for long.",
     )
     router_batch_wait_s: float = Field(
         default=0.005, gt=0, description="How long the router waits for more records before routing a batch."

@@ -261,3 +261,41 @@ async def test_single_events_sent_together_share_a_record(settings: Settings) ->
     assert [e["payload"]["n"] for e in together] == list(range(0, 21, 2))  # one record, in order
     assert [e["payload"]["n"] for e in others] == list(range(1, 21, 2))
     assert alone["event_id"] == str(envelopes[0].event_id)  # an event sent alone is its envelope
+
+
+async def test_large_batches_take_the_bulk_lane_and_are_stored_and_counted(
+    pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey, pool: asyncpg.Pool
+) -> None:
+    """A batch of more than ``bulk_batch_events`` goes to ``events.bulk``; smaller ones and single
+    events to ``events``; the worker routes both lanes, and every event is stored and counted once."""
+    size = pipeline.settings.bulk_batch_events
+    sent: dict[str, list[uuid.UUID]] = {"events": [], "events.bulk": []}
+    for lane, count in (("events.bulk", size + 1), ("events", size), ("events.bulk", 3 * size)):
+        events = [{"event_type": "lane", "payload": {"n": n}} for n in range(count)]
+        answer = await client.post(
+            f"/api/ingest/{app.app_id}/batch", json={"events": events}, headers=app.headers
+        )
+        assert answer.status_code == 202, answer.text
+        sent[lane] += [uuid.UUID(r["event_id"]) for r in answer.json()["data"]["results"]]
+    single = await client.post(f"/api/ingest/{app.app_id}", json={"event_type": "lane"}, headers=app.headers)
+    sent["events"].append(uuid.UUID(single.json()["data"]["event_id"]))
+    everything = sent["events"] + sent["events.bulk"]
+    await wait_until(lambda: _has(pool, everything), 60, message="both lanes stored")
+    for lane, ids in sent.items():
+        in_lane = []
+        for record in await read_to_end(pipeline.settings, lane):
+            if record.key == app.app_id.encode():
+                value = orjson.loads(record.value)
+                in_lane += [_id_of(e) for e in (value if isinstance(value, list) else [value])]
+        assert in_lane == ids, lane
+    assert await count_rows(pool, app.app_id) == len(everything)
+    await wait_until(
+        lambda: _counted(pool, app.app_id, len(everything)), 30, message=f"statistics count {len(everything)}"
+    )
+
+
+async def _counted(pool: asyncpg.Pool, app_id: str, expected: int) -> bool:
+    counted = await pool.fetchval(
+        "SELECT sum(total_events) FROM event_statistics WHERE app_id = $1 AND time_period = 'daily'", app_id
+    )
+    return counted == expected

@@ -2,16 +2,16 @@
 
 Load: one application with a rule of each kind (a queue rule for even ``n``, a table rule for
 ``n`` divisible by 3, a webhook rule for ``n`` divisible by 5, to a receiver on the loopback),
-batches of events sent over HTTP on a schedule, each batch sent again with the same ids until the
-gateway answers 202 (as a client should): the ledger is every id made. Faults: each process
-killed with SIGKILL and started again as a user would; PostgreSQL stopped for 20 s; the single
-broker killed and restarted; one broker of a three-node cluster killed and restarted.
+batches of events sent over HTTP on a schedule (every tenth large enough for the bulk lane,
+``events.bulk``), each batch sent again with the same ids until the gateway answers 202 (as a
+client should): the ledger is every id made. Faults: each process killed with SIGKILL and
+started again as a user would; PostgreSQL stopped for 20 s; the single broker killed and
+restarted; one broker of a three-node cluster killed and restarted.
 
 After the load drains, ``check`` proves: every event of the ledger stored exactly once, routed
 with all three rules; each expected queue record there (duplicates counted, at-least-once), each
 table row exactly once, each expected webhook received under one ``webhook-id``; every delivery
-delivered; statistics equal to a recount. It prints the figures.
-"""
+delivered; statistics equal to a recount. It prints the figures."""
 
 import asyncio
 import os
@@ -55,7 +55,8 @@ from vdip.topics import apply_topics, declared_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCH = 10
-INTERVAL_S = 0.05  # 200 events/s
+BULK_EVERY, BULK = 10, 60  # every tenth batch holds 60 events: the bulk lane (events.bulk) under faults too
+INTERVAL_S = 0.05  # 20 batches/s: 300 events/s
 IN_FLIGHT = 32  # batches awaiting an answer at most: sending pauses beyond (a client's bounded buffer)
 
 
@@ -85,7 +86,7 @@ class Load:
             while not self.stop.is_set():
                 await in_flight.acquire()
                 batch = []
-                for _ in range(BATCH):
+                for _ in range(BULK if len(pending) % BULK_EVERY == BULK_EVERY - 1 else BATCH):
                     event_id, n = str(uuid.uuid4()), len(self.sent)
                     self.sent[event_id] = n
                     flags = {"queue": n % 2 == 0, "table": n % 3 == 0, "webhook": n % 5 == 0}
