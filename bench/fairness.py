@@ -63,6 +63,7 @@ class Phase:
     quiet: Run
     flood: Run | None
     latencies: list[float] = field(default_factory=list)  # quiet's, seconds
+    routing: list[float] = field(default_factory=list)  # of which accept -> routed
     flood_backlog_s: float | None = None  # last stored - end of the flood
 
 
@@ -88,14 +89,16 @@ async def send_quiet(
     run.send_seconds = time.monotonic() - started
 
 
-async def latencies(pool: asyncpg.Pool, app_id: str, event_type: str) -> list[float]:
+async def latencies(pool: asyncpg.Pool, app_id: str, event_type: str) -> tuple[list[float], list[float]]:
+    """Accept -> stored, and accept -> routed, of each stored event (seconds, sorted)."""
     rows = await pool.fetch(
-        "SELECT extract(epoch FROM stored_at - received_at)::float8 FROM data_events"
-        " WHERE app_id = $1 AND event_type = $2",
+        "SELECT extract(epoch FROM stored_at - received_at)::float8,"
+        " extract(epoch FROM (routing->>'routed_at')::timestamptz - received_at)::float8"
+        " FROM data_events WHERE app_id = $1 AND event_type = $2",
         app_id,
         event_type,
     )
-    return sorted(r[0] for r in rows)
+    return sorted(r[0] for r in rows), sorted(r[1] for r in rows)
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -183,7 +186,7 @@ async def bench(args: argparse.Namespace, processes: Processes) -> int:
                         rows = await pool.fetch(STORED, app_id, run.event_type)
                         stored = {r[0] for r in rows}
                         lost += [f"{app_id}:{e}" for e in run.acked if e not in stored]
-                    phase.latencies = await latencies(pool, "quiet", quiet.event_type)
+                    phase.latencies, phase.routing = await latencies(pool, "quiet", quiet.event_type)
                     if flood is not None and flood.acked:
                         last = await pool.fetchval(
                             "SELECT extract(epoch FROM max(stored_at)) FROM data_events"
@@ -214,7 +217,8 @@ def describe(phase: Phase) -> str:
     lat = [s * 1000 for s in phase.latencies]
     text = (
         f"{phase.name}: quiet p50 {quantile(lat, 0.5):.0f} ms, p99 {quantile(lat, 0.99):.0f} ms,"
-        f" max {max(lat, default=0):.0f} ms ({len(lat)} events)"
+        f" max {max(lat, default=0):.0f} ms ({len(lat)} events; routed: p50"
+        f" {quantile(phase.routing, 0.5) * 1000:.0f} ms, p99 {quantile(phase.routing, 0.99) * 1000:.0f} ms)"
     )
     if phase.flood is not None:
         flood = phase.flood
