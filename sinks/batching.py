@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
@@ -203,16 +203,44 @@ async def serve_sink(
 def run_sink(
     settings: Settings,
     *,
-    topic: str,
-    group_id: str,
+    inputs: Sequence[tuple[str, str]],
     metrics_port: int,
     make_write: Callable[[asyncpg.Pool, AIOKafkaProducer], WriteBatch],
 ) -> None:
-    """Serve this process's metrics and run one sink in the foreground until SIGTERM/SIGINT."""
+    """Serve this process's metrics and run one sink loop per (topic, consumer group) of
+    ``inputs``, together, in the foreground until SIGTERM/SIGINT (or until one of them fails)."""
     metrics.serve(metrics_port, settings.metrics_host)
-    run_until_signalled(
-        lambda stop: serve_sink(settings, topic=topic, group_id=group_id, make_write=make_write, stop=stop)
-    )
+
+    async def serve(stop: asyncio.Event) -> None:
+        loops = {
+            f"the sink loop of {group_id}": serve_sink(
+                settings, topic=topic, group_id=group_id, make_write=make_write, stop=stop
+            )
+            for topic, group_id in inputs
+        }
+        await together(loops, stop)
+
+    run_until_signalled(serve)
+
+
+async def together(parts: dict[str, Coroutine[Any, Any, None]], stop: asyncio.Event) -> None:
+    """Run ``parts`` (each until ``stop``) as tasks until each has ended. The first to end sets
+    ``stop`` for the others; if it ended before ``stop`` was set, this raises its exception (or
+    says it returned) once the others have stopped."""
+    tasks = {asyncio.create_task(part, name=name): name for name, part in parts.items()}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        early = None if stop.is_set() else next(iter(done))
+    finally:
+        stop.set()
+        await asyncio.wait(tasks)
+    errors = [error for task in tasks if (error := task.exception()) is not None]
+    if early is not None:
+        error = early.exception()
+        log.error("%s ended on its own (%r): stopping", tasks[early], error)
+        raise error or RuntimeError(f"{tasks[early]} returned before it was stopped")
+    if errors:
+        raise errors[0]
 
 
 def run_until_signalled(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:

@@ -172,8 +172,10 @@ def run(settings: Settings) -> None:
     """Run the event store sink in the foreground until SIGTERM/SIGINT."""
     run_sink(
         settings,
-        topic=settings.topic("events.routed"),
-        group_id=settings.sink_group_id,
+        inputs=[
+            (settings.topic("events.routed"), settings.sink_group_id),
+            (settings.topic("events.routed.bulk"), f"{settings.sink_group_id}.bulk"),
+        ],
         metrics_port=settings.sink_metrics_port,
         make_write=lambda pool, producer: EventStore(pool, producer, settings.topic("events.dlq")).write,
     )

@@ -150,8 +150,7 @@ def run(settings: Settings) -> None:
     """Run the table sink in the foreground until SIGTERM/SIGINT."""
     run_sink(
         settings,
-        topic=settings.topic("deliveries.table"),
-        group_id=settings.table_sink_group_id,
+        inputs=[(settings.topic("deliveries.table"), settings.table_sink_group_id)],
         metrics_port=settings.table_sink_metrics_port,
         make_write=lambda pool, producer: (
             TableWriter(pool, producer, settings.topic("events.dlq"), settings.tables_schema).write

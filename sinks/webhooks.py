@@ -47,7 +47,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -72,6 +72,7 @@ from sinks.batching import (
     insert_rows,
     run_until_signalled,
     serve_sink,
+    together,
 )
 from vdip import metrics
 from vdip.db import UNAVAILABLE, create_pool, migrate_url
@@ -625,29 +626,11 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                 ),
                 stop=stop,
             )
-            await together({"intake": intake, "dispatcher": dispatcher.run(stop)}, stop)
+            await together(
+                {"the webhook intake": intake, "the webhook dispatcher": dispatcher.run(stop)}, stop
+            )
     finally:
         await pool.close()
-
-
-async def together(parts: dict[str, Coroutine[Any, Any, None]], stop: asyncio.Event) -> None:
-    """Run ``parts`` (each until ``stop``) as tasks until each has ended. The first to end sets
-    ``stop`` for the others; if it ended before ``stop`` was set, this raises its exception (or
-    says it returned) once the others have stopped."""
-    tasks = {asyncio.create_task(part, name=name): name for name, part in parts.items()}
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        early = None if stop.is_set() else next(iter(done))
-    finally:
-        stop.set()
-        await asyncio.wait(tasks)
-    errors = [error for task in tasks if (error := task.exception()) is not None]
-    if early is not None:
-        error = early.exception()
-        log.error("the webhook %s ended on its own (%r): stopping", tasks[early], error)
-        raise error or RuntimeError(f"the webhook {tasks[early]} returned before it was stopped")
-    if errors:
-        raise errors[0]
 
 
 def run(settings: Settings) -> None:

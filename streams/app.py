@@ -68,7 +68,7 @@ def create_app(settings: Settings) -> faust.App:
     ):
         topic = app.topic(settings.topic(lane), value_type=bytes, key_type=bytes)
         app.agent(topic, name=name)(
-            Router(app, settings, rulebook, Claims(settings.database_url), batch_size).run
+            Router(app, settings, rulebook, Claims(settings.database_url), lane, batch_size).run
         )
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]

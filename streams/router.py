@@ -65,14 +65,22 @@ class Router:
     """The routing agent's body (``run`` is the agent), with the topics it writes to."""
 
     def __init__(
-        self, app: faust.App, settings: Settings, rulebook: RuleBook, claims: Claims, batch_size: int
+        self,
+        app: faust.App,
+        settings: Settings,
+        rulebook: RuleBook,
+        claims: Claims,
+        lane: str,
+        batch_size: int,
     ) -> None:
+        """``lane``: ``events`` or ``events.bulk``, the topic it routes; its routed events go to
+        ``events.routed``, or ``events.routed.bulk``."""
         self.app = app
         self.batch_size = batch_size
         self.settings = settings
         self.rulebook = rulebook
         self.claims = claims
-        self.routed = settings.topic("events.routed")
+        self.routed = settings.topic(lane.replace("events", "events.routed", 1))
         self.dlq = settings.topic("events.dlq")
         self.sinks = {
             "webhook": settings.topic("deliveries.webhook"),

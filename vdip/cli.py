@@ -308,19 +308,22 @@ def cmd_status(settings: Settings, _: argparse.Namespace) -> int:
 
     run_dir = _run_dir(settings)
     state = supervisor.read_state(run_dir)
-    inputs = {
-        "worker": (settings.worker_id, ["events", "events.bulk"]),
-        "sink": (settings.sink_group_id, ["events.routed"]),
-        "table-sink": (settings.table_sink_group_id, ["deliveries.table"]),
-        "webhooks": (settings.webhook_group_id, ["deliveries.webhook"]),
+    inputs = {  # each process's (consumer group, topic)s
+        "worker": [(settings.worker_id, "events"), (settings.worker_id, "events.bulk")],
+        "sink": [
+            (settings.sink_group_id, "events.routed"),
+            (f"{settings.sink_group_id}.bulk", "events.routed.bulk"),
+        ],
+        "table-sink": [(settings.table_sink_group_id, "deliveries.table")],
+        "webhooks": [(settings.webhook_group_id, "deliveries.webhook")],
     }
 
     async def lags() -> dict[str, int | None]:
         found: dict[str, int | None] = {}
-        for name, (group, topics) in inputs.items():
+        for name, pairs in inputs.items():
             each: list[int | None] = []
             try:
-                for topic in topics:
+                for group, topic in pairs:
                     each.append(await asyncio.wait_for(group_lag(settings, group, settings.topic(topic)), 10))
             except Exception:  # Kafka down or the topic missing: no figure
                 each.append(None)

@@ -266,8 +266,9 @@ async def test_single_events_sent_together_share_a_record(settings: Settings) ->
 async def test_large_batches_take_the_bulk_lane_and_are_stored_and_counted(
     pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey, pool: asyncpg.Pool
 ) -> None:
-    """A batch of more than ``bulk_batch_events`` goes to ``events.bulk``; smaller ones and single
-    events to ``events``; the worker routes both lanes, and every event is stored and counted once."""
+    """A batch of more than ``bulk_batch_events`` goes to ``events.bulk`` (and routed, to
+    ``events.routed.bulk``); smaller ones and single events to ``events`` (``events.routed``); the
+    worker routes both lanes, the event store stores both, every event stored and counted once."""
     size = pipeline.settings.bulk_batch_events
     sent: dict[str, list[uuid.UUID]] = {"events": [], "events.bulk": []}
     for lane, count in (("events.bulk", size + 1), ("events", size), ("events.bulk", 3 * size)):
@@ -282,12 +283,14 @@ async def test_large_batches_take_the_bulk_lane_and_are_stored_and_counted(
     everything = sent["events"] + sent["events.bulk"]
     await wait_until(lambda: _has(pool, everything), 60, message="both lanes stored")
     for lane, ids in sent.items():
-        in_lane = []
-        for record in await read_to_end(pipeline.settings, lane):
-            if record.key == app.app_id.encode():
-                value = orjson.loads(record.value)
-                in_lane += [_id_of(e) for e in (value if isinstance(value, list) else [value])]
-        assert in_lane == ids, lane
+        routed_lane = lane.replace("events", "events.routed")
+        for topic, of in ((lane, _id_of), (routed_lane, lambda routed: _id_of(routed["event"]))):
+            in_topic = []
+            for record in await read_to_end(pipeline.settings, topic):
+                if record.key == app.app_id.encode():
+                    value = orjson.loads(record.value)
+                    in_topic += [of(e) for e in (value if isinstance(value, list) else [value])]
+            assert in_topic == ids, topic
     assert await count_rows(pool, app.app_id) == len(everything)
     await wait_until(
         lambda: _counted(pool, app.app_id, len(everything)), 30, message=f"statistics count {len(everything)}"
@@ -295,7 +298,7 @@ async def test_large_batches_take_the_bulk_lane_and_are_stored_and_counted(
 
 
 async def _counted(pool: asyncpg.Pool, app_id: str, expected: int) -> bool:
-    counted = await pool.fetchval(
+    counted: int | None = await pool.fetchval(
         "SELECT sum(total_events) FROM event_statistics WHERE app_id = $1 AND time_period = 'daily'", app_id
     )
     return counted == expected
