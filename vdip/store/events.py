@@ -51,8 +51,10 @@ async def list_page(
     after_at: datetime | None,
     after_id: uuid.UUID | None,
     limit: int,
+    offset: int = 0,
 ) -> list[asyncpg.Record]:
-    """An application's events (``COLUMNS``), newest first, after the keyset ``(after_at, after_id)``."""
+    """An application's events (``COLUMNS``), newest first, after the keyset ``(after_at, after_id)``
+    and the first ``offset`` of those."""
     rows: list[asyncpg.Record] = await db.fetch(
         f"""SELECT {COLUMNS} FROM data_events
             WHERE app_id = $1
@@ -62,7 +64,7 @@ async def list_page(
               AND ($5::timestamptz IS NULL OR received_at < $5)
               AND ($6::timestamptz IS NULL OR (received_at, event_id) < ($6, $7::uuid))
             ORDER BY received_at DESC, event_id DESC
-            LIMIT $8""",
+            LIMIT $8 OFFSET $9""",
         app_id,
         event_type,
         status,
@@ -71,6 +73,7 @@ async def list_page(
         after_at,
         after_id,
         limit,
+        offset,
     )
     return rows
 

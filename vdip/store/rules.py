@@ -155,11 +155,15 @@ async def rotate_secret(
     return _saved(row, secret) if row else None
 
 
-async def toggle_rule(conn: asyncpg.Connection, rule_id: int) -> RoutingRule | None:
+async def toggle_rule(
+    conn: asyncpg.Connection, rule_id: int, is_active: bool | None = None
+) -> RoutingRule | None:
+    """Set ``is_active`` when given, else flip it."""
     row = await conn.fetchrow(
-        f"""UPDATE routing_rules SET is_active = NOT is_active, updated_at = now()
+        f"""UPDATE routing_rules SET is_active = coalesce($2, NOT is_active), updated_at = now()
             WHERE rule_id = $1 RETURNING {_COLUMNS}""",
         rule_id,
+        is_active,
     )
     return _rule(row) if row else None
 
