@@ -62,7 +62,8 @@ def condition_problems(condition: dict[str, Any], settings: Settings, where: str
     ]
 
 
-def _problems(fields: RuleFields, settings: Settings) -> list[ErrorDetail]:
+def rule_problems(fields: RuleFields, settings: Settings) -> list[ErrorDetail]:
+    """What is wrong with a rule (also ``vdip import-seed``'s check)."""
     found = condition_problems(fields.condition, settings, "body.condition")
     found += [
         ErrorDetail(field=f"body.destination_config.{key}", reason=reason)
@@ -82,7 +83,7 @@ def _reserved(topic: str, settings: Settings) -> bool:
 
 
 def _check(fields: RuleFields, settings: Settings) -> None:
-    problems = _problems(fields, settings)
+    problems = rule_problems(fields, settings)
     if problems:
         raise ApiError(422, "The rule is invalid", problems)
 
