@@ -19,6 +19,8 @@ from typing import Annotated
 
 import asyncpg
 from fastapi import Depends, Header, Path, Query, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 
 from gateway.conflicts import ConflictCheck
 from gateway.errors import ApiError
@@ -248,3 +250,39 @@ EventTypeFilter = Annotated[
     str | None,
     Query(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$", description="Only this type."),
 ]
+
+
+def query_parameters(dependant: Dependant) -> frozenset[str]:
+    """The query parameters an endpoint reads: its own and its dependencies' (what its OpenAPI
+    operation documents)."""
+    names = {param.alias for param in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= query_parameters(dependency)
+    return frozenset(names)
+
+
+_TAKEN: dict[int, frozenset[str]] = {}
+
+
+async def refuse_unknown_query_parameters(request: Request) -> None:
+    """422 naming every query parameter the endpoint does not take: a misspelt filter, or another
+    API's parameter, is never silently ignored. Every route depends on it, first."""
+    if not request.scope.get("query_string"):
+        return
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    taken = _TAKEN.get(id(route))
+    if taken is None:
+        taken = _TAKEN[id(route)] = query_parameters(route.dependant)
+    unknown = sorted(set(request.query_params) - taken)
+    if unknown:
+        takes = ", ".join(sorted(taken)) or "no query parameters"
+        raise ApiError(
+            422,
+            f"Unknown query parameter(s): {', '.join(unknown)}",
+            [
+                ErrorDetail(field=f"query.{name}", reason=f"not taken here; this takes {takes}")
+                for name in unknown
+            ],
+        )

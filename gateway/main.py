@@ -4,10 +4,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from gateway.conflicts import ConflictCheck
-from gateway.deps import ApplicationCache
+from gateway.deps import ApplicationCache, refuse_unknown_query_parameters
 from gateway.errors import install_error_handlers
 from gateway.limits import Limits
 from gateway.middleware import BodySizeLimitMiddleware, CorrelationIdMiddleware, IngestMetricsMiddleware
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Ingest JSON events over HTTP, route them, store them and count them.",
         version="0.1.0",
         lifespan=lifespan,
+        dependencies=[Depends(refuse_unknown_query_parameters)],  # first, before authentication
     )
     app.state.settings = settings
     app.state.limits = Limits.from_settings(settings)

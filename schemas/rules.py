@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from schemas.events import AppId, DestinationType, EventEnvelope, JsonObject
 
@@ -16,12 +16,26 @@ MAX_IN_FLIGHT = 64  # a webhook destination's max_in_flight, at most
 MAX_PER_SECOND = 10_000.0  # and its max_per_second
 
 
+def _integer_as_text(value: Any) -> Any:
+    """The original API's application ids were integers: ``1`` is the application ``"1"``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+RuleAppId = Annotated[
+    AppId,
+    BeforeValidator(_integer_as_text),
+    Field(description="The application's id; an integer (as the original API's) is taken as its text."),
+]
+
+
 class RuleFields(BaseModel):
-    """What a client sends to create or replace a rule."""
+    """What a client sends to create a rule."""
 
     model_config = ConfigDict(extra="forbid")
 
-    app_id: AppId
+    app_id: RuleAppId
     rule_name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
     event_type_filter: Annotated[str | None, Field(max_length=100, pattern=r"^[^\x00]+$")] = Field(
         default=None, description="Only events of this type; null: every event."
@@ -47,6 +61,27 @@ class RuleFields(BaseModel):
             config["table"] = config.pop("table_name")
         self.destination_config = config
         return self
+
+
+class RuleUpdate(BaseModel):
+    """What a client sends to change a rule: the fields it gives change, the others keep their
+    values (``null`` clears ``event_type_filter``). Validated as a whole rule once merged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    app_id: RuleAppId | None = Field(default=None, description="If given, the rule's own: it cannot move.")
+    rule_name: str | None = None
+    event_type_filter: str | None = None
+    condition: JsonObject | None = None
+    destination_type: DestinationType | None = None
+    destination_config: JsonObject | None = None
+    priority: int | None = None
+    is_active: bool | None = None
+
+    def applied_to(self, rule: RuleFields) -> dict[str, Any]:
+        """The rule's fields with this change made, for ``RuleFields`` to validate."""
+        fields = rule.model_dump(include=set(RuleFields.model_fields))
+        return {**fields, **self.model_dump(exclude_unset=True)}
 
 
 class RoutingRule(RuleFields):

@@ -216,6 +216,71 @@ async def _app_action(settings: Settings, args: argparse.Namespace) -> int:
         await pool.close()
 
 
+def cmd_import_seed(settings: Settings, args: argparse.Namespace) -> int:
+    """Copy the original service's applications, rules and events (see ``vdip.seed``). New keys
+    and webhook secrets on stdout, once; progress and what was skipped on stderr."""
+    return asyncio.run(_import_seed(settings, args.source))
+
+
+async def _import_seed(settings: Settings, source_url: str) -> int:
+    import asyncpg
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+    from gateway.producer import EventProducer
+    from gateway.routes.rules import rule_problems
+    from schemas.rules import RuleFields
+    from vdip import seed
+    from vdip.db import create_pool, migrate_url
+
+    await migrate_url(settings.database_url)
+    source = await asyncpg.connect(source_url)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    producer = EventProducer(settings)
+    bar = Progress(
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def progress(what: str, done: int, total: int) -> None:
+        if what not in tasks:
+            tasks[what] = bar.add_task(what, total=total)
+        bar.update(tasks[what], completed=done, total=total)
+
+    def check(fields: RuleFields) -> list[str]:
+        return [f"{p.field}: {p.reason}" for p in rule_problems(fields, settings)]
+
+    try:
+        await producer.start()
+        async with source.transaction(isolation="repeatable_read", readonly=True):  # one snapshot
+            with bar:
+                report = await seed.import_seed(source, pool, settings, producer.publish, check, progress)
+    finally:
+        await producer.stop()
+        await pool.close()
+        await source.close()
+    for app_id, key in report.keys:
+        print(f"application {app_id}\tapi_key {key}")
+    for seed_id, rule_id, secret in report.rules:
+        print(f"rule {seed_id} -> {rule_id}" + (f"\twebhook_secret {secret}" if secret else ""))
+    for seed_id, why in report.skipped_rules:
+        print(f"rule {seed_id} not imported: {why}", file=sys.stderr)
+    for seed_id, why in report.skipped_events:
+        print(f"event {seed_id} not imported: {why}", file=sys.stderr)
+    print(
+        f"applications: {len(report.keys)} made (keys above, shown once),"
+        f" {len(report.kept_applications)} kept;"
+        f" rules: {len(report.rules)} made, {len(report.skipped_rules)} skipped;"
+        f" events: {report.events_new} new of {report.events_seen}, {len(report.skipped_events)} skipped",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _fail(message: str) -> int:
     print(message, file=sys.stderr)
     return 1
@@ -478,6 +543,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("sink", cmd_sink, "Run the event store sink in the foreground")
     add("table-sink", cmd_table_sink, "Run the sink of database_table destinations in the foreground")
     add("webhooks", cmd_webhooks, "Run the webhook dispatcher in the foreground")
+    p = add(
+        "import-seed",
+        cmd_import_seed,
+        "Copy the original service's applications (new keys), routing rules and events; idempotent",
+    )
+    p.add_argument(
+        "--from", dest="source", required=True, help="its database: postgresql://USER:PASSWORD@HOST/DB"
+    )
     p = add("app", cmd_app, "Create an application; list, add, revoke or rotate its keys")
     p.add_argument("action", choices=["create", "keys", "add-key", "revoke-key", "rotate-key"])
     p.add_argument("app_id")

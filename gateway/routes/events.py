@@ -80,9 +80,15 @@ class EventWithDeliveries(StoredEvent):
     deliveries: list[DeliveryOutcome]
 
 
+MAX_OFFSET = 100_000
+
+
 class EventPage(BaseModel):
     events: list[StoredEvent]
     next_cursor: str | None
+    count: int = Field(description="How many events this page holds.")
+    limit: int
+    offset: int
 
 
 def encode_cursor(received_at: datetime, event_id: uuid.UUID) -> str:
@@ -115,7 +121,22 @@ async def list_events(
     end_date: Annotated[AwareDatetime | None, Query(description="received_at < this")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    offset: Annotated[
+        int,
+        Query(
+            ge=0,
+            le=MAX_OFFSET,
+            description="Skip this many events (pages of the original API). Prefer `cursor`: it"
+            " neither skips nor repeats events while new ones arrive; not with `cursor`.",
+        ),
+    ] = 0,
 ) -> SuccessResponse[EventPage]:
+    if offset and cursor:
+        raise ApiError(
+            422,
+            "Page with cursor or with offset, not both",
+            [ErrorDetail(field="query.offset", reason="not with cursor, which says where to go on")],
+        )
     after_at, after_id = decode_cursor(cursor) if cursor else (None, None)
     rows = await event_store.list_page(
         pool,
@@ -127,12 +148,12 @@ async def list_events(
         after_at=after_at,
         after_id=after_id,
         limit=limit + 1,
+        offset=offset,
     )
     events = [StoredEvent(**dict(row)) for row in rows[:limit]]
     next_cursor = encode_cursor(events[-1].received_at, events[-1].event_id) if len(rows) > limit else None
-    return SuccessResponse(
-        message=f"{len(events)} event(s)", data=EventPage(events=events, next_cursor=next_cursor)
-    )
+    page = EventPage(events=events, next_cursor=next_cursor, count=len(events), limit=limit, offset=offset)
+    return SuccessResponse(message=f"{len(events)} event(s)", data=page)
 
 
 AppIdQuery = Annotated[

@@ -1,17 +1,25 @@
 """Service info, liveness and readiness."""
 
 import asyncio
+import time
+from datetime import timedelta
 from typing import Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from gateway.deps import PoolDep, ProducerDep
 from schemas import SuccessResponse
 
 router = APIRouter(tags=["health"])
+_STARTED = time.monotonic()
+
+
+def _uptime() -> tuple[str, float]:
+    seconds = time.monotonic() - _STARTED
+    return str(timedelta(seconds=int(seconds))), round(seconds, 3)
 
 
 class ServiceInfo(BaseModel):
@@ -19,10 +27,15 @@ class ServiceInfo(BaseModel):
     version: str
     docs: str = "/docs"
     openapi: str = "/openapi.json"
+    status: Literal["ok"] = "ok"
+    uptime: str = Field(description="How long this process has run, as H:MM:SS (the original API's form).")
+    uptime_s: float = Field(description="The same, in seconds.")
 
 
 class Liveness(BaseModel):
     status: Literal["ok"] = "ok"
+    uptime: str = Field(description="How long this process has run, as H:MM:SS (the original API's form).")
+    uptime_s: float = Field(description="The same, in seconds.")
 
 
 class Check(BaseModel):
@@ -40,14 +53,15 @@ class Readiness(BaseModel):
 async def root() -> SuccessResponse[ServiceInfo]:
     from importlib.metadata import version
 
-    return SuccessResponse(
-        message="Versatile Data Ingestion Platform", data=ServiceInfo(version=version("vdip"))
-    )
+    uptime, uptime_s = _uptime()
+    info = ServiceInfo(version=version("vdip"), uptime=uptime, uptime_s=uptime_s)
+    return SuccessResponse(message="Versatile Data Ingestion Platform", data=info)
 
 
 @router.get("/health", summary="Liveness: the process answers")
 async def health() -> SuccessResponse[Liveness]:
-    return SuccessResponse(message="alive", data=Liveness())
+    uptime, uptime_s = _uptime()
+    return SuccessResponse(message="alive", data=Liveness(uptime=uptime, uptime_s=uptime_s))
 
 
 async def _postgres(pool: PoolDep) -> Check:

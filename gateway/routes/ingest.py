@@ -18,7 +18,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
@@ -223,7 +223,10 @@ _APP_ID = re.compile(APP_ID_PATTERN)
 
 async def _valid_parameters(request: Request) -> tuple[str, IngestRequest, str | None] | None:
     """The app_id, the body and the Idempotency-Key of a request whose parameters are all valid
-    as FastAPI reads them (the same JSON parser, the same model); None for any other request."""
+    as FastAPI reads them (the same JSON parser, the same model); None for any other request
+    (one with a query string too: the standard way refuses the parameters it does not take)."""
+    if request.scope.get("query_string"):
+        return None
     content_type = request.headers.get("content-type", "")
     if content_type.partition(";")[0].strip().lower() != "application/json":
         return None
@@ -290,12 +293,24 @@ router.add_api_route(
 )
 async def ingest_message(
     ingest_: IngestDep,
-    body: Annotated[dict[str, Any], Body(examples=[{"text": "hello"}])],
     request: Request,
+    body: Annotated[dict[str, Any] | None, Body(examples=[{"text": "hello"}])] = None,
+    message_content: Annotated[
+        str | None,
+        Query(min_length=1, description='The original API\'s form: the payload is {"message_content": ...}.'),
+    ] = None,
     idempotency_key: IdempotencyKey = None,
 ) -> SuccessResponse[IngestAccepted]:
+    """Send the payload as the JSON body, or (as the original API) ``?message_content=``; not both."""
+    if (body is None) == (message_content is None):
+        raise ApiError(
+            422,
+            "Send the message as a JSON body or as message_content, one of them",
+            [ErrorDetail(field="query.message_content", reason="give either it or a JSON body")],
+        )
+    payload = body if body is not None else {"message_content": message_content}
     try:
-        item = IngestRequest(event_type="message", payload=body)
+        item = IngestRequest(event_type="message", payload=payload)
     except ValidationError as exc:
         raise ApiError(422, "The message is invalid", _errors_of(exc, "body")) from exc
     return await ingest(ingest_, item, request, idempotency_key)

@@ -15,14 +15,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import asyncpg
-from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.deps import (
     ApplicationCache,
     ApplicationsDep,
     AppReader,
     Caller,
+    EventTypeFilter,
     PoolDep,
     PresentedKey,
     ProducerDep,
@@ -33,8 +34,8 @@ from gateway.errors import ApiError
 from gateway.producer import EventProducer
 from gateway.responses import scoped
 from schemas import ErrorDetail, EventEnvelope, EventMetadata, IngestRequest, SuccessResponse
-from schemas.events import AppId, JsonObject
-from schemas.rules import RoutingRule, RuleFields, SavedRule, destination_problems
+from schemas.events import JsonObject
+from schemas.rules import RoutingRule, RuleAppId, RuleFields, RuleUpdate, SavedRule, destination_problems
 from streams.conditions import ConditionLimits, Document, compile_matcher, explain, validate
 from streams.routing import applies, as_document
 from vdip.applications import Scope
@@ -61,7 +62,8 @@ def condition_problems(condition: dict[str, Any], settings: Settings, where: str
     ]
 
 
-def _problems(fields: RuleFields, settings: Settings) -> list[ErrorDetail]:
+def rule_problems(fields: RuleFields, settings: Settings) -> list[ErrorDetail]:
+    """What is wrong with a rule (also ``vdip import-seed``'s check)."""
     found = condition_problems(fields.condition, settings, "body.condition")
     found += [
         ErrorDetail(field=f"body.destination_config.{key}", reason=reason)
@@ -81,7 +83,7 @@ def _reserved(topic: str, settings: Settings) -> bool:
 
 
 def _check(fields: RuleFields, settings: Settings) -> None:
-    problems = _problems(fields, settings)
+    problems = rule_problems(fields, settings)
     if problems:
         raise ApiError(422, "The rule is invalid", problems)
 
@@ -186,10 +188,16 @@ async def create_rule(
     responses=scoped("read", 401, 404, 422),
 )
 async def list_app_rules(
-    caller: AppReader, pool: PoolDep, include_inactive: bool = False
+    caller: AppReader,
+    pool: PoolDep,
+    include_inactive: bool = False,
+    event_type: EventTypeFilter = None,
 ) -> SuccessResponse[list[RoutingRule]]:
     assert caller.application is not None
     found = await store.list_rules(pool, caller.application.app_id, include_inactive)
+    # as the original: the rules an event of this type goes through (their filter is null or it)
+    if event_type is not None:
+        found = [rule for rule in found if rule.event_type_filter in (None, event_type)]
     return SuccessResponse(message=f"{len(found)} rule(s)", data=found)
 
 
@@ -246,23 +254,37 @@ async def _rule_changes(
 RuleChangesDep = Annotated[RuleChanges, Depends(_rule_changes)]
 
 
-@router.put(
-    "/api/routing-rules/{rule_id}",
-    summary="Replace a routing rule (every field; app_id cannot change)",
-    responses=scoped("manage", 400, 401, 404, 409, 422, 503),
-)
-async def replace_rule(
-    rule_id: RuleId, body: RuleFields, rules: RuleChangesDep
-) -> SuccessResponse[SavedRule]:
-    """Also re-enables a destination the webhook dispatcher disabled. A rule that becomes a
-    webhook gets a signing secret, in this response only."""
-    current, actor = await rules.current(rule_id)
-    if body.app_id != current.app_id:
+def _merged(change: RuleUpdate, current: RoutingRule) -> RuleFields:
+    """The rule with ``change`` made, validated whole (422 naming the fields at fault)."""
+    if change.app_id is not None and change.app_id != current.app_id:
         raise ApiError(
             422,
             "A rule cannot move to another application",
             [ErrorDetail(field="body.app_id", reason=f"must stay {current.app_id}")],
         )
+    try:
+        return RuleFields.model_validate(change.applied_to(current))
+    except ValidationError as exc:
+        errors = [
+            ErrorDetail(field=".".join(["body", *(str(p) for p in e["loc"])]), reason=e["msg"])
+            for e in exc.errors(include_url=False)
+        ]
+        raise ApiError(422, "The rule is invalid", errors) from exc
+
+
+@router.put(
+    "/api/routing-rules/{rule_id}",
+    summary="Change a routing rule: the fields given change, the others keep their values",
+    responses=scoped("manage", 400, 401, 404, 409, 422, 503),
+)
+async def replace_rule(
+    rule_id: RuleId, change: RuleUpdate, rules: RuleChangesDep
+) -> SuccessResponse[SavedRule]:
+    """A full body replaces the rule; app_id cannot change. Also re-enables a destination the
+    webhook dispatcher disabled. A rule that becomes a webhook gets a signing secret, in this
+    response only."""
+    current, actor = await rules.current(rule_id)
+    body = _merged(change, current)
     _check(body, rules.settings)
 
     async def update(conn: asyncpg.Connection) -> SavedRule | None:
@@ -281,16 +303,22 @@ async def replace_rule(
 
 @router.patch(
     "/api/routing-rules/{rule_id}/toggle",
-    summary="Switch a routing rule on or off",
+    summary="Switch a routing rule on or off: to is_active when given, else the other way",
     responses=scoped("manage", 401, 404, 422, 503),
 )
-async def toggle_rule(rule_id: RuleId, rules: RuleChangesDep) -> SuccessResponse[RoutingRule]:
+async def toggle_rule(
+    rule_id: RuleId,
+    rules: RuleChangesDep,
+    is_active: Annotated[
+        bool | None, Query(description="true: on, false: off (as often as you like); absent: flip.")
+    ] = None,
+) -> SuccessResponse[RoutingRule]:
     current, actor = await rules.current(rule_id)
 
     async def toggle(conn: asyncpg.Connection) -> RoutingRule | None:
-        rule = await store.toggle_rule(conn, rule_id)
+        rule = await store.toggle_rule(conn, rule_id, is_active)
         if rule is not None:
-            changes = {"is_active": [not rule.is_active, rule.is_active]}
+            changes = {"is_active": [current.is_active, rule.is_active]}
             await audit.record(conn, rule.app_id, actor, "rule.toggle", f"rule {rule_id}", changes)
         return rule
 
@@ -361,7 +389,7 @@ class SampleEvent(IngestRequest):
 class DryRun(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    app_id: AppId
+    app_id: RuleAppId
     event: SampleEvent
     rule: InlineRule | None = Field(default=None, description="A rule to try, not saved.")
     rule_id: int | None = Field(default=None, description="A saved rule to try; neither: all active rules.")

@@ -8,10 +8,10 @@ Ranges: ``start_date`` and ``end_date`` are ISO 8601 with a time zone; whole buc
 """
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime, BaseModel, Field
 
 from gateway.deps import AppManager, AppReader, EventTypeFilter, PoolDep
 from gateway.errors import ApiError
@@ -61,13 +61,24 @@ class Point(Totals):
     time_bucket: datetime
 
 
+class TypeTotals(Totals):
+    event_type: str
+
+
 class Dashboard(BaseModel):
+    app_id: str
     time_period: Period
     start: datetime
     end: datetime
     totals: Totals
     by_event_type: dict[str, Totals]
+    event_types: list[TypeTotals] = Field(description="by_event_type as a list, as the original API gave it.")
     series: list[Point]
+
+
+class BucketList(SuccessResponse[list[Bucket]]):
+    count: int = Field(description="How many buckets data holds.")
+    filters: dict[str, Any] = Field(description="The application and the query answered, ranges resolved.")
 
 
 class Refreshed(BaseModel):
@@ -127,11 +138,20 @@ async def get_statistics(
     event_type: EventTypeFilter = None,
     start_date: StartQuery = None,
     end_date: EndQuery = None,
-) -> SuccessResponse[list[Bucket]]:
+) -> BucketList:
+    """``count`` and ``filters`` are beside ``data`` (a list), where the original API had them inside."""
     assert caller.application is not None
+    app_id = caller.application.app_id
     low, high = _range(time_period, start_date, end_date)
-    found = await _buckets(pool, caller.application.app_id, time_period, event_type, low, high)
-    return SuccessResponse(message=f"{len(found)} bucket(s)", data=found)
+    found = await _buckets(pool, app_id, time_period, event_type, low, high)
+    filters = {
+        "app_id": app_id,
+        "event_type": event_type,
+        "time_period": time_period,
+        "start_date": low.isoformat(),
+        "end_date": high.isoformat(),
+    }
+    return BucketList(message=f"{len(found)} bucket(s)", data=found, count=len(found), filters=filters)
 
 
 @router.get(
@@ -160,11 +180,13 @@ async def dashboard(
         by_type.setdefault(row.event_type, Totals()).add(row)
         points[row.time_bucket].add(row)
     summary = Dashboard(
+        app_id=caller.application.app_id,
         time_period=time_period,
         start=low,
         end=high,
         totals=totals,
         by_event_type=by_type,
+        event_types=[TypeTotals(event_type=name, **t.model_dump()) for name, t in by_type.items()],
         series=list(points.values()),
     )
     return SuccessResponse(message="Dashboard", data=summary)
@@ -176,14 +198,26 @@ async def dashboard(
     responses=scoped("manage", 401, 404, 422),
 )
 async def refresh(
-    caller: AppManager, pool: PoolDep, start_date: StartQuery = None, end_date: EndQuery = None
+    caller: AppManager,
+    pool: PoolDep,
+    start_date: StartQuery = None,
+    end_date: EndQuery = None,
+    time_period: Annotated[
+        Period | None,
+        Query(description="Without start_date: refresh from the start of the current bucket of this period."),
+    ] = None,
+    event_type: EventTypeFilter = None,
 ) -> SuccessResponse[Refreshed]:
-    """Default range: from the application's first stored event to now. Reports every bucket that
-    was wrong, with what it held and what it holds now (total, processed, failed)."""
+    """Default range: from the application's first stored event (or, with ``time_period``, the
+    current bucket's start, as the original API refreshed) to now. Reports every bucket that was
+    wrong, with what it held and what it holds now (total, processed, failed); with
+    ``event_type``, that type's only (every type of the range is made right)."""
     assert caller.application is not None
     app_id = caller.application.app_id
     end = _within(end_date, "end_date") or datetime.now(UTC) + timedelta(minutes=2)  # clocks differ a little
     start_date = _within(start_date, "start_date")
+    if start_date is None and time_period is not None:
+        start_date = statistics.bucket_start(datetime.now(UTC), time_period)
     start = start_date or await event_store.first_received(pool, app_id) or end - timedelta(hours=1)
     start = max(start, EARLIEST)  # events a direct producer dated before 1970 are not bucketed
     if start >= end:
@@ -204,6 +238,7 @@ async def refresh(
             "now": d.actual or (0, 0, 0),
         }
         for d in changed
+        if event_type is None or d.event_type == event_type
     ]
     return SuccessResponse(
         message=f"{len(report)} bucket(s) repaired", data=Refreshed(start=start, end=end, changed=report)

@@ -51,8 +51,10 @@ async def list_page(
     after_at: datetime | None,
     after_id: uuid.UUID | None,
     limit: int,
+    offset: int = 0,
 ) -> list[asyncpg.Record]:
-    """An application's events (``COLUMNS``), newest first, after the keyset ``(after_at, after_id)``."""
+    """An application's events (``COLUMNS``), newest first, after the keyset ``(after_at, after_id)``
+    and the first ``offset`` of those."""
     rows: list[asyncpg.Record] = await db.fetch(
         f"""SELECT {COLUMNS} FROM data_events
             WHERE app_id = $1
@@ -62,7 +64,7 @@ async def list_page(
               AND ($5::timestamptz IS NULL OR received_at < $5)
               AND ($6::timestamptz IS NULL OR (received_at, event_id) < ($6, $7::uuid))
             ORDER BY received_at DESC, event_id DESC
-            LIMIT $8""",
+            LIMIT $8 OFFSET $9""",
         app_id,
         event_type,
         status,
@@ -71,6 +73,7 @@ async def list_page(
         after_at,
         after_id,
         limit,
+        offset,
     )
     return rows
 
@@ -156,3 +159,28 @@ FROM unnest($2::uuid[], $3::text[], $4::jsonb[]) AS k(event_id, event_type, payl
 JOIN data_events d ON d.app_id = $1 AND d.event_id = k.event_id
 WHERE d.event_type <> k.event_type OR d.payload <> k.payload
 """
+
+
+IMPORT = """
+INSERT INTO data_events (event_id, app_id, event_type, payload, metadata, received_at, schema_version,
+                         status, routing, stored_at)
+SELECT e.event_id, $1, e.event_type, e.payload::jsonb, e.metadata::jsonb, e.received_at, 1, 'processed',
+       e.routing::jsonb, clock_timestamp()
+FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
+     AS e(event_id, event_type, payload, metadata, received_at, routing)
+ON CONFLICT (app_id, event_id) DO NOTHING
+"""
+
+
+ImportedEvent: TypeAlias = tuple[uuid.UUID, str, str, str, datetime, str]
+
+
+async def insert_imported(db: Db, app_id: str, events: list[ImportedEvent]) -> int:
+    """Store events of ``app_id`` imported from elsewhere as they are, routed already: (event_id,
+    event_type, payload, metadata, received_at, routing), JSON as text. Returns how many were new
+    (an event stored already stays as it is). Counted by the insert trigger, as every event."""
+    if not events:
+        return 0
+    columns = list(zip(*events, strict=True))
+    status: str = await db.execute(IMPORT, app_id, *columns)
+    return int(status.split()[-1])

@@ -155,11 +155,15 @@ async def rotate_secret(
     return _saved(row, secret) if row else None
 
 
-async def toggle_rule(conn: asyncpg.Connection, rule_id: int) -> RoutingRule | None:
+async def toggle_rule(
+    conn: asyncpg.Connection, rule_id: int, is_active: bool | None = None
+) -> RoutingRule | None:
+    """Set ``is_active`` when given, else flip it."""
     row = await conn.fetchrow(
-        f"""UPDATE routing_rules SET is_active = NOT is_active, updated_at = now()
+        f"""UPDATE routing_rules SET is_active = coalesce($2, NOT is_active), updated_at = now()
             WHERE rule_id = $1 RETURNING {_COLUMNS}""",
         rule_id,
+        is_active,
     )
     return _rule(row) if row else None
 
@@ -214,3 +218,20 @@ async def destination_failing(conn: asyncpg.Connection, rule_id: int) -> Any:
 async def disable_destination(conn: asyncpg.Connection, rule_id: int, reason: str) -> bool:
     """Disable the rule's webhook destination; whether it was enabled until now."""
     return bool(await conn.execute(DISABLE, rule_id, reason) == "UPDATE 1")
+
+
+# ------------------------------------------------------------------- rules of the original service
+
+
+async def imported_seed_rules(db: asyncpg.Pool | asyncpg.Connection) -> set[int]:
+    """The original service's rule ids imported already (``vdip import-seed``)."""
+    return {row["seed_rule_id"] for row in await db.fetch("SELECT seed_rule_id FROM seed_rules")}
+
+
+async def insert_seed_rule(conn: asyncpg.Connection, fields: RuleFields, seed_rule_id: int) -> SavedRule:
+    """A rule made of the original service's rule ``seed_rule_id``, remembered as imported."""
+    rule = await insert_rule(conn, fields)
+    await conn.execute(
+        "INSERT INTO seed_rules (seed_rule_id, rule_id) VALUES ($1, $2)", seed_rule_id, rule.rule_id
+    )
+    return rule
