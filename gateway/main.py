@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from gateway.conflicts import ConflictCheck
+from gateway.cors import IngestCorsMiddleware
 from gateway.deps import ApplicationCache
 from gateway.errors import install_error_handlers
 from gateway.limits import Limits, RateLimiter
@@ -54,7 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.limits = Limits.from_settings(settings)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(CorrelationIdMiddleware)  # the 413 above carries the id too
-    app.add_middleware(IngestMetricsMiddleware)  # outermost: counts the 413 too
+    app.add_middleware(IngestMetricsMiddleware)  # counts the 413 too
+    app.add_middleware(IngestCorsMiddleware)  # outermost: every answer to a browser gets its headers
     install_error_handlers(app)
     app.include_router(ingest.router)  # first: routes are matched in order, ingest is the hot path
     app.include_router(health.router)

@@ -12,6 +12,7 @@ revoked or expired key opens nothing.
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -76,6 +77,7 @@ class Application:
     created_at: datetime
     updated_at: datetime
     keys: tuple[ApplicationKey, ...] = ()  # oldest first: the first is the key made with it
+    allowed_origins: Sequence[str] = ()  # whose web pages may send its events (CORS on ingest)
 
     def key_for(self, key: str, now: datetime) -> ApplicationKey | None:
         """The key of this application that ``key`` opens, if any. Every key is compared (no early

@@ -14,7 +14,7 @@ from vdip.store import keys
 
 Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
-_COLUMNS = "app_id, name, description, is_active, created_at, updated_at"
+_COLUMNS = "app_id, name, description, is_active, created_at, updated_at, allowed_origins"
 
 
 async def get_application(db: Db, app_id: str) -> Application | None:
@@ -66,5 +66,16 @@ async def set_active(db: Db, app_id: str, active: bool) -> Application | None:
             WHERE app_id = $1 RETURNING {_COLUMNS}""",
         app_id,
         active,
+    )
+    return Application(**dict(row), keys=tuple(await keys.keys_of(db, app_id))) if row else None
+
+
+async def set_allowed_origins(db: Db, app_id: str, origins: list[str]) -> Application | None:
+    """Replace the origins whose pages may send the application's events (CORS)."""
+    row = await db.fetchrow(
+        f"""UPDATE applications SET allowed_origins = $2, updated_at = now()
+            WHERE app_id = $1 RETURNING {_COLUMNS}""",
+        app_id,
+        origins,
     )
     return Application(**dict(row), keys=tuple(await keys.keys_of(db, app_id))) if row else None
