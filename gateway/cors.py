@@ -1,6 +1,6 @@
 """CORS on the ingest routes (the Fetch standard's CORS protocol), per application.
 
-Only ``POST /api/ingest/{app_id}``, ``/api/ingest/{app_id}/batch`` and ``/api/messages/{app_id}``
+Only ``POST /api/ingest/{app_id}``, ``.../batch``, ``.../beacon`` and ``/api/messages/{app_id}``
 answer cross-origin, and only to the origins the application allows (``allowed_origins``, set
 with ``PUT /api/applications/{app_id}/allowed-origins`` or ``vdip app origins``):
 
@@ -31,7 +31,7 @@ from schemas import ErrorDetail
 from vdip.errors import DatabaseUnavailable
 from vdip.origins import normalize_origin
 
-_INGEST = re.compile(r"^/api/(?:ingest/(?P<app>[^/]+)(?:/batch)?|messages/(?P<legacy>[^/]+))$")
+_INGEST = re.compile(r"^/api/(?:ingest/(?P<app>[^/]+)(?:/batch|/beacon)?|messages/(?P<legacy>[^/]+))$")
 ALLOW_METHODS = "POST"
 ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-API-Key, X-Correlation-ID"
 EXPOSE_HEADERS = "Retry-After, X-Correlation-ID"

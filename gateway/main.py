@@ -2,9 +2,11 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from gateway.conflicts import ConflictCheck
 from gateway.cors import IngestCorsMiddleware
@@ -68,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tenancy.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard", dashboard.PAGE, name="dashboard")
+    app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")
     _document_limits(app, settings)
     return app
 

@@ -2,6 +2,7 @@
 a page on another origin is refused, and only the ingest routes answer cross-origin."""
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -106,6 +107,7 @@ async def test_preflight_follows_the_fetch_standard(
     for path in (
         f"/api/ingest/{app.app_id}",
         f"/api/ingest/{app.app_id}/batch",
+        f"/api/ingest/{app.app_id}/beacon",
         f"/api/messages/{app.app_id}",
     ):
         ok = await client.options(path, headers={"Origin": shop, **asks})
@@ -136,6 +138,19 @@ async def test_preflight_follows_the_fetch_standard(
         f"/api/ingest/{app.app_id}", json=event, headers={"Origin": "https://evil.example.com", **app.headers}
     )
     assert other.status_code == 403 and "access-control-allow-origin" not in other.headers
+    beacon = {"key": app.key, "events": [event]}  # a "simple" request: browsers send it without a preflight
+    simple = await client.post(
+        f"/api/ingest/{app.app_id}/beacon",
+        content=json.dumps(beacon),
+        headers={"Origin": "https://evil.example.com", "Content-Type": "text/plain"},
+    )
+    assert simple.status_code == 403
+    from_shop = await client.post(
+        f"/api/ingest/{app.app_id}/beacon",
+        content=json.dumps(beacon),
+        headers={"Origin": shop, "Content-Type": "text/plain"},
+    )
+    assert from_shop.status_code == 202 and from_shop.json()["data"]["accepted"] == 1
     plain = await client.post(f"/api/ingest/{app.app_id}", json=event, headers=app.headers)  # no Origin
     assert plain.status_code == 202 and "access-control-allow-origin" not in plain.headers
 
