@@ -1,6 +1,7 @@
 """The README's runnable examples run, against the real stack."""
 
 import asyncio
+import os
 import sys
 import uuid
 from typing import Any
@@ -8,6 +9,8 @@ from typing import Any
 import httpx
 
 from tests.conftest import ROOT, AppKey, Pipeline
+
+EXAMPLE_ENV = {**os.environ, "PYTHONPATH": str(ROOT / "clients" / "python")}  # vdip_client, even uninstalled
 
 
 async def test_queue_consumer_example_prints_the_routed_events(
@@ -41,6 +44,7 @@ async def test_queue_consumer_example_prints_the_routed_events(
         "1",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        env=EXAMPLE_ENV,
     )
     output, _ = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, output.decode()
