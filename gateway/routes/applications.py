@@ -203,7 +203,7 @@ class AllowedOrigins(BaseModel):
 @router.put(
     "/api/applications/{app_id}/allowed-origins",
     summary="Set the origins whose web pages may send the application's events (CORS on ingest)",
-    responses=scoped("manage", 401, 404, 422),
+    responses=scoped("manage", 400, 401, 404, 422),
 )
 async def set_allowed_origins(
     body: AllowedOrigins, caller: AppManager, pool: PoolDep, cache: ApplicationsDep
