@@ -2,11 +2,14 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from gateway.conflicts import ConflictCheck
+from gateway.cors import IngestCorsMiddleware
 from gateway.deps import ApplicationCache, refuse_unknown_query_parameters
 from gateway.errors import install_error_handlers
 from gateway.limits import Limits
@@ -56,7 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.limits = Limits.from_settings(settings)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(CorrelationIdMiddleware)  # the 413 above carries the id too
-    app.add_middleware(IngestMetricsMiddleware)  # outermost: counts the 413 too
+    app.add_middleware(IngestMetricsMiddleware)  # counts the 413 too
+    app.add_middleware(IngestCorsMiddleware)  # outermost: every answer to a browser gets its headers
     install_error_handlers(app)
     app.include_router(ingest.router)  # first: routes are matched in order, ingest is the hot path
     app.include_router(health.router)
@@ -68,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tenancy.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard", dashboard.PAGE, name="dashboard")
+    app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")
     _document_limits(app, settings)
     return app
 

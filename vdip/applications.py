@@ -12,6 +12,7 @@ revoked or expired key opens nothing.
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -87,6 +88,7 @@ class Application:
     keys: tuple[ApplicationKey, ...] = ()  # oldest first: the first is the key made with it
     quota_events_per_s: int | None = None  # None: the default
     quota_burst: int | None = None
+    allowed_origins: Sequence[str] = ()  # whose web pages may send its events (CORS on ingest)
 
     def quota(self, default_events_per_s: int, min_burst: int) -> "Quota":
         """Its ingest quota: its own, or the default; the burst is a second's worth unless set,

@@ -6,14 +6,18 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vdip import logs, stack
 from vdip.applications import ALL_SCOPES, ApplicationKey, Scope
 from vdip.errors import VdipError
 from vdip.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import asyncpg
 
 PROCESSES = ("gateway", "worker", "sink", "table-sink", "webhooks")
 
@@ -181,6 +185,8 @@ async def _app_action(settings: Settings, args: argparse.Namespace) -> int:
             return _show_key(created[0].keys[0], created[1])
         if await get_application(pool, args.app_id) is None:
             return _fail(f"application '{args.app_id}' does not exist")
+        if args.action == "origins":
+            return await _origins(pool, args, record)
         if args.action == "keys":
             for key in await keys.keys_of(pool, args.app_id):
                 state = "revoked" if key.revoked_at else "expires " + str(key.expires_at or "never")
@@ -278,6 +284,31 @@ async def _import_seed(settings: Settings, source_url: str) -> int:
         f" events: {report.events_new} new of {report.events_seen}, {len(report.skipped_events)} skipped",
         file=sys.stderr,
     )
+    return 0
+
+
+async def _origins(
+    pool: "asyncpg.Pool",
+    args: argparse.Namespace,
+    record: Callable[[str, str, dict[str, object]], Awaitable[None]],
+) -> int:
+    """``vdip app origins APP [ORIGIN ...]``: with origins, set them (``--clear``: none); then list them."""
+    from vdip.origins import normalize_origin
+    from vdip.store.applications import get_application, set_allowed_origins
+
+    if args.origins or args.clear:
+        found = {text: normalize_origin(text) for text in args.origins}
+        wrong = [text for text, origin in found.items() if origin is None]
+        if wrong:
+            return _fail(f"not an origin (scheme://host[:port]): {', '.join(wrong)}")
+        origins = sorted({origin for origin in found.values() if origin is not None})
+        await set_allowed_origins(pool, args.app_id, origins)
+        target = f"application {args.app_id}"
+        await record("application.allowed_origins", target, {"allowed_origins": origins})
+    application = await get_application(pool, args.app_id)
+    assert application is not None
+    for origin in application.allowed_origins:
+        print(origin)
     return 0
 
 
@@ -551,9 +582,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--from", dest="source", required=True, help="its database: postgresql://USER:PASSWORD@HOST/DB"
     )
-    p = add("app", cmd_app, "Create an application; list, add, revoke or rotate its keys")
-    p.add_argument("action", choices=["create", "keys", "add-key", "revoke-key", "rotate-key"])
+    p = add(
+        "app", cmd_app, "Create an application; list, add, revoke or rotate its keys; set its allowed origins"
+    )
+    p.add_argument("action", choices=["create", "keys", "add-key", "revoke-key", "rotate-key", "origins"])
     p.add_argument("app_id")
+    p.add_argument("origins", nargs="*", help="origins: the web origins allowed to send events (CORS)")
+    p.add_argument("--clear", action="store_true", help="origins: allow no origin")
     p.add_argument("--name", help="create: the application's name")
     p.add_argument("--key-name", help="add-key: the key's name")
     p.add_argument(

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from gateway.deps import (
     AppIdPath,
@@ -22,6 +22,7 @@ from gateway.responses import errors, scoped
 from schemas import ErrorDetail, SuccessResponse
 from schemas.events import AppId
 from vdip.applications import Application
+from vdip.origins import MAX_ORIGINS, normalize_origin
 from vdip.settings import Settings
 from vdip.store import applications as apps
 from vdip.store import audit
@@ -61,6 +62,7 @@ class ApplicationView(BaseModel):
     description: str | None
     is_active: bool
     quota: QuotaView = Field(description="Its ingest quota; beyond it, ingest answers 429.")
+    allowed_origins: list[str] = Field(description="Origins whose web pages may send its events (CORS).")
     previous_key_valid_until: datetime | None = Field(
         description="Until when the key replaced by the last rotation of the key made with the"
         " application keeps working."
@@ -78,6 +80,7 @@ class ApplicationView(BaseModel):
             description=app.description,
             is_active=app.is_active,
             quota=QuotaView(events_per_s=quota.events_per_s, burst=quota.burst, default=quota.default),
+            allowed_origins=list(app.allowed_origins),
             previous_key_valid_until=first.previous_valid_until(datetime.now(UTC)) if first else None,
             created_at=app.created_at,
             updated_at=app.updated_at,
@@ -222,3 +225,42 @@ async def set_quota(
         )
     cache.forget(app_id)
     return SuccessResponse(message="Quota set", data=ApplicationView.of(app, settings))
+
+
+class AllowedOrigins(BaseModel):
+    allowed_origins: Annotated[list[str], Field(max_length=MAX_ORIGINS)] = Field(
+        description="scheme://host[:port] of each page allowed to send events from a browser;"
+        " [] allows none.",
+        examples=[["https://shop.example.com", "http://localhost:3000"]],
+    )
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, given: list[str]) -> list[str]:
+        found = [normalize_origin(text) for text in given]
+        wrong = [text for text, origin in zip(given, found, strict=True) if origin is None]
+        if wrong:
+            raise ValueError(f"not an origin (scheme://host[:port]): {', '.join(wrong)}")
+        return sorted({origin for origin in found if origin is not None})
+
+
+@router.put(
+    "/api/applications/{app_id}/allowed-origins",
+    summary="Set the origins whose web pages may send the application's events (CORS on ingest)",
+    responses=scoped("manage", 400, 401, 404, 422),
+)
+async def set_allowed_origins(
+    body: AllowedOrigins, caller: AppManager, pool: PoolDep, cache: ApplicationsDep, settings: SettingsDep
+) -> SuccessResponse[ApplicationView]:
+    assert caller.application is not None
+    app_id = caller.application.app_id
+    async with pool.acquire() as conn, conn.transaction():
+        app = await apps.set_allowed_origins(conn, app_id, body.allowed_origins)
+        if app is None:
+            raise _not_found(app_id)
+        changes = {"allowed_origins": body.allowed_origins}
+        await audit.record(
+            conn, app_id, caller.actor, "application.allowed_origins", f"application {app_id}", changes
+        )
+    cache.forget(app_id)
+    return SuccessResponse(message="Allowed origins set", data=ApplicationView.of(app, settings))

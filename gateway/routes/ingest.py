@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 from uuid6 import uuid7
 
 from gateway.conflicts import Candidate
-from gateway.deps import APP_ID_PATTERN, IngestDep, ingest_dependency
+from gateway.deps import APP_ID_PATTERN, AppIdPath, IngestDep, ingest_dependency
 from gateway.errors import ApiError
 from gateway.limits import check_event
 from gateway.responses import EVENT_CONFLICT, scoped
@@ -460,3 +460,38 @@ async def ingest_batch(
         message=f"{accepted} of {len(results)} events accepted",
         data=BatchResult(accepted=accepted, rejected=len(results) - accepted, results=results),
     )
+
+
+class BeaconRequest(BaseModel):
+    key: str = Field(max_length=200, description="An application's key (with the ingest scope).")
+    events: list[Any] = Field(description="As in the batch endpoint.")
+
+
+@router.post(
+    "/api/ingest/{app_id}/beacon",
+    status_code=202,
+    summary="The batch endpoint for navigator.sendBeacon: the key travels in the body, which is"
+    " JSON under any Content-Type (text/plain needs no CORS preflight)",
+    responses={
+        207: {"model": SuccessResponse[BatchResult], "description": "Some events were rejected"},
+        **scoped("ingest", 400, 401, 404, 413, 422, 429, 503),
+        **EVENT_CONFLICT,
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"text/plain": {"schema": {"$ref": "#/components/schemas/BeaconRequest"}}},
+        }
+    },
+)
+async def ingest_beacon(
+    app_id: AppIdPath, request: Request, response: Response
+) -> SuccessResponse[BatchResult]:
+    """What a page sends as it closes (``gateway/static/vdip.js``). A browser cannot set headers
+    on a beacon, nor read its answer: the answers are the batch endpoint's."""
+    try:
+        body = BeaconRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise ApiError(422, "The beacon is invalid", _errors_of(exc, "body")) from exc
+    dependency = await ingest_dependency(app_id, request, None, body.key)
+    return await ingest_batch(dependency, BatchRequest(events=body.events), request, response, None)

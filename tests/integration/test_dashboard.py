@@ -4,28 +4,15 @@
 logs of the run (``VDIP_TEST_LOG_DIR``, or pytest's temporary directory).
 """
 
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import orjson
-import pytest
 from aiokafka import AIOKafkaProducer
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from tests.conftest import AppKey, Pipeline, rule_applied
 from tests.integration.test_rules import rule_body
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    chromium = shutil.which("chromium")
-    assert chromium, "chromium is not installed: run bin/test, or .venv/bin/vdip stack browser"
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        yield launched
-        await launched.close()
 
 
 async def sign_in(page: Page, base_url: str, app: AppKey) -> None:

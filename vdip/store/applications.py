@@ -14,7 +14,10 @@ from vdip.store import keys
 
 Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
-_COLUMNS = "app_id, name, description, is_active, quota_events_per_s, quota_burst, created_at, updated_at"
+_COLUMNS = (
+    "app_id, name, description, is_active, quota_events_per_s, quota_burst, created_at, updated_at,"
+    " allowed_origins"
+)
 
 
 async def get_application(db: Db, app_id: str) -> Application | None:
@@ -78,5 +81,16 @@ async def set_quota(db: Db, app_id: str, events_per_s: int | None, burst: int | 
         app_id,
         events_per_s,
         burst,
+    )
+    return Application(**dict(row), keys=tuple(await keys.keys_of(db, app_id))) if row else None
+
+
+async def set_allowed_origins(db: Db, app_id: str, origins: list[str]) -> Application | None:
+    """Replace the origins whose pages may send the application's events (CORS)."""
+    row = await db.fetchrow(
+        f"""UPDATE applications SET allowed_origins = $2, updated_at = now()
+            WHERE app_id = $1 RETURNING {_COLUMNS}""",
+        app_id,
+        origins,
     )
     return Application(**dict(row), keys=tuple(await keys.keys_of(db, app_id))) if row else None
