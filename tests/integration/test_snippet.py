@@ -74,9 +74,10 @@ async def test_a_page_closed_mid_batch_sends_the_rest_by_beacon_once(
     page = await open_page(browser, web_site, pipeline.base_url)
     await allow(client, app, page.url)
     options = {"url": f"{pipeline.base_url}/api/ingest/{app.app_id}", "key": await ingest_key(client, app)}
-    # 3 batches of 10: the first is in flight, the others wait for it, when the page closes.
+    # 3 batches of 10, one in flight at a time: when the page closes, some are still unsent (a
+    # fast gateway may have acknowledged the first already).
     ids = await page.evaluate(TRACK, [{**options, "batchSize": 10, "flushIntervalMs": 60_000}, 30])
-    assert await page.evaluate("vdip.pending()") == 30
+    assert await page.evaluate("vdip.pending()") >= 10
     await page.close(run_before_unload=True)
     await stored_once(pool, app.app_id, ids)
 
