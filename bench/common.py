@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import asyncpg
 import httpx
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -175,6 +176,22 @@ async def wait_ready(base_url: str, process: subprocess.Popen[bytes], timeout: f
 async def apply_own_topics(settings: Settings) -> ApplyReport:
     """Create the topics of topics.yaml under the settings' prefix."""
     return await apply_topics(settings, declared_topics(settings, ROOT / "topics.yaml"))
+
+
+async def drop_database(url: str, database: str) -> None:
+    """Drop a run's database; FORCE cannot end an autovacuum worker's session: tried again then."""
+    conn = await asyncpg.connect(url)
+    try:
+        for attempt in range(10):
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+                return
+            except asyncpg.InsufficientPrivilegeError:
+                if attempt == 9:
+                    raise
+                await asyncio.sleep(1)
+    finally:
+        await conn.close()
 
 
 async def delete_topics(bootstrap: str, prefix: str) -> list[str]:

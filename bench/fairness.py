@@ -36,7 +36,7 @@ import aiohttp
 import asyncpg
 import httpx
 
-from bench.common import Processes, apply_own_topics, delete_topics, wait_ready
+from bench.common import Processes, apply_own_topics, delete_topics, drop_database, wait_ready
 from bench.pipeline import (
     PROCESSES,
     Run,
@@ -202,9 +202,7 @@ async def bench(args: argparse.Namespace, processes: Processes) -> int:
         shutil.rmtree(settings.worker_datadir.parent, ignore_errors=True)
         if pool is not None:
             await pool.close()
-        conn = await asyncpg.connect(base.database_url)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await conn.close()
+        await drop_database(base.database_url, database)
         await delete_topics(settings.kafka_bootstrap, settings.topic_prefix)
     report(phases)
     if lost:

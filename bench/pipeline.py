@@ -1,7 +1,7 @@
 """Benchmark: the whole pipeline, end to end, from the HTTP request to the row in PostgreSQL.
 
 Needs the local stack (`vdip stack up`). Starts, as `bin/up` co-locates them on one machine, one
-gateway, one worker, the event store sink, the table sink and the webhook dispatcher
+gateway, the worker and the bulk worker, the event store sink, the table sink and the webhook dispatcher
 (`python -m vdip.cli <name>`), all with a topic prefix, consumer groups, metrics ports and a
 database of their own (created, migrated, and dropped at the end with the run's topics). It makes
 an application and 10 active routing rules over HTTP: one queue rule matching half of the events
@@ -49,6 +49,7 @@ from bench.common import (
     Processes,
     apply_own_topics,
     delete_topics,
+    drop_database,
     free_port,
     machine_busy_seconds,
     process_env,
@@ -62,7 +63,7 @@ from vdip.settings import Settings
 BATCH = 100
 QUEUE_TOPIC = "bench.half"  # the queue rule's destination (under the run's prefix)
 ITEMS = [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}]
-PROCESSES = ("gateway", "worker", "sink", "table-sink", "webhooks")
+PROCESSES = ("gateway", "worker", "bulk-worker", "sink", "table-sink", "webhooks")
 SERVICES = ("postgres", "kafka")  # every process of the local stack's, not only this run's work
 
 
@@ -353,6 +354,7 @@ def own_settings(base: Settings, name: str, database: str, **overrides: Any) -> 
             "webhook_group_id": f"{name}.webhooks",
             "gateway_port": free_port(),
             "worker_metrics_port": free_port(),
+            "bulk_worker_metrics_port": free_port(),
             "sink_metrics_port": free_port(),
             "table_sink_metrics_port": free_port(),
             "webhooks_metrics_port": free_port(),
@@ -438,9 +440,7 @@ async def bench(args: argparse.Namespace, processes: Processes) -> int:
         if pool is not None:
             await pool.close()
         if not args.keep:
-            conn = await asyncpg.connect(base.database_url)
-            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-            await conn.close()
+            await drop_database(base.database_url, database)
             deleted = await delete_topics(settings.kafka_bootstrap, settings.topic_prefix)
             print(f"dropped database {database}, deleted {len(deleted)} topics", flush=True)
         else:
@@ -543,7 +543,7 @@ def report(runs: list[Run], args: argparse.Namespace) -> int:
         "\nCPU per acknowledged event (ms; sending and draining; 'other' on the machine:"
         f" {median([other_cores(r) for r in runs]):.2f} cores, median of the runs):\n"
     )
-    print("| run | " + " | ".join(PROCESSES) + " | all five | " + " | ".join(SERVICES) + " | in all |")
+    print("| run | " + " | ".join(PROCESSES) + " | all six | " + " | ".join(SERVICES) + " | in all |")
     print("|---|" + "---:|" * (len(PROCESSES) + len(SERVICES) + 2))
     for label in labels:
         costs = [cpu_per_event(r) for r in runs if r.label == label]

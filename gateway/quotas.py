@@ -71,8 +71,8 @@ class Quotas:
         lease = self.leases.setdefault(app_id, Lease())
         if self._spend(lease, cost, time.monotonic()):
             return None
-        if time.monotonic() < lease.refused_until:
-            return lease.retry_at - time.monotonic()
+        if (wait := self.refused(app_id)) is not None:
+            return wait
         async with self.locks.setdefault(app_id, asyncio.Lock()):
             now = time.monotonic()  # another request may have taken tokens meanwhile
             if self._spend(lease, cost, now):
@@ -112,6 +112,15 @@ class Quotas:
             lease.retry_at = now + wait
             lease.refused_until = now + min(wait, LEASE_S)
             return wait
+
+    def refused(self, app_id: str) -> float | None:
+        """The seconds until ``app_id``'s bucket refills, while its last refusal here holds (as
+        ``acquire`` would answer, without counting anything); else None."""
+        lease = self.leases.get(app_id)
+        now = time.monotonic()
+        if lease is None or now >= lease.refused_until:
+            return None
+        return lease.retry_at - now
 
     @staticmethod
     def _spend(lease: Lease, cost: int, now: float) -> bool:

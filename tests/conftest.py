@@ -150,6 +150,7 @@ async def settings(
         webhook_timeout_s=15.0,
         gateway_port=_free_port(),
         worker_metrics_port=_free_port(),
+        bulk_worker_metrics_port=_free_port(),
         sink_metrics_port=_free_port(),
         table_sink_metrics_port=_free_port(),
         webhooks_metrics_port=_free_port(),
@@ -277,6 +278,7 @@ class Pipeline:
     settings: Settings
     gateway: Process
     worker: Process
+    bulk_worker: Process
     sink: Process
     table_sink: Process
     webhooks: Process
@@ -287,7 +289,7 @@ class Pipeline:
 
     @property
     def processes(self) -> list[Process]:
-        return [self.gateway, self.worker, self.sink, self.table_sink, self.webhooks]
+        return [self.gateway, self.worker, self.bulk_worker, self.sink, self.table_sink, self.webhooks]
 
     def assert_alive(self) -> None:
         """Every process still runs: none exited on its own (e.g. on an error it should survive)."""
@@ -340,7 +342,7 @@ async def pipeline(settings: Settings, log_dir: Path) -> AsyncIterator[Pipeline]
 
 @asynccontextmanager
 async def running_pipeline(settings: Settings, log_dir: Path, label: str = "") -> AsyncIterator[Pipeline]:
-    """Gateway, worker and the three sinks of ``settings``, started, and flowing once this yields
+    """Gateway, the two workers and the three sinks of ``settings``, started, and flowing once this yields
     (one event went through); stopped at the end. ``label`` prefixes their log files."""
 
     def process(name: str, extra_env: dict[str, str] | None = None) -> Process:
@@ -350,12 +352,14 @@ async def running_pipeline(settings: Settings, log_dir: Path, label: str = "") -
         settings,
         gateway=process("gateway"),
         worker=process("worker"),
+        bulk_worker=process("bulk-worker"),
         sink=process("sink", {"VDIP_SINK_BATCH_SIZE": "100"}),
         table_sink=process("table-sink", {"VDIP_SINK_BATCH_SIZE": "100"}),
         webhooks=process("webhooks"),
     )
     try:
         found.worker.start()
+        found.bulk_worker.start()
         found.sink.start()
         found.table_sink.start()
         found.webhooks.start()

@@ -19,7 +19,7 @@ from vdip.settings import Settings, get_settings
 if TYPE_CHECKING:
     import asyncpg
 
-PROCESSES = ("gateway", "worker", "sink", "table-sink", "webhooks")
+PROCESSES = ("gateway", "worker", "bulk-worker", "sink", "table-sink", "webhooks")
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
@@ -131,7 +131,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from streams.app import run
 
     _configure_logging(args)  # until faust applies the same configuration
-    run(settings, logs.logging_config(args.log_level, args.pretty, "worker"))
+    config = logs.logging_config(args.log_level, args.pretty, args.command)
+    run(settings, config, bulk=args.command == "bulk-worker")
     return 0
 
 
@@ -405,7 +406,8 @@ def cmd_status(settings: Settings, _: argparse.Namespace) -> int:
     run_dir = _run_dir(settings)
     state = supervisor.read_state(run_dir)
     inputs = {  # each process's (consumer group, topic)s
-        "worker": [(settings.worker_id, "events"), (settings.worker_id, "events.bulk")],
+        "worker": [(settings.worker_id, "events")],
+        "bulk-worker": [(settings.bulk_worker_id, "events.bulk")],
         "sink": [
             (settings.sink_group_id, "events.routed"),
             (f"{settings.sink_group_id}.bulk", "events.routed.bulk"),
@@ -482,17 +484,18 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     _wait_gateway(settings)
     key = asyncio.run(_demo_key(settings))
     base = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    ports = f"{settings.worker_metrics_port}-{settings.bulk_worker_metrics_port}"
     print(f"""
 Versatile Data Ingestion Platform is running ({time.monotonic() - started:.1f} s).
   API:          {base}/
   Dashboard:    {base}/dashboard/  (app id: demo, with the key below)
   OpenAPI docs: {base}/docs
-  Metrics:      {base}/metrics and 127.0.0.1:{settings.worker_metrics_port}-{settings.webhooks_metrics_port}
+  Metrics:      {base}/metrics and 127.0.0.1:{ports}
   Readiness:    {base}/health/ready
   Demo app:     demo
   Demo API key: {key}
   Admin token:  {admin_token(settings)}  (management API: Authorization: Bearer <token>)
-  Logs:         {_run_dir(settings)}/{{gateway,worker,sink,table-sink,webhooks}}.log
+  Logs:         {_run_dir(settings)}/{{{",".join(PROCESSES)}}}.log
 
 Send an event:
   curl -s -X POST {base}/api/ingest/demo -H 'X-API-Key: {key}' \\
@@ -570,7 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["apply"])
     p.add_argument("--file", default="topics.yaml")
     add("gateway", cmd_gateway, "Run the HTTP gateway in the foreground")
-    add("worker", cmd_worker, "Run the stream worker (routing agent) in the foreground")
+    add("worker", cmd_worker, "Run the stream worker (routing agent, statistics fold) in the foreground")
+    add("bulk-worker", cmd_worker, "Run the bulk lane's stream worker (events.bulk) in the foreground")
     add("sink", cmd_sink, "Run the event store sink in the foreground")
     add("table-sink", cmd_table_sink, "Run the sink of database_table destinations in the foreground")
     add("webhooks", cmd_webhooks, "Run the webhook dispatcher in the foreground")

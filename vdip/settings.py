@@ -152,8 +152,15 @@ class Settings(BaseSettings):
     router_bulk_batch_size: int = Field(
         default=4,
         ge=1,
-        description="Records of events.bulk (each a batch of up to max_batch_events) routed together:"
-        " few, so that routing them never holds interactive events up for long.",
+        description="Records of events.bulk (each a batch of up to max_batch_events) routed together"
+        " by the bulk worker.",
+    )
+    bulk_worker_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Added to the bulk worker's CPU niceness, so that the interactive lane's worker"
+        " and sinks get the CPU first when both have work.",
     )
     router_batch_wait_s: float = Field(
         default=0.005, gt=0, description="How long the router waits for more records before routing a batch."
@@ -215,6 +222,7 @@ class Settings(BaseSettings):
     sink_metrics_port: int = Field(default=9102, ge=0, le=65535)
     table_sink_metrics_port: int = Field(default=9103, ge=0, le=65535)
     webhooks_metrics_port: int = Field(default=9104, ge=0, le=65535)
+    bulk_worker_metrics_port: int = Field(default=9105, ge=0, le=65535)
 
     # Local stack
     stack_dir: Path = Path(".stack")
@@ -283,6 +291,11 @@ class Settings(BaseSettings):
         if self.topic_min_insync_replicas is not None:
             return self.topic_min_insync_replicas
         return 2 if self.replication_factor >= 3 else 1
+
+    @property
+    def bulk_worker_id(self) -> str:
+        """The bulk worker's consumer group (the interactive worker's is ``worker_id``)."""
+        return f"{self.worker_id}.bulk"
 
     @property
     def default_quota_events_per_s(self) -> int:

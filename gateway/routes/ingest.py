@@ -31,6 +31,7 @@ from gateway.limits import check_event
 from gateway.responses import EVENT_CONFLICT, scoped
 from schemas import ErrorDetail, EventEnvelope, EventMetadata, EventSource, IngestRequest, SuccessResponse
 from vdip import metrics
+from vdip.applications import Quota
 from vdip.logs import correlation_id
 from vdip.settings import Settings
 
@@ -165,23 +166,41 @@ def _metadata(request: Request, settings: Settings) -> EventMetadata:
 
 async def _check_quota(ingest: IngestDep, cost: int) -> None:
     """429 with Retry-After when the application is over its quota (``gateway.quotas``)."""
-    app_id, settings = ingest.application.app_id, ingest.settings
-    quota = ingest.application.quota(settings.default_quota_events_per_s, settings.max_batch_events)
+    app_id, quota = ingest.application.app_id, _quota_of(ingest)
     if cost > quota.burst:
         raise ApiError(
             422,
             f"{cost} events at once are more than application '{app_id}' may send at once",
             [ErrorDetail(field="body.events", reason=f"more than its burst of {quota.burst} events")],
         )
-    retry_after = await ingest.quotas.acquire(app_id, quota, cost)
-    if retry_after is not None:
-        metrics.INGEST_THROTTLED.labels(app_id).inc(cost)
-        raise ApiError(
-            429,
-            f"Application '{app_id}' is over its quota of {quota.events_per_s} events/s",
-            [ErrorDetail(field="path.app_id", reason="quota exceeded")],
-            {"Retry-After": str(max(1, math.ceil(retry_after)))},
-        )
+    _refuse(ingest, quota, await ingest.quotas.acquire(app_id, quota, cost), cost)
+
+
+def _refuse_while_refused(ingest: IngestDep, cost: int) -> None:
+    """429 at once while the application's last request here was refused and its bucket has not
+    refilled yet: a flood's requests are refused before their events are validated (a batch
+    larger than the burst is not: its 422 says that it can never go)."""
+    quota = _quota_of(ingest)
+    if cost <= quota.burst:
+        _refuse(ingest, quota, ingest.quotas.refused(ingest.application.app_id), cost)
+
+
+def _quota_of(ingest: IngestDep) -> Quota:
+    settings = ingest.settings
+    return ingest.application.quota(settings.default_quota_events_per_s, settings.max_batch_events)
+
+
+def _refuse(ingest: IngestDep, quota: Quota, retry_after: float | None, cost: int) -> None:
+    if retry_after is None:
+        return
+    app_id = ingest.application.app_id
+    metrics.INGEST_THROTTLED.labels(app_id).inc(cost)
+    raise ApiError(
+        429,
+        f"Application '{app_id}' is over its quota of {quota.events_per_s} events/s",
+        [ErrorDetail(field="path.app_id", reason="quota exceeded")],
+        {"Retry-After": str(max(1, math.ceil(retry_after)))},
+    )
 
 
 async def ingest(
@@ -414,6 +433,7 @@ async def ingest_batch(
         )
     if not body.events:
         raise ApiError(422, "The batch is empty", [ErrorDetail(field="body.events", reason="no events")])
+    _refuse_while_refused(ingest, len(body.events))
     limits = ingest.limits
     results: list[ItemResult] = []
     valid: list[tuple[int, IngestRequest]] = []

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from tests.conftest import ROOT, Services, _free_port, needs_local_stack, wait_until
 from vdip import stack, supervisor
-from vdip.cli import stop_processes
+from vdip.cli import PROCESSES, stop_processes
 from vdip.settings import Settings
 
 
@@ -74,7 +74,7 @@ async def test_up_starts_everything_and_prints_a_working_demo_key(
         status = vdip("status", env=cli_env)
         assert status.returncode == 0, status.stdout + status.stderr
         rows = {line.split()[0]: line.split() for line in status.stdout.splitlines()[2:]}
-        assert set(rows) == {"gateway", "worker", "sink", "table-sink", "webhooks"}, status.stdout
+        assert set(rows) == set(PROCESSES), status.stdout
         assert rows["worker"][3] == "1" and "killed by SIGKILL" in status.stdout, status.stdout
         assert all(row[3] == "0" for name, row in rows.items() if name != "worker"), status.stdout
         base = f"http://127.0.0.1:{cli_env['VDIP_GATEWAY_PORT']}"
@@ -93,7 +93,7 @@ async def test_up_starts_everything_and_prints_a_working_demo_key(
         assert re.search(r"Demo API key: (\S+)", again.stdout)[1] != key[1]  # type: ignore[index]
     finally:
         stop_processes(settings)
-    for name in ("supervisor", "gateway", "worker", "sink", "table-sink", "webhooks"):
+    for name in ("supervisor", *PROCESSES):
         assert stack.read_pid(settings.stack_dir.resolve() / "run" / f"{name}.pid") is None
 
 

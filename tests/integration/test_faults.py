@@ -307,6 +307,7 @@ async def test_each_process_killed_under_load_loses_and_duplicates_nothing(
         async def faults() -> None:
             for process in (
                 pipeline.worker,
+                pipeline.bulk_worker,
                 pipeline.sink,
                 pipeline.table_sink,
                 pipeline.webhooks,

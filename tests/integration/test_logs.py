@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import orjson
 
-from streams.app import create_app, new_worker
+from streams.app import create_app, lane_of, new_worker
 from tests.conftest import ROOT, AppKey, Pipeline, Process, _free_port, wait_until
 from tests.integration.test_webhooks import Received, receiving, settled, webhook_rule
 from vdip.logs import logging_config
@@ -54,14 +54,14 @@ async def test_an_event_is_followed_from_its_request_to_its_webhook(
     assert accepted["correlation_id"] == "trace-logs-1" and accepted["process"] == "gateway"
     assert accepted["level"] == "INFO" and "accepted event" in accepted["message"] and accepted["time"]
     assert all(line["correlation_id"] == "trace-logs-1" for line in mentions("webhooks"))
-    for name in ("worker", "sink", "table_sink"):
+    for name in ("worker", "bulk_worker", "sink", "table_sink"):
         assert json_lines(pipeline, name), f"{name} wrote no JSON log line"
 
 
 def test_the_worker_at_warning_builds_no_debug_records(settings: Settings) -> None:
     """faust's terminal spinner would set the root logger to DEBUG at WARNING and above, so that
     every library's debug line (aiokafka logs one per produced record) is built and then dropped."""
-    worker = new_worker(create_app(settings), logging_config("WARNING", False, "worker"))
+    worker = new_worker(create_app(settings, lane_of(settings)), logging_config("WARNING", False, "worker"))
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     try:
@@ -88,7 +88,7 @@ async def test_a_worker_that_cannot_reach_kafka_writes_json_lines(pipeline: Pipe
         await wait_until(said_so, 30, message="the worker said it waits for Kafka")
     finally:
         worker.kill()
-    lines = json_lines(Pipeline(settings, worker, worker, worker, worker, worker), "worker")
+    lines = json_lines(Pipeline(settings, worker, worker, worker, worker, worker, worker), "worker")
     assert any(line["level"] == "WARNING" and "Kafka unavailable" in line["message"] for line in lines)
 
 
@@ -111,7 +111,7 @@ def test_warnings_and_uncaught_exceptions_are_json_lines() -> None:
 
 
 def test_the_worker_prints_no_bare_lines_of_its_own(settings: Settings) -> None:
-    worker = new_worker(create_app(settings), logging_config("INFO", False, "worker"))
+    worker = new_worker(create_app(settings, lane_of(settings)), logging_config("INFO", False, "worker"))
     worker.stdout = worker.stderr = console = io.StringIO()  # where faust prints, bypassing logging
     worker.say("")  # what faust prints when it stops at once
     worker.carp("-INT- -INT- -INT- -INT- -INT- -INT-")  # and on SIGINT

@@ -117,3 +117,38 @@ async def test_quotas_are_set_checked_and_audited(
     ]
     created = await create_application(pool, f"quota-{uuid.uuid4().hex[:8]}", "q")
     assert created is not None and created[0].quota_events_per_s is None
+
+
+async def test_a_flood_is_refused_before_its_events_are_validated(
+    client: httpx.AsyncClient, admin: dict[str, str], app: AppKey
+) -> None:
+    """Right after a refusal, a batch is answered 429 without being validated (a flood's refused
+    requests cost the gateway little), here one whose events are all invalid (else a 422)."""
+    path = f"/api/applications/{app.app_id}/quota"
+    assert (await client.put(path, json={"events_per_s": 1, "burst": 3}, headers=admin)).status_code == 200
+    invalid = {"events": [{"payload": {"no": "event_type"}}] * 3}
+    answers = []
+    for _ in range(20):
+        one = await client.post(f"/api/ingest/{app.app_id}", json={"event_type": "t"}, headers=app.headers)
+        batch = await client.post(f"/api/ingest/{app.app_id}/batch", json=invalid, headers=app.headers)
+        answers += [one.status_code, batch.status_code]
+        if batch.status_code == 429:
+            assert batch.headers["Retry-After"] == "1"
+            break
+    assert set(answers[1::2]) <= {422, 429} and answers[-1] == 429, answers
+
+
+async def test_a_refusal_is_remembered_without_asking_again(pool: asyncpg.Pool) -> None:
+    limiter = Quotas(pool, 1.0)
+    quota = Quota(events_per_s=10, burst=10, default=False)
+    app_id = f"quota-{uuid.uuid4().hex[:8]}"
+    assert limiter.refused(app_id) is None
+    assert await limiter.acquire(app_id, quota, 10) is None
+    assert limiter.refused(app_id) is None  # taken, not refused
+    wait = await limiter.acquire(app_id, quota, 5)
+    assert wait is not None
+    remembered = limiter.refused(app_id)
+    assert remembered is not None and 0 < remembered <= wait
+    await asyncio.sleep(LEASE_S)
+    assert limiter.refused(app_id) is None  # remembered one lease at most
+    assert limiter.refused("another") is None

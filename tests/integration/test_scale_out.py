@@ -1,6 +1,6 @@
 """Scale-out: two of each process share the work; when one of each dies, the others take over.
 
-A second gateway, worker, event store sink, table sink and webhook dispatcher join the test
+A second gateway, worker, bulk worker, event store sink, table sink and webhook dispatcher join the test
 pipeline's (same consumer groups, their own ports). Under the fault suite's load, sent to both
 gateways round-robin, every consumer group has two members; then one of each process is killed
 with SIGKILL. The survivors must carry on: for each partition (one application per partition),
@@ -42,6 +42,7 @@ async def twins(pipeline: Pipeline, log_dir: Path) -> AsyncIterator[list[Process
         update={
             "gateway_port": _free_port(),
             "worker_metrics_port": _free_port(),
+            "bulk_worker_metrics_port": _free_port(),
             "sink_metrics_port": _free_port(),
             "table_sink_metrics_port": _free_port(),
             "webhooks_metrics_port": _free_port(),
@@ -51,6 +52,7 @@ async def twins(pipeline: Pipeline, log_dir: Path) -> AsyncIterator[list[Process
     batch = {"VDIP_SINK_BATCH_SIZE": "100"}
     found = [
         Process("worker", own, log_dir, label="twin-worker"),
+        Process("bulk-worker", own, log_dir, label="twin-bulk-worker"),
         Process("sink", own, log_dir, batch, label="twin-sink"),
         Process("table-sink", own, log_dir, batch, label="twin-table-sink"),
         Process("webhooks", own, log_dir, label="twin-webhooks"),
@@ -69,6 +71,7 @@ async def twins(pipeline: Pipeline, log_dir: Path) -> AsyncIterator[list[Process
 def groups(settings: Settings) -> list[str]:
     return [
         settings.worker_id,
+        settings.bulk_worker_id,
         settings.sink_group_id,
         settings.table_sink_group_id,
         settings.webhook_group_id,

@@ -129,6 +129,10 @@ async def test_worker_group_gets_start_offsets_where_it_has_none(services: Servi
         assert await commit_start_offsets(on_services, group, [topic]) == {p1: 0}
         assert (await consumer.committed(p0), await consumer.committed(p1)) == (3, 0)
         assert await commit_start_offsets(on_services, group, [topic]) == {}
+        # A new group (the bulk worker's) starts where an earlier one (the worker's) left off.
+        later = f"{group}.bulk"
+        assert await commit_start_offsets(on_services, later, [topic], group) == {p0: 3, p1: 0}
+        assert await commit_start_offsets(on_services, f"{later}2", [topic], "nobody") == {p0: 0, p1: 0}
     finally:
         await consumer.stop()
 
