@@ -76,7 +76,7 @@ async def test_a_broker_killed_under_load_loses_no_acknowledged_event(
 ) -> None:
     await apply_topics(on_cluster, declared_topics(on_cluster, ROOT / "topics.yaml"))
     apps = []
-    for _ in range(3):  # three keys, so that every partition (and so every broker) leads some load
+    for _ in range(3):  # three keys: load on several partitions (and so, likely, brokers)
         app_id = f"app-{uuid.uuid4().hex[:12]}"
         created = await create_application(pool, app_id, app_id)
         assert created is not None

@@ -134,7 +134,8 @@ class Setup:
 
 
 def apps_over_partitions(partitions: int = 3) -> list[str]:
-    """Application ids whose events land on each partition of ``events`` (key = app_id)."""
+    """``partitions`` application ids whose events land on distinct partitions of ``events`` (key
+    = app_id): distinct modulo ``partitions``, so modulo ``events``' 12 partitions too."""
     found: dict[int, str] = {}
     while len(found) < partitions:
         app_id = f"faults-{uuid.uuid4().hex[:8]}"
@@ -143,7 +144,7 @@ def apps_over_partitions(partitions: int = 3) -> list[str]:
 
 
 async def make_setup(pipeline: Pipeline, pool: asyncpg.Pool, receiver: Receiver) -> Setup:
-    """Three applications, one on each partition, each with a queue, a table and a webhook rule
+    """Three applications, each on a partition of its own, each with a queue, a table and a webhook rule
     (a queue topic and a table of its own: destinations belong to one application; one webhook
     receiver for all)."""
     apps, queues, tables = [], [], []
