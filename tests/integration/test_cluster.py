@@ -142,4 +142,5 @@ async def test_a_broker_killed_under_load_loses_no_acknowledged_event(
 
 
 async def _in_sync_everywhere(settings: Settings) -> bool:
-    return await _in_sync(settings.kafka_bootstrap, settings.topic("events")) == [3, 3, 3]
+    copies = await _in_sync(settings.kafka_bootstrap, settings.topic("events"))
+    return bool(copies) and set(copies) == {3}
