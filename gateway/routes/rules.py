@@ -12,11 +12,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import asyncpg
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.deps import (
     ApplicationCache,
@@ -43,6 +43,7 @@ from vdip.errors import DestinationOwned
 from vdip.rulesets import Republisher, claim_destination, write_rules
 from vdip.settings import Settings
 from vdip.store import audit
+from vdip.store import deliveries as delivery_store
 from vdip.store import rules as store
 from vdip.topics import load_topics
 
@@ -369,6 +370,43 @@ async def rotate_secret(rule_id: RuleId, rules: RuleChangesDep) -> SuccessRespon
         changes = {"previous_secret_valid_s": grace_s}
         await audit.record(conn, rule.app_id, actor, "rule.rotate_secret", f"rule {rule_id}", changes)
     return SuccessResponse(message="Signing secret rotated", data=rule)
+
+
+class BulkRedelivery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: AwareDatetime = Field(description="Deliveries that failed at or after this time (with its zone).")
+    status: Literal["failed"] = Field(default="failed", description="The deliveries' status: failed.")
+
+
+class Redelivered(BaseModel):
+    rule_id: int
+    redelivered: int = Field(description="How many deliveries went back in the queue.")
+
+
+@router.post(
+    "/api/routing-rules/{rule_id}/redeliver",
+    status_code=202,
+    summary="Send again every webhook delivery of a rule that failed since a time",
+    responses=scoped("manage", 401, 404, 409, 422),
+)
+async def redeliver_rule(
+    rule_id: RuleId, body: BulkRedelivery, rules: RuleChangesDep
+) -> SuccessResponse[Redelivered]:
+    """Each goes back to the dispatcher's queue, due now, with the same ``webhook-id`` (as a single
+    redelivery), a thousand per transaction."""
+    current, actor = await rules.current(rule_id)
+    if current.destination_type != "webhook":
+        raise ApiError(
+            409,
+            "Only a webhook rule's deliveries can be sent again",
+            [ErrorDetail(field="path.rule_id", reason=f"is a {current.destination_type} rule")],
+        )
+    count = await delivery_store.redeliver_rule(rules.pool, rule_id, body.since)
+    changes = {"since": body.since.isoformat(), "status": body.status, "redelivered": count}
+    await audit.record(rules.pool, current.app_id, actor, "rule.redeliver", f"rule {rule_id}", changes)
+    data = Redelivered(rule_id=rule_id, redelivered=count)
+    return SuccessResponse(message="Deliveries queued again", data=data)
 
 
 # ---------------------------------------------------------------------------------- dry run

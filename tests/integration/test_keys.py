@@ -45,6 +45,7 @@ NEEDS: dict[tuple[str, str], Scope | None] = {
     ("PATCH", "/api/routing-rules/{rule_id}/toggle"): Scope.MANAGE,
     ("DELETE", "/api/routing-rules/{rule_id}"): Scope.MANAGE,
     ("POST", "/api/routing-rules/{rule_id}/rotate-secret"): Scope.MANAGE,
+    ("POST", "/api/routing-rules/{rule_id}/redeliver"): Scope.MANAGE,
     ("POST", "/api/routing-rules/test"): Scope.READ,
     ("GET", "/api/statistics/{app_id}"): Scope.READ,
     ("GET", "/api/statistics/dashboard/{app_id}"): Scope.READ,
@@ -72,6 +73,7 @@ ALLOWED: dict[tuple[str, str], int] = {
     ("POST", "/api/events/{event_id}/deliveries/{delivery_id}/redeliver"): 404,
     ("POST", "/api/applications/{app_id}/keys"): 201,
     ("POST", "/api/routing-rules"): 201,
+    ("POST", "/api/routing-rules/{rule_id}/redeliver"): 202,
     ("POST", "/api/applications"): 201,
 }
 
@@ -146,6 +148,7 @@ async def call(
         ("POST", "/api/applications/{app_id}/keys"): {"name": "made", "scopes": ["manage"]},
         ("POST", "/api/routing-rules"): rule(app.app_id),
         ("PUT", "/api/routing-rules/{rule_id}"): rule(app.app_id),
+        ("POST", "/api/routing-rules/{rule_id}/redeliver"): {"since": "2026-01-01T00:00:00Z"},
         ("POST", "/api/routing-rules/test"): {"app_id": app.app_id, "event": {"event_type": "t"}},
         ("POST", "/api/applications"): {"name": "made by the matrix"},
         ("PUT", "/api/destinations/{destination_type}/{name}/owner"): {"app_id": app.app_id},
@@ -186,6 +189,7 @@ ON_THE_OTHER: dict[tuple[str, str], int] = {
     ("PATCH", "/api/routing-rules/{rule_id}/toggle"): 404,
     ("DELETE", "/api/routing-rules/{rule_id}"): 404,
     ("POST", "/api/routing-rules/{rule_id}/rotate-secret"): 404,
+    ("POST", "/api/routing-rules/{rule_id}/redeliver"): 404,
 }
 
 

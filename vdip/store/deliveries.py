@@ -9,6 +9,7 @@ triggers (migrations 0006, 0008) count each status change in the writing transac
 """
 
 import uuid
+from datetime import datetime
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -265,3 +266,31 @@ async def redeliver(
         event_id,
     )
     return row
+
+
+# At most this many deliveries queued again per transaction by ``redeliver_rule``.
+REDELIVER_BATCH = 1000
+
+
+async def redeliver_rule(pool: asyncpg.Pool, rule_id: int, since: datetime) -> int:
+    """Every failed webhook delivery of rule ``rule_id`` that failed at or after ``since`` (its
+    ``updated_at``) back in the dispatcher's queue, due now, ``REDELIVER_BATCH`` per transaction;
+    how many."""
+    total = 0
+    while True:
+        done: str = await pool.execute(
+            """UPDATE deliveries SET status = 'pending', next_attempt_at = now(), claimed_until = NULL,
+                      updated_at = now()
+               WHERE delivery_id IN (
+                   SELECT delivery_id FROM deliveries
+                   WHERE rule_id = $1 AND status = 'failed' AND destination_type = 'webhook'
+                     AND updated_at >= $2
+                   LIMIT $3 FOR UPDATE SKIP LOCKED)""",
+            rule_id,
+            since,
+            REDELIVER_BATCH,
+        )
+        count = int(done.split()[-1])
+        total += count
+        if count < REDELIVER_BATCH:
+            return total
