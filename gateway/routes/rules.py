@@ -388,7 +388,7 @@ class Redelivered(BaseModel):
     "/api/routing-rules/{rule_id}/redeliver",
     status_code=202,
     summary="Send again every webhook delivery of a rule that failed since a time",
-    responses=scoped("manage", 401, 404, 409, 422),
+    responses=scoped("manage", 400, 401, 404, 409, 422),
 )
 async def redeliver_rule(
     rule_id: RuleId, body: BulkRedelivery, rules: RuleChangesDep
