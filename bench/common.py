@@ -15,7 +15,7 @@ import asyncpg
 import httpx
 from aiokafka.admin import AIOKafkaAdminClient
 
-from vdip import stack
+from vdip import db, stack
 from vdip.settings import Settings
 from vdip.topics import ApplyReport, apply_topics, declared_topics
 
@@ -27,12 +27,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def with_database(url: str, database: str) -> str:
-    """``url`` with another database name (a scratch database beside the project's)."""
-    head, _, _ = url.rpartition("/")
-    return f"{head}/{database}"
 
 
 def process_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -179,17 +173,10 @@ async def apply_own_topics(settings: Settings) -> ApplyReport:
 
 
 async def drop_database(url: str, database: str) -> None:
-    """Drop a run's database; FORCE cannot end an autovacuum worker's session: tried again then."""
+    """Drop a run's database, connected to ``url``."""
     conn = await asyncpg.connect(url)
     try:
-        for attempt in range(10):
-            try:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-                return
-            except asyncpg.InsufficientPrivilegeError:
-                if attempt == 9:
-                    raise
-                await asyncio.sleep(1)
+        await db.drop_database(conn, database)
     finally:
         await conn.close()
 

@@ -55,9 +55,8 @@ from bench.common import (
     process_env,
     services_cpu_seconds,
     wait_ready,
-    with_database,
 )
-from vdip.db import create_pool, migrate_url
+from vdip.db import create_pool, migrate_url, with_database
 from vdip.settings import Settings
 
 BATCH = 100

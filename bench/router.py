@@ -32,11 +32,11 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench.common import Processes, apply_own_topics, free_port, process_env, with_database
+from bench.common import Processes, apply_own_topics, free_port, process_env
 from schemas import EventEnvelope
 from schemas.records import batch_records
 from schemas.rules import AppRules, RoutingRule
-from vdip.db import migrate_url
+from vdip.db import drop_database, migrate_url, with_database
 from vdip.settings import Settings
 
 APP = "bench"
@@ -172,7 +172,7 @@ async def own_database(name: str) -> AsyncIterator[str]:
         yield url
     finally:
         conn = await asyncpg.connect(base)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await drop_database(conn, name)
         await conn.close()
 
 

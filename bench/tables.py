@@ -36,13 +36,12 @@ import asyncpg
 import orjson
 from aiokafka import ConsumerRecord
 
-from bench.common import with_database
 from schemas import EventEnvelope, EventStatus, RoutedEvent, RoutingSummary
 from schemas.events import DeliveryRef
 from schemas.rules import Delivery
 from sinks.event_store import EventStore
 from sinks.tables import TableWriter
-from vdip.db import create_pool, migrate_url
+from vdip.db import create_pool, drop_database, migrate_url, with_database
 from vdip.settings import Settings
 from vdip.store.tables import create_statements
 
@@ -247,7 +246,7 @@ async def main(args: argparse.Namespace) -> None:
             await plain.close()
             await pool.close()
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+        await drop_database(admin, scratch)
         await admin.close()
     print(f"\nmedians over {args.rounds} rounds, {args.rows} rows in batches of {args.batch} (rows/s):")
     for name, values in results.items():

@@ -38,10 +38,10 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from bench.common import Processes, apply_own_topics, delete_topics, free_port, process_env, with_database
+from bench.common import Processes, apply_own_topics, delete_topics, free_port, process_env
 from schemas.rules import Delivery, RuleFields
 from sinks.webhooks import request_body, request_headers
-from vdip.db import create_pool, migrate_url
+from vdip.db import create_pool, drop_database, migrate_url, with_database
 from vdip.kafka import client_options
 from vdip.settings import Settings
 from vdip.store.applications import create_application
@@ -394,7 +394,7 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         processes.stop_all(grace=15)
         await delete_topics(settings.kafka_bootstrap, settings.topic_prefix)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+        await drop_database(admin, scratch)
         await admin.close()
     print(
         f"\nmedians over {args.rounds} rounds; max_in_flight {args.in_flight} (1 endpoint),"

@@ -9,8 +9,9 @@ For each batch faust hands over (``noack_take``: nothing is acknowledged for us)
    dead-lettered (stage ``conflict``);
 3. each record is routed (``streams.routing.route_event``): its events with their routing
    summaries for ``events.routed`` (together, as a batch record, when the input record was one:
-   ``schemas.records``), one record per match for its destination's topic, and what is not a
-   valid envelope (or whose routing raised) for ``events.dlq``;
+   ``schemas.records``), one record per match for its destination's topic (a queue topic is
+   created on first use, tried again until Kafka creates it), and what is not a valid envelope
+   (or whose routing raised) for ``events.dlq``;
 4. every one of those records is sent, and the batch waits until Kafka acknowledged each of them
    (``acks=all``): deliveries and dead letters first, then the routed events (the event store
    records a queue delivery as done when it stores its event). A record Kafka refuses is sent
@@ -22,8 +23,8 @@ For each batch faust hands over (``noack_take``: nothing is acknowledged for us)
 A crash anywhere before step 5 leaves the batch's offsets uncommitted: it is routed again, and
 every effect downstream is keyed by ``event_id`` or ``delivery_id``, so nothing is duplicated
 (the replayed claims read as identical: the same version goes out with the same ids).
-While a refused record is retried, routing stops (``vdip_router_send_failures_total`` counts the
-refusals and the log names the topic and the error).
+While a refused record (or a queue topic not created) is retried, routing stops
+(``vdip_router_send_failures_total`` counts the refusals and the log names the topic and the error).
 """
 
 import asyncio
@@ -41,7 +42,7 @@ from schemas import EventEnvelope
 from schemas.records import batch_records
 from schemas.rules import RoutingRule
 from streams.claims import Claims, Verdict, Version, version_of
-from streams.routing import Routing, conflicting, parse_record, route_event, routing_failed
+from streams.routing import Routing, conflicting, parse_record, route_event
 from streams.rulebook import RuleBook
 from vdip import metrics
 from vdip.logs import event_context
@@ -131,11 +132,7 @@ class Router:
             for routing in record_routings:
                 if routing.event is not None:  # a valid envelope: as its claim says
                     routing = self.judged(routing, *next(judged))
-                try:
-                    topics = [await self.topic_of(rule) for rule, _ in routing.deliveries]
-                except Exception as exc:  # a queue topic Kafka will not create: the event fails
-                    assert routing.event is not None
-                    routing, topics = routing_failed(routing.event, exc, now, routing.index), []
+                topics = [await self.topic_of(rule) for rule, _ in routing.deliveries]
                 counts[routing.outcome] += 1
                 outputs.extend(self.outputs_of(record.message, routing, topics))
                 if routing.routed is not None:
@@ -207,13 +204,28 @@ class Router:
         return found
 
     async def topic_of(self, rule: RoutingRule) -> str:
-        """A delivery's topic; a queue destination's is created on first use (default partitions)."""
+        """A delivery's topic. A queue destination's is created on first use (3 partitions); while
+        Kafka does not create it (a broker away, a name that clashes with a topic's), routing
+        waits and tries again with a growing pause, as for a refused record: an event is never
+        routed without a delivery its rules make."""
         if rule.destination_type != "queue":
             return self.sinks[rule.destination_type]
         topic = self.settings.topic(rule.destination_config["topic"])
-        if topic not in self.queues:
-            await self.app.topic(topic, value_type=bytes, key_type=bytes).maybe_declare()
-            self.queues.add(topic)
+        pause = 0.5
+        while topic not in self.queues:
+            try:
+                await self.app.topic(topic, value_type=bytes, key_type=bytes).maybe_declare()
+                self.queues.add(topic)
+            except Exception as exc:
+                metrics.ROUTER_SEND_FAILURES.inc()
+                log.error(
+                    "Kafka did not create the queue topic %s: %r; trying again in %.1f s (offsets stay put)",
+                    topic,
+                    exc,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 30.0)
         return topic
 
     async def send_all(self, outputs: list[Output], *, first_pause_s: float = 0.5) -> None:

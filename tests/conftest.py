@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 
 from vdip import stack, topics
-from vdip.db import create_pool, migrate_url
+from vdip.db import create_pool, drop_database, migrate_url, with_database
 from vdip.kafka import client_options
 from vdip.settings import Settings
 from vdip.store.applications import create_application
@@ -122,11 +122,6 @@ def run_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def _with_database(url: str, database: str) -> str:
-    head, _, _ = url.rpartition("/")
-    return f"{head}/{database}"
-
-
 @pytest.fixture(scope="session")
 async def settings(
     services: Services, run_id: str, tmp_path_factory: pytest.TempPathFactory
@@ -138,7 +133,7 @@ async def settings(
     await admin_conn.close()
     test_settings = Settings(
         kafka_bootstrap=services.kafka_bootstrap,
-        database_url=_with_database(services.database_url, database),
+        database_url=with_database(services.database_url, database),
         topic_prefix=f"test-{run_id}.",
         worker_id=f"test-{run_id}.worker",
         worker_datadir=tmp_path_factory.mktemp("worker"),
@@ -163,7 +158,7 @@ async def settings(
     await apply_topics(test_settings, declared_topics(test_settings, ROOT / "topics.yaml"))
     yield test_settings
     admin_conn = await asyncpg.connect(services.database_url)  # a new one: PostgreSQL may have restarted
-    await admin_conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    await drop_database(admin_conn, database)
     await admin_conn.close()
     await _delete_topics(test_settings.kafka_bootstrap, f"test-{run_id}.")
 

@@ -5,6 +5,7 @@ transaction, under an advisory lock (so concurrent starts do not race), and reco
 checksum in ``schema_migrations``: an applied migration that was edited afterwards is an error.
 """
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Callable
@@ -55,6 +56,26 @@ async def connect(database_url: str) -> asyncpg.Connection:
     )
     await _init_connection(conn)
     return conn
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` with another database name (a scratch database beside the project's)."""
+    head, _, _ = url.rpartition("/")
+    return f"{head}/{database}"
+
+
+async def drop_database(conn: asyncpg.Connection, database: str) -> None:
+    """Drop ``database`` (if it exists) and end its sessions. ``FORCE`` cannot end an autovacuum
+    worker's session for a role that is not a superuser: then it is tried again, once a second,
+    until the worker is done (ten tries)."""
+    for attempt in range(10):
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            return
+        except asyncpg.InsufficientPrivilegeError:
+            if attempt == 9:
+                raise
+            await asyncio.sleep(1)
 
 
 async def _rolled_back_only(conn: asyncpg.Connection) -> None:

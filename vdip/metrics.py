@@ -57,7 +57,8 @@ ROUTER_WAITING_FOR_DATABASE = Gauge(
     "1 while routing waits for PostgreSQL to claim the events of a batch (offsets stay put)",
 )
 ROUTER_SEND_FAILURES = Counter(
-    "vdip_router_send_failures", "Records Kafka did not acknowledge (sent again; no offset is committed)"
+    "vdip_router_send_failures",
+    "Records Kafka refused, and queue topics it did not create (tried again; no offset is committed)",
 )
 ROUTER_BATCH_RECORDS = Histogram(
     "vdip_router_batch_records",

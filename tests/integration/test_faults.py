@@ -235,8 +235,10 @@ async def check(setup: Setup, load: Load, label: str) -> None:
     lost = set(ledger) - set(stored)
     assert not lost, f"{label}: {len(lost)} acknowledged events not stored"
     assert len(stored) == len(set(stored)) == len(ledger)
-    fewer_rules = [r["event_id"] for r in rows if r["routing"]["rules_evaluated"] != 3]
-    assert not fewer_rules, f"{label}: {len(fewer_rules)} events routed with fewer than their 3 rules"
+    fewer_rules = [(r["event_id"], r["routing"]) for r in rows if r["routing"]["rules_evaluated"] != 3]
+    assert not fewer_rules, (
+        f"{label}: {len(fewer_rules)} events routed with fewer than their 3 rules: {fewer_rules[:3]}"
+    )
 
     settings, prefix = setup.pipeline.settings, setup.pipeline.settings.topic_prefix
     queue = [

@@ -16,7 +16,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import ROOT, AppKey, Services, _with_database, read_to_end, wait_until
+from tests.conftest import ROOT, AppKey, Services, read_to_end, wait_until
+from vdip.db import drop_database, with_database
 from vdip.seed import seed_event_id
 from vdip.settings import Settings
 
@@ -30,9 +31,9 @@ async def seed_db(services: Services, settings: Settings, run_id: str) -> AsyncI
     """A scratch database with the original's schema and rows in every column imported."""
     name = f"vdip_seed_{run_id}"
     admin = await asyncpg.connect(services.database_url)
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await drop_database(admin, name)
     await admin.execute(f'CREATE DATABASE "{name}"')
-    url = _with_database(services.database_url, name)
+    url = with_database(services.database_url, name)
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(SCHEMA.read_text())
@@ -73,7 +74,7 @@ async def seed_db(services: Services, settings: Settings, run_id: str) -> AsyncI
         yield url
     finally:
         await conn.close()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await drop_database(admin, name)
         await admin.close()
 
 

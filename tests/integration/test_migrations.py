@@ -10,9 +10,17 @@ import asyncpg
 import orjson
 import pytest
 
-from tests.conftest import ROOT, Services, _with_database
+from tests.conftest import ROOT, Services
 from vdip.applications import Application, Scope, hash_key
-from vdip.db import Migration, create_pool, load_migrations, loopback_without_tls, migrate
+from vdip.db import (
+    Migration,
+    create_pool,
+    drop_database,
+    load_migrations,
+    loopback_without_tls,
+    migrate,
+    with_database,
+)
 from vdip.errors import MigrationError
 from vdip.settings import Settings
 from vdip.store.applications import get_application
@@ -23,10 +31,10 @@ async def empty_db(services: Services) -> AsyncIterator[asyncpg.Connection]:
     name = f"vdip_mig_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(services.database_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
-    conn = await asyncpg.connect(_with_database(services.database_url, name))
+    conn = await asyncpg.connect(with_database(services.database_url, name))
     yield conn
     await conn.close()
-    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    await drop_database(admin, name)
     await admin.close()
 
 
@@ -186,7 +194,7 @@ async def test_event_ids_become_per_application_on_a_database_holding_data(
     )
     assert any("1 delivery row(s) are not among the rules" in n for n in notices), notices  # z's
 
-    url = _with_database(services.database_url, await db.fetchval("SELECT current_database()"))
+    url = with_database(services.database_url, await db.fetchval("SELECT current_database()"))
     # A's X was counted failed for B's delivery: it is processed, its own only. A refresh says so.
     assert stats(url, "check").returncode == 1
     assert stats(url, "refresh").returncode == 0

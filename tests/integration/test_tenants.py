@@ -15,10 +15,10 @@ from schemas import EventEnvelope
 from schemas.rules import AppRules, Delivery
 from sinks.tables import TableWriter
 from streams.routing import delivery_id
-from tests.conftest import AppKey, Services, _with_database, another_gateway, consume_all
+from tests.conftest import AppKey, Services, another_gateway, consume_all
 from tests.integration.test_rules import rule_body
 from tests.integration.test_tables import as_record
-from vdip.db import load_migrations, migrate
+from vdip.db import drop_database, load_migrations, migrate, with_database
 from vdip.settings import Settings
 from vdip.store import owners
 
@@ -243,7 +243,7 @@ async def test_a_gateway_that_applies_0012_publishes_the_rules_it_switched_off(
     name = f"vdip_own_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(services.database_url)
     await admin.execute(f'CREATE DATABASE "{name}"')
-    url = _with_database(services.database_url, name)
+    url = with_database(services.database_url, name)
     try:
         conn = await asyncpg.connect(url)
         await migrate(conn, load_migrations()[:11])
@@ -269,5 +269,5 @@ async def test_a_gateway_that_applies_0012_publishes_the_rules_it_switched_off(
         assert [(r.app_id, r.is_active) for r in published.rules] == [(second, False)]
         assert not any(r.key == first.encode() for r in records)  # its rule set did not change
     finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await drop_database(admin, name)
         await admin.close()
