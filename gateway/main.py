@@ -16,7 +16,18 @@ from gateway.limits import Limits
 from gateway.middleware import BodySizeLimitMiddleware, CorrelationIdMiddleware, IngestMetricsMiddleware
 from gateway.producer import EventProducer
 from gateway.quotas import Quotas
-from gateway.routes import applications, dashboard, events, health, ingest, keys, rules, statistics, tenancy
+from gateway.routes import (
+    applications,
+    dashboard,
+    deadletters,
+    events,
+    health,
+    ingest,
+    keys,
+    rules,
+    statistics,
+    tenancy,
+)
 from vdip.db import create_pool, migrate_url
 from vdip.rulesets import Republisher
 from vdip.settings import Settings, get_settings
@@ -70,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(rules.router)
     app.include_router(statistics.router)
     app.include_router(tenancy.router)
+    app.include_router(deadletters.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard", dashboard.PAGE, name="dashboard")
     app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")

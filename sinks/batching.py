@@ -206,9 +206,11 @@ def run_sink(
     inputs: Sequence[tuple[str, str]],
     metrics_port: int,
     make_write: Callable[[asyncpg.Pool, AIOKafkaProducer], WriteBatch],
+    also: dict[str, Callable[[asyncio.Event], Coroutine[Any, Any, None]]] | None = None,
 ) -> None:
     """Serve this process's metrics and run one sink loop per (topic, consumer group) of
-    ``inputs``, together, in the foreground until SIGTERM/SIGINT (or until one of them fails)."""
+    ``inputs``, and each of ``also`` (by name), together, in the foreground until SIGTERM/SIGINT
+    (or until one of them fails)."""
     metrics.serve(metrics_port, settings.metrics_host)
 
     async def serve(stop: asyncio.Event) -> None:
@@ -218,6 +220,7 @@ def run_sink(
             )
             for topic, group_id in inputs
         }
+        loops.update({name: part(stop) for name, part in (also or {}).items()})
         await together(loops, stop)
 
     run_until_signalled(serve)

@@ -5,13 +5,16 @@ Consumes ``events.routed`` (a record holds one routed event, or several as a bat
 ``schemas.records``) in batches and writes each batch in one transaction: COPY into a
 temporary staging table, then one ``INSERT ... SELECT`` for the deliveries and one for the events,
 ``ON CONFLICT DO NOTHING``: a replayed record never duplicates a row nor overwrites a status that
-moved on since, and a record that comes twice in one batch is written once (its first copy).
+moved on since, and a record that comes twice in one batch is written once (its first copy); only
+a stored event whose routing failed takes the routing of a copy routed since (``insert_staged``).
 Only the version of an event (its ``event_type`` and ``payload``) that the router claimed is
 written, with its deliveries; a routed event of another version (which only a producer bypassing
 the router, or a bug, could bring) is dead-lettered (stage ``conflict``), never attached. A
 value that is not a ``RoutedEvent`` (which only a bug could produce; read as ``Routed``), or a row PostgreSQL
 refuses, goes to ``events.dlq`` with the reason (one event of a batch record alone), so that it
 is never silently lost; the rest of its batch is written.
+
+The same process deletes the events older than their application's retention (``vdip.retention``).
 """
 
 from typing import Any
@@ -27,6 +30,7 @@ from schemas import EventStatus
 from schemas.events import DestinationType, EnvelopeView, content_hash
 from schemas.records import Invalid, parse_batch
 from sinks.batching import Record, Records, dead_letter, insert_rows, run_sink, stage
+from vdip import retention
 from vdip.settings import Settings
 from vdip.store import deliveries, events
 
@@ -178,6 +182,7 @@ def run(settings: Settings) -> None:
         ],
         metrics_port=settings.sink_metrics_port,
         make_write=lambda pool, producer: EventStore(pool, producer, settings.topic("events.dlq")).write,
+        also={"retention": lambda stop: retention.keep_enforcing(settings, stop)},
     )
 
 

@@ -10,8 +10,9 @@ For each batch faust hands over (``noack_take``: nothing is acknowledged for us)
 3. each record is routed (``streams.routing.route_event``): its events with their routing
    summaries for ``events.routed`` (together, as a batch record, when the input record was one:
    ``schemas.records``), one record per match for its destination's topic (a queue topic is
-   created on first use, tried again until Kafka creates it), and what is not a valid envelope
-   (or whose routing raised) for ``events.dlq``;
+   created on first use, tried again while Kafka cannot create it; an event whose queue topic
+   Kafka refuses for good fails), and what is not a valid envelope (or whose routing raised)
+   for ``events.dlq``;
 4. every one of those records is sent, and the batch waits until Kafka acknowledged each of them
    (``acks=all``): deliveries and dead letters first, then the routed events (the event store
    records a queue delivery as done when it stores its event). A record Kafka refuses is sent
@@ -36,13 +37,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    InvalidConfigurationError,
+    InvalidPartitionsError,
+    InvalidTopicError,
+    PolicyViolationError,
+    TopicAuthorizationFailedError,
+)
 from aiokafka.structs import RecordMetadata
 
 from schemas import EventEnvelope
 from schemas.records import batch_records
 from schemas.rules import RoutingRule
 from streams.claims import Claims, Verdict, Version, version_of
-from streams.routing import Routing, conflicting, parse_record, route_event
+from streams.routing import Routing, conflicting, parse_record, route_event, routing_failed
 from streams.rulebook import RuleBook
 from vdip import metrics
 from vdip.logs import event_context
@@ -52,6 +61,19 @@ from vdip.topics import dead_letter_headers
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+
+# What Kafka answers when it will never create a queue topic, whatever the moment: its name (one
+# that collides with an existing topic's once '.' and '_' are equated), the rights or the policy.
+# The event fails (stored as failed, dead-lettered: stage routing, to be sent back once the
+# cause is fixed) and routing goes on for the others.
+REFUSED_FOR_GOOD: tuple[type[Exception], ...] = (
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    PolicyViolationError,
+    InvalidConfigurationError,
+    InvalidPartitionsError,
+)
 
 
 @dataclass(frozen=True)
@@ -132,7 +154,11 @@ class Router:
             for routing in record_routings:
                 if routing.event is not None:  # a valid envelope: as its claim says
                     routing = self.judged(routing, *next(judged))
-                topics = [await self.topic_of(rule) for rule, _ in routing.deliveries]
+                try:
+                    topics = [await self.topic_of(rule) for rule, _ in routing.deliveries]
+                except REFUSED_FOR_GOOD as exc:  # a queue topic Kafka will never create: the event fails
+                    assert routing.event is not None
+                    routing, topics = routing_failed(routing.event, exc, now, routing.index), []
                 counts[routing.outcome] += 1
                 outputs.extend(self.outputs_of(record.message, routing, topics))
                 if routing.routed is not None:
@@ -204,10 +230,10 @@ class Router:
         return found
 
     async def topic_of(self, rule: RoutingRule) -> str:
-        """A delivery's topic. A queue destination's is created on first use (3 partitions); while
-        Kafka does not create it (a broker away, a name that clashes with a topic's), routing
-        waits and tries again with a growing pause, as for a refused record: an event is never
-        routed without a delivery its rules make."""
+        """A delivery's topic. A queue destination's is created on first use (3 partitions). While
+        Kafka does not create it for a reason of the moment (a broker away, too few brokers for
+        the replication factor), routing waits and tries again with a growing pause, as for a
+        refused record; a refusal for good (``REFUSED_FOR_GOOD``) is raised."""
         if rule.destination_type != "queue":
             return self.sinks[rule.destination_type]
         topic = self.settings.topic(rule.destination_config["topic"])
@@ -216,6 +242,8 @@ class Router:
             try:
                 await self.app.topic(topic, value_type=bytes, key_type=bytes).maybe_declare()
                 self.queues.add(topic)
+            except REFUSED_FOR_GOOD:
+                raise
             except Exception as exc:
                 metrics.ROUTER_SEND_FAILURES.inc()
                 log.error(

@@ -153,6 +153,7 @@ async def settings(
         admin_token=f"admin-{run_id}",
         ingest_capacity_events_per_s=1_000_000,  # quotas far above what tests send, unless a test sets one
         conflict_check_timeout_s=1.0,  # a cold connection on a busy machine: not a skipped check
+        retention_interval_s=1.0,  # the event store deletes expired events within a second or so
     )
     await migrate_url(test_settings.database_url)
     await apply_topics(test_settings, declared_topics(test_settings, ROOT / "topics.yaml"))

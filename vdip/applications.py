@@ -89,6 +89,7 @@ class Application:
     quota_events_per_s: int | None = None  # None: the default
     quota_burst: int | None = None
     allowed_origins: Sequence[str] = ()  # whose web pages may send its events (CORS on ingest)
+    retention_days: int | None = None  # how long its events are kept; None: for good
 
     def quota(self, default_events_per_s: int, min_burst: int) -> "Quota":
         """Its ingest quota: its own, or the default; the burst is a second's worth unless set,

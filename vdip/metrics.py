@@ -85,6 +85,9 @@ SINK_BATCH_RECORDS = Histogram(
 SINK_WRITE_SECONDS = Histogram(
     "vdip_sink_write_seconds", "Time to write one batch, retries included", ["sink"]
 )
+EVENTS_EXPIRED = Counter(
+    "vdip_events_expired", "Events deleted for being older than their application's retention", ["app_id"]
+)
 DEAD_LETTERS = Counter("vdip_dead_letters", "Records sent to events.dlq, by stage", ["stage"])
 
 # Webhooks

@@ -179,6 +179,13 @@ class Settings(BaseSettings):
     sink_group_id: str = "vdip-event-store"
     sink_batch_size: int = Field(default=500, ge=1)
     sink_batch_timeout_ms: int = Field(default=200, ge=1)
+    retention_interval_s: float = Field(
+        default=600,
+        gt=0,
+        description="How often the event store deletes the events older than their application's"
+        " retention (with their deliveries).",
+    )
+    retention_batch: int = Field(default=1000, ge=1, description="Events deleted per transaction.")
 
     # Table sink
     table_sink_group_id: str = "vdip-table-sink"

@@ -30,7 +30,8 @@ piece lives where it runs:
   stored events say, and counts every event under its current status; ``check`` lists the
   differences. Called by ``POST /api/statistics/refresh/{app_id}`` and by
   ``vdip stats check|refresh`` (``vdip/cli.py``, ``cmd_stats``), which cover any range:
-  ``event_statistics`` keeps every bucket.
+  ``event_statistics`` keeps every bucket. An application with a retention (``vdip.retention``)
+  no longer has the events of the buckets that reach before it: those are left as counted.
 
 Every statement on the four statistics tables (``event_statistics``, ``statistics_changes``,
 ``event_counted``, ``statistics_live``) is in ``vdip.store.statistics``.
@@ -42,6 +43,7 @@ from typing import Literal
 
 import asyncpg
 
+from vdip.store import applications
 from vdip.store import statistics as store
 
 Period = Literal["hourly", "daily", "weekly"]
@@ -87,8 +89,12 @@ def _by_key(rows: list[asyncpg.Record]) -> dict[tuple[str, datetime], Counts]:
 async def compare(
     conn: asyncpg.Connection, app_id: str, period: Period, start: datetime, end: datetime
 ) -> list[Difference]:
-    """Where ``event_statistics`` differs from the stored events, for whole buckets of the range."""
+    """Where ``event_statistics`` differs from the stored events, for whole buckets of the range
+    (those after the application's retention, if it has one)."""
     low, high = bucket_range(start, end, period)
+    kept_since = await applications.kept_since(conn, app_id)
+    if kept_since is not None:
+        low = max(low, bucket_start(kept_since, period) + STEP[period])
     actual = _by_key(await store.truth(conn, app_id, period, low, high))
     stored = _by_key(await store.stored(conn, app_id, period, low, high))
     return [

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.deps import (
     AppIdPath,
@@ -63,6 +63,9 @@ class ApplicationView(BaseModel):
     is_active: bool
     quota: QuotaView = Field(description="Its ingest quota; beyond it, ingest answers 429.")
     allowed_origins: list[str] = Field(description="Origins whose web pages may send its events (CORS).")
+    retention_days: int | None = Field(
+        description="How many days its events (and their deliveries) are kept; null: for good."
+    )
     previous_key_valid_until: datetime | None = Field(
         description="Until when the key replaced by the last rotation of the key made with the"
         " application keeps working."
@@ -81,6 +84,7 @@ class ApplicationView(BaseModel):
             is_active=app.is_active,
             quota=QuotaView(events_per_s=quota.events_per_s, burst=quota.burst, default=quota.default),
             allowed_origins=list(app.allowed_origins),
+            retention_days=app.retention_days,
             previous_key_valid_until=first.previous_valid_until(datetime.now(UTC)) if first else None,
             created_at=app.created_at,
             updated_at=app.updated_at,
@@ -264,3 +268,36 @@ async def set_allowed_origins(
         )
     cache.forget(app_id)
     return SuccessResponse(message="Allowed origins set", data=ApplicationView.of(app, settings))
+
+
+class Retention(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    days: int | None = Field(
+        ge=1,
+        le=36500,
+        description="Events received more than this many days ago are deleted, with their deliveries"
+        " (statistics stay); null keeps them for good.",
+    )
+
+
+@router.put(
+    "/api/applications/{app_id}/retention",
+    summary="Set how many days the application's events are kept",
+    responses=scoped("manage", 400, 401, 404, 422),
+)
+async def set_retention(
+    body: Retention, caller: AppManager, pool: PoolDep, settings: SettingsDep
+) -> SuccessResponse[ApplicationView]:
+    """The event store's process deletes what is older in batches, every ``VDIP_RETENTION_INTERVAL_S``."""
+    assert caller.application is not None
+    app_id = caller.application.app_id
+    async with pool.acquire() as conn, conn.transaction():
+        app = await apps.set_retention(conn, app_id, body.days)
+        if app is None:
+            raise _not_found(app_id)
+        changes = {"retention_days": body.days}
+        await audit.record(
+            conn, app_id, caller.actor, "application.retention", f"application {app_id}", changes
+        )
+    return SuccessResponse(message="Retention set", data=ApplicationView.of(app, settings))

@@ -347,6 +347,13 @@ async def delete_rule(rule_id: RuleId, rules: RuleChangesDep) -> SuccessResponse
     return SuccessResponse(message="Routing rule deleted", data=rule)
 
 
+def _webhook_only(rule: RoutingRule, message: str) -> None:
+    """409 with ``message`` unless ``rule`` is a webhook rule."""
+    if rule.destination_type != "webhook":
+        reason = f"is a {rule.destination_type} rule"
+        raise ApiError(409, message, [ErrorDetail(field="path.rule_id", reason=reason)])
+
+
 @router.post(
     "/api/routing-rules/{rule_id}/rotate-secret",
     summary="A new webhook signing secret; the previous one keeps signing for a grace period",
@@ -356,12 +363,7 @@ async def rotate_secret(rule_id: RuleId, rules: RuleChangesDep) -> SuccessRespon
     """During the grace period (``VDIP_WEBHOOK_SECRET_GRACE_S``) every delivery carries both
     signatures, so receivers can switch to the new secret whenever they like."""
     current, actor = await rules.current(rule_id)
-    if current.destination_type != "webhook":
-        raise ApiError(
-            409,
-            "Only a webhook rule has a signing secret",
-            [ErrorDetail(field="path.rule_id", reason=f"is a {current.destination_type} rule")],
-        )
+    _webhook_only(current, "Only a webhook rule has a signing secret")
     grace_s = rules.settings.webhook_secret_grace_s
     async with rules.pool.acquire() as conn, conn.transaction():
         rule = await store.rotate_secret(conn, rule_id, grace_s)
@@ -396,12 +398,7 @@ async def redeliver_rule(
     """Each goes back to the dispatcher's queue, due now, with the same ``webhook-id`` (as a single
     redelivery), a thousand per transaction."""
     current, actor = await rules.current(rule_id)
-    if current.destination_type != "webhook":
-        raise ApiError(
-            409,
-            "Only a webhook rule's deliveries can be sent again",
-            [ErrorDetail(field="path.rule_id", reason=f"is a {current.destination_type} rule")],
-        )
+    _webhook_only(current, "Only a webhook rule's deliveries can be sent again")
     count = await delivery_store.redeliver_rule(rules.pool, rule_id, body.since)
     changes = {"since": body.since.isoformat(), "status": body.status, "redelivered": count}
     await audit.record(rules.pool, current.app_id, actor, "rule.redeliver", f"rule {rule_id}", changes)

@@ -1,5 +1,6 @@
 """Bulk redelivery of a webhook rule's failed deliveries (POST /api/routing-rules/{id}/redeliver)."""
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -9,6 +10,7 @@ from tests.conftest import AppKey, Pipeline, wait_until
 from tests.integration.test_rules import create, send
 from tests.integration.test_webhooks import Received, deliveries, receiving, settled, webhook_rule
 from vdip.statistics import check
+from vdip.store import deliveries as delivery_store
 
 
 async def test_a_rules_deliveries_failed_since_a_time_are_sent_again(
@@ -68,3 +70,20 @@ async def test_a_rules_deliveries_failed_since_a_time_are_sent_again(
             invalid = await client.post(url, json=bad, headers=app.headers)
             assert invalid.status_code == 422, (bad, invalid.text)
             assert invalid.json()["errors"][0]["field"] == field, invalid.text
+
+
+async def test_redelivery_goes_through_every_batch(pool: asyncpg.Pool) -> None:
+    """Five failed deliveries, two per transaction: all five back in the queue, due now."""
+    rule_id, app_id = -1 - uuid.uuid4().int % 10**12, f"batches-{uuid.uuid4().hex[:8]}"
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    rows = [(uuid.uuid4(), uuid.uuid4(), rule_id, app_id) for _ in range(5)]
+    await pool.executemany(
+        """INSERT INTO deliveries (delivery_id, event_id, rule_id, app_id, destination_type, status)
+           VALUES ($1, $2, $3, $4, 'webhook', 'failed')""",
+        rows,
+    )
+    assert await delivery_store.redeliver_rule(pool, rule_id, since, batch=2) == 5
+    statuses = await pool.fetch("SELECT status, next_attempt_at FROM deliveries WHERE rule_id = $1", rule_id)
+    assert [r["status"] for r in statuses] == ["pending"] * 5
+    assert all(r["next_attempt_at"] <= datetime.now(UTC) for r in statuses)
+    assert await delivery_store.redeliver_rule(pool, rule_id, since, batch=2) == 0

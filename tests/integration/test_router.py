@@ -231,33 +231,6 @@ async def test_outputs_batched_beyond_a_topics_record_limit_are_sent_again_alone
     assert await metric(settings.worker_metrics_port, "vdip_router_send_failures_total") == failures
 
 
-async def test_a_queue_topic_kafka_does_not_create_holds_routing_until_it_can(
-    pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey, pool: asyncpg.Pool, settings: Settings
-) -> None:
-    """A queue topic is created on first use; while Kafka refuses to create it (here its name
-    clashes with an existing topic's: Kafka treats '.' and '_' as one), the event is neither
-    failed nor routed without its delivery: routing waits, and delivers once the clash is gone."""
-    run = uuid.uuid4().hex[:8]
-    clashing = settings.topic(f"clash.{run}")
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(clashing, 1, 1)])
-        rule = await create(client, app, condition={"total": 7}, destination_config={"topic": f"clash_{run}"})
-        failures = await metric(settings.worker_metrics_port, "vdip_router_send_failures_total")
-        held = await send(client, app, 7)
-
-        async def refused() -> bool:
-            return await metric(settings.worker_metrics_port, "vdip_router_send_failures_total") > failures
-
-        await wait_until(refused, 30, message="the topic's creation refused and counted")
-        assert not await pool.fetchval("SELECT 1 FROM data_events WHERE event_id = $1", uuid.UUID(held))
-        await admin.delete_topics([clashing])
-    finally:
-        await admin.close()
-    await assert_routed_with_the_rule(pipeline, pool, rule, [held])
-
-
 async def record_of(settings: Settings, event_id: str) -> tuple[TopicPartition, int]:
     """Where an event is in ``events``: its partition and offset."""
 

@@ -4,7 +4,7 @@ An application's keys are in ``application_keys`` (``vdip.store.keys``); an appl
 comes with them, oldest first.
 """
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TypeAlias
 
 import asyncpg
@@ -16,7 +16,7 @@ Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 _COLUMNS = (
     "app_id, name, description, is_active, quota_events_per_s, quota_burst, created_at, updated_at,"
-    " allowed_origins"
+    " allowed_origins, retention_days"
 )
 
 
@@ -94,3 +94,28 @@ async def set_allowed_origins(db: Db, app_id: str, origins: list[str]) -> Applic
         origins,
     )
     return Application(**dict(row), keys=tuple(await keys.keys_of(db, app_id))) if row else None
+
+
+async def set_retention(db: Db, app_id: str, days: int | None) -> Application | None:
+    """How many days the application's events are kept (None: for good)."""
+    row = await db.fetchrow(
+        f"""UPDATE applications SET retention_days = $2, updated_at = now()
+            WHERE app_id = $1 RETURNING {_COLUMNS}""",
+        app_id,
+        days,
+    )
+    return Application(**dict(row), keys=tuple(await keys.keys_of(db, app_id))) if row else None
+
+
+async def retentions(db: Db) -> dict[str, int]:
+    """The applications that keep their events for a limited time: days, by app_id."""
+    rows = await db.fetch("SELECT app_id, retention_days FROM applications WHERE retention_days IS NOT NULL")
+    return {r["app_id"]: r["retention_days"] for r in rows}
+
+
+async def kept_since(db: Db, app_id: str) -> datetime | None:
+    """The moment before which the application's events are not kept (None: all are)."""
+    at: datetime | None = await db.fetchval(
+        "SELECT now() - make_interval(days => retention_days) FROM applications WHERE app_id = $1", app_id
+    )
+    return at

@@ -272,10 +272,11 @@ async def redeliver(
 REDELIVER_BATCH = 1000
 
 
-async def redeliver_rule(pool: asyncpg.Pool, rule_id: int, since: datetime) -> int:
+async def redeliver_rule(
+    pool: asyncpg.Pool, rule_id: int, since: datetime, batch: int = REDELIVER_BATCH
+) -> int:
     """Every failed webhook delivery of rule ``rule_id`` that failed at or after ``since`` (its
-    ``updated_at``) back in the dispatcher's queue, due now, ``REDELIVER_BATCH`` per transaction;
-    how many."""
+    ``updated_at``) back in the dispatcher's queue, due now, ``batch`` per transaction; how many."""
     total = 0
     while True:
         done: str = await pool.execute(
@@ -288,9 +289,14 @@ async def redeliver_rule(pool: asyncpg.Pool, rule_id: int, since: datetime) -> i
                    LIMIT $3 FOR UPDATE SKIP LOCKED)""",
             rule_id,
             since,
-            REDELIVER_BATCH,
+            batch,
         )
         count = int(done.split()[-1])
         total += count
-        if count < REDELIVER_BATCH:
+        if count < batch:
             return total
+
+
+async def delete_of_events(db: Db, app_id: str, event_ids: list[uuid.UUID]) -> None:
+    """Delete the deliveries of these events of the application (they are deleted too)."""
+    await db.execute("DELETE FROM deliveries WHERE app_id = $1 AND event_id = ANY($2)", app_id, event_ids)

@@ -21,8 +21,10 @@ Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 def insert_staged(stage: str) -> str:
     """The routed events staged in ``stage`` (the event store's staging table, one row per record
     in batch order ``ord``), each once (its first staged copy); an event stored already stays as
-    it is. JSON travels as text and becomes jsonb here; stored_at is the moment of the write
-    (clock_timestamp), not the start of the transaction."""
+    it is, unless its routing failed and this copy's did not (the same version routed again,
+    e.g. its dead letter sent back once the cause was fixed): then it takes this routing and
+    status (counted by a trigger). JSON travels as text and becomes jsonb here; stored_at is the
+    moment of the write (clock_timestamp), not the start of the transaction."""
     return f"""INSERT INTO data_events (event_id, app_id, event_type, payload, metadata, received_at,
                          occurred_at, occurred_at_clamped, schema_version, status, routing, stored_at)
 SELECT DISTINCT ON (app_id, event_id) event_id, app_id, event_type, payload::jsonb, metadata::jsonb,
@@ -30,7 +32,8 @@ SELECT DISTINCT ON (app_id, event_id) event_id, app_id, event_type, payload::jso
        clock_timestamp()
 FROM {stage}
 ORDER BY app_id, event_id, ord
-ON CONFLICT (app_id, event_id) DO NOTHING
+ON CONFLICT (app_id, event_id) DO UPDATE SET status = EXCLUDED.status, routing = EXCLUDED.routing
+WHERE data_events.routing->>'error' IS NOT NULL AND EXCLUDED.routing->>'error' IS NULL
 """
 
 
@@ -101,6 +104,28 @@ async def first_received(db: Db, app_id: str) -> datetime | None:
     return at
 
 
+async def take_received_before(
+    conn: asyncpg.Connection, app_id: str, before: datetime, batch: int
+) -> list[uuid.UUID]:
+    """Delete at most ``batch`` of the application's events received before ``before``, oldest
+    first; their ids (the caller deletes what hangs on them in the same transaction). Events
+    another transaction holds are left for the next call."""
+    rows = await conn.fetch(
+        """WITH doomed AS (
+               SELECT app_id, event_id FROM data_events
+               WHERE app_id = $1 AND received_at < $2
+               ORDER BY received_at LIMIT $3 FOR UPDATE SKIP LOCKED
+           )
+           DELETE FROM data_events e USING doomed
+           WHERE e.app_id = doomed.app_id AND e.event_id = doomed.event_id
+           RETURNING e.event_id""",
+        app_id,
+        before,
+        batch,
+    )
+    return [r["event_id"] for r in rows]
+
+
 # ------------------------------------------------------------------------------ event_claims
 
 # The common case: no key was claimed before. A plain INSERT costs PostgreSQL about 40 % less
@@ -168,7 +193,8 @@ SELECT e.event_id, $1, e.event_type, e.payload::jsonb, e.metadata::jsonb, e.rece
        e.routing::jsonb, clock_timestamp()
 FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
      AS e(event_id, event_type, payload, metadata, received_at, routing)
-ON CONFLICT (app_id, event_id) DO NOTHING
+ON CONFLICT (app_id, event_id) DO UPDATE SET status = EXCLUDED.status, routing = EXCLUDED.routing
+WHERE data_events.routing->>'error' IS NOT NULL AND EXCLUDED.routing->>'error' IS NULL
 """
 
 

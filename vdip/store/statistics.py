@@ -6,6 +6,7 @@ How statistics are counted, folded, read and repaired, and where each piece is:
 ``vdip/statistics.py``.
 """
 
+import uuid
 from datetime import datetime
 from typing import TypeAlias
 
@@ -160,3 +161,9 @@ async def applications(db: Db) -> list[str]:
     """Every application with stored events or statistics."""
     rows = await db.fetch("SELECT app_id FROM data_events UNION SELECT app_id FROM event_statistics")
     return sorted(r["app_id"] for r in rows)
+
+
+async def forget_counted(db: Db, app_id: str, event_ids: list[uuid.UUID]) -> None:
+    """Forget the status these deleted events of the application are counted under (their
+    counts stay in ``event_statistics``)."""
+    await db.execute("DELETE FROM event_counted WHERE app_id = $1 AND event_id = ANY($2)", app_id, event_ids)
