@@ -4,19 +4,26 @@ needs two in sync, and a broker killed under load loses no event the gateway ack
 import asyncio
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from schemas import EventEnvelope
+from schemas.rules import AppRules, RoutingRule
 from tests.conftest import (
     ROOT,
     AppKey,
     PrivateKafka,
+    Process,
+    _free_port,
     another_gateway,
     read_to_end,
     wait_until,
@@ -144,3 +151,77 @@ async def test_a_broker_killed_under_load_loses_no_acknowledged_event(
 async def _in_sync_everywhere(settings: Settings) -> bool:
     copies = await _in_sync(settings.kafka_bootstrap, settings.topic("events"))
     return bool(copies) and set(copies) == {3}
+
+
+async def test_a_queue_topic_first_used_while_a_broker_is_down_is_made_and_delivered_to(
+    on_cluster: Settings, cluster: PrivateKafka, log_dir: Path
+) -> None:
+    """One broker of three killed, then an event whose queue topic does not exist yet: the worker's
+    metadata may still name the dead broker (faust asks it for the controller), so Kafka's first
+    answers may be refusals of the moment. The router tries again until the topic exists: the
+    event is routed and delivered, never failed for it (counted refusals, if any, are in the log)."""
+    run = uuid.uuid4().hex[:6]
+    own = on_cluster.model_copy(
+        update={
+            "topic_prefix": f"{on_cluster.topic_prefix}q{run}.",
+            "worker_id": f"{on_cluster.worker_id}-q{run}",
+            "worker_metrics_port": _free_port(),
+            "worker_datadir": log_dir / f"worker-q{run}",
+        }
+    )
+    await apply_topics(own, declared_topics(own, ROOT / "topics.yaml"))
+    app_id, now = f"q{run}", datetime.now(UTC)
+    body = {
+        "app_id": app_id,
+        "rule_name": "all",
+        "condition": {},
+        "destination_type": "queue",
+        "destination_config": {"topic": f"later-{run}"},
+        "rule_id": 1,
+        "created_at": now,
+        "updated_at": now,
+    }
+    rules = AppRules(app_id=app_id, rules=[RoutingRule.model_validate(body)]).model_dump_json().encode()
+    event = EventEnvelope(event_id=uuid.uuid4(), app_id=app_id, event_type="t", payload={}, received_at=now)
+    producer = AIOKafkaProducer(bootstrap_servers=own.kafka_bootstrap, acks="all")
+    await producer.start()
+    worker = Process("worker", own, log_dir, label=f"worker-q{run}")
+    routed: list[Any] = []
+    try:
+        await producer.send_and_wait(own.topic("routing-rules"), rules, key=app_id.encode())
+        worker.start()
+
+        async def rules_read() -> bool:  # the worker is up, in its group, with the rules
+            try:
+                async with httpx.AsyncClient() as http:
+                    text = (await http.get(f"http://127.0.0.1:{own.worker_metrics_port}/metrics")).text
+            except httpx.HTTPError:
+                return False
+            return f'vdip_rules_version_seconds{{app_id="{app_id}"}}' in text
+
+        await wait_until(rules_read, 90, interval=1, message="the worker routing with the rules")
+        await asyncio.to_thread(cluster.kill, 3)
+        event_json = event.model_dump_json().encode()
+        await producer.send_and_wait(own.topic("events"), event_json, key=app_id.encode())
+
+        async def routed_once() -> bool:
+            routed[:] = await read_to_end(own, "events.routed")
+            return bool(routed)
+
+        await wait_until(routed_once, 90, interval=1, message="the event routed with a broker down")
+    finally:
+        worker.stop()
+        await producer.stop()
+        await asyncio.to_thread(cluster.start)
+    (record,) = routed
+    value = orjson.loads(record.value)
+    assert (value["status"], value["routing"]["error"], value["routing"]["matched_rules"]) == (
+        "processed",
+        None,
+        [1],
+    )
+    delivered = await read_to_end(own, f"later-{run}")
+    assert [orjson.loads(r.value)["event"]["event_id"] for r in delivered] == [str(event.event_id)]
+    await wait_until(
+        lambda: _in_sync_everywhere(own), 90, interval=1, message="the restarted node back in sync"
+    )
