@@ -130,6 +130,9 @@ async def resend(
         outcomes.append(outcome)
         if event is not None:
             events.append((outcome, event))
+    if body.records is not None:  # in the order asked
+        order = {(r.partition, r.offset): n for n, r in reversed(list(enumerate(body.records)))}
+        outcomes.sort(key=lambda o: order[(o.partition, o.offset)])
     selection = {"since": body.since, "until": body.until, "stage": body.stage, "records": len(outcomes)}
     await audit.record(pool, app_id, caller.actor, "dead_letters.resend", None, selection)
     for start in range(0, len(events), settings.max_batch_events):

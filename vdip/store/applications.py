@@ -63,48 +63,33 @@ async def rotate_key(db: Db, app_id: str, grace: timedelta = timedelta(0)) -> tu
     return (application, rotated[1]) if application else None
 
 
-async def set_active(db: Db, app_id: str, active: bool) -> Application | None:
+async def _set(db: Db, app_id: str, assignments: str, *values: object) -> Application | None:
+    """Set ``assignments`` (``column = $2``, …) of the application; None if it is unknown."""
     row = await db.fetchrow(
-        f"""UPDATE applications SET is_active = $2, updated_at = now()
-            WHERE app_id = $1 RETURNING {_COLUMNS}""",
+        f"UPDATE applications SET {assignments}, updated_at = now() WHERE app_id = $1 RETURNING {_COLUMNS}",
         app_id,
-        active,
+        *values,
     )
     return Application(**dict(row), keys=tuple(await keys.keys_of(db, app_id))) if row else None
+
+
+async def set_active(db: Db, app_id: str, active: bool) -> Application | None:
+    return await _set(db, app_id, "is_active = $2", active)
 
 
 async def set_quota(db: Db, app_id: str, events_per_s: int | None, burst: int | None) -> Application | None:
     """The application's ingest quota (None: the default); None if the application is unknown."""
-    row = await db.fetchrow(
-        f"""UPDATE applications SET quota_events_per_s = $2, quota_burst = $3, updated_at = now()
-            WHERE app_id = $1 RETURNING {_COLUMNS}""",
-        app_id,
-        events_per_s,
-        burst,
-    )
-    return Application(**dict(row), keys=tuple(await keys.keys_of(db, app_id))) if row else None
+    return await _set(db, app_id, "quota_events_per_s = $2, quota_burst = $3", events_per_s, burst)
 
 
 async def set_allowed_origins(db: Db, app_id: str, origins: list[str]) -> Application | None:
     """Replace the origins whose pages may send the application's events (CORS)."""
-    row = await db.fetchrow(
-        f"""UPDATE applications SET allowed_origins = $2, updated_at = now()
-            WHERE app_id = $1 RETURNING {_COLUMNS}""",
-        app_id,
-        origins,
-    )
-    return Application(**dict(row), keys=tuple(await keys.keys_of(db, app_id))) if row else None
+    return await _set(db, app_id, "allowed_origins = $2", origins)
 
 
 async def set_retention(db: Db, app_id: str, days: int | None) -> Application | None:
     """How many days the application's events are kept (None: for good)."""
-    row = await db.fetchrow(
-        f"""UPDATE applications SET retention_days = $2, updated_at = now()
-            WHERE app_id = $1 RETURNING {_COLUMNS}""",
-        app_id,
-        days,
-    )
-    return Application(**dict(row), keys=tuple(await keys.keys_of(db, app_id))) if row else None
+    return await _set(db, app_id, "retention_days = $2", days)
 
 
 async def retentions(db: Db) -> dict[str, int]:
