@@ -24,6 +24,7 @@ from gateway.routes import (
     health,
     ingest,
     keys,
+    replays,
     rules,
     statistics,
     tenancy,
@@ -82,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(statistics.router)
     app.include_router(tenancy.router)
     app.include_router(deadletters.router)
+    app.include_router(replays.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard", dashboard.PAGE, name="dashboard")
     app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")

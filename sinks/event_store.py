@@ -14,7 +14,8 @@ value that is not a ``RoutedEvent`` (which only a bug could produce; read as ``R
 refuses, goes to ``events.dlq`` with the reason (one event of a batch record alone), so that it
 is never silently lost; the rest of its batch is written.
 
-The same process deletes the events older than their application's retention (``vdip.retention``).
+The same process deletes the events older than their application's retention (``vdip.retention``)
+and runs the jobs operators start (replays: ``sinks.jobs``).
 """
 
 from typing import Any
@@ -29,6 +30,7 @@ from typing_extensions import TypedDict
 from schemas import EventStatus
 from schemas.events import DestinationType, EnvelopeView, content_hash
 from schemas.records import Invalid, parse_batch
+from sinks import jobs
 from sinks.batching import Record, Records, dead_letter, insert_rows, run_sink, stage
 from vdip import retention
 from vdip.settings import Settings
@@ -182,7 +184,10 @@ def run(settings: Settings) -> None:
         ],
         metrics_port=settings.sink_metrics_port,
         make_write=lambda pool, producer: EventStore(pool, producer, settings.topic("events.dlq")).write,
-        also={"retention": lambda stop: retention.keep_enforcing(settings, stop)},
+        also={
+            "retention": lambda stop: retention.keep_enforcing(settings, stop),
+            "jobs": lambda stop: jobs.keep_running(settings, stop),
+        },
     )
 
 

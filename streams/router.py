@@ -37,14 +37,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
-from aiokafka.errors import (
-    ClusterAuthorizationFailedError,
-    InvalidConfigurationError,
-    InvalidPartitionsError,
-    InvalidTopicError,
-    PolicyViolationError,
-    TopicAuthorizationFailedError,
-)
 from aiokafka.structs import RecordMetadata
 
 from schemas import EventEnvelope
@@ -56,24 +48,11 @@ from streams.rulebook import RuleBook
 from vdip import metrics
 from vdip.logs import event_context
 from vdip.settings import Settings
-from vdip.topics import dead_letter_headers
+from vdip.topics import REFUSED_FOR_GOOD, dead_letter_headers
 
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
-
-# What Kafka answers when it will never create a queue topic, whatever the moment: its name (one
-# that collides with an existing topic's once '.' and '_' are equated), the rights or the policy.
-# The event fails (stored as failed, dead-lettered: stage routing, to be sent back once the
-# cause is fixed) and routing goes on for the others.
-REFUSED_FOR_GOOD: tuple[type[Exception], ...] = (
-    InvalidTopicError,
-    TopicAuthorizationFailedError,
-    ClusterAuthorizationFailedError,
-    PolicyViolationError,
-    InvalidConfigurationError,
-    InvalidPartitionsError,
-)
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,9 @@ async def settings(
         ingest_capacity_events_per_s=1_000_000,  # quotas far above what tests send, unless a test sets one
         conflict_check_timeout_s=1.0,  # a cold connection on a busy machine: not a skipped check
         retention_interval_s=1.0,  # the event store deletes expired events within a second or so
+        job_lease_s=3.0,  # a killed runner's job is taken up again 3 s after its last batch
+        job_poll_interval_s=0.3,
+        replay_events_per_s=250,  # 1,000 events in 4 s: long enough to be killed halfway
     )
     await migrate_url(test_settings.database_url)
     await apply_topics(test_settings, declared_topics(test_settings, ROOT / "topics.yaml"))

@@ -186,6 +186,21 @@ class Settings(BaseSettings):
         " retention (with their deliveries).",
     )
     retention_batch: int = Field(default=1000, ge=1, description="Events deleted per transaction.")
+    job_lease_s: float = Field(
+        default=30,
+        gt=0,
+        description="How long a job runner holds a job without a sign of life: a killed runner's job"
+        " is taken up again, from its cursor, this long after its last batch.",
+    )
+    job_poll_interval_s: float = Field(
+        default=1.0, gt=0, description="How often a job runner looks for jobs."
+    )
+    replay_events_per_s: float = Field(
+        default=500,
+        gt=0,
+        description="The most events a replay goes through per second, so that live traffic keeps its pace.",
+    )
+    replay_batch: int = Field(default=200, ge=1, description="Events a replay routes per batch.")
 
     # Table sink
     table_sink_group_id: str = "vdip-table-sink"

@@ -15,6 +15,14 @@ import yaml
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    InvalidConfigurationError,
+    InvalidPartitionsError,
+    InvalidTopicError,
+    PolicyViolationError,
+    TopicAuthorizationFailedError,
+)
 from aiokafka.protocol.metadata import MetadataRequest
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -29,6 +37,20 @@ def _config_value(value: Any) -> str:
 
 
 _CREATED_VISIBLE_WITHIN = 30.0
+
+# What Kafka answers when it will never create a queue topic, whatever the moment: its name (one
+# that collides with an existing topic's once '.' and '_' are equated), the rights or the policy.
+# The router fails the event (stored as failed, dead-lettered: stage routing, to be sent back
+# once the cause is fixed) and routes on; a replay fails. Any other refusal is of the moment.
+REFUSED_FOR_GOOD: tuple[type[Exception], ...] = (
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    PolicyViolationError,
+    InvalidConfigurationError,
+    InvalidPartitionsError,
+)
+
 
 TopicConfig = dict[str, Annotated[str, BeforeValidator(_config_value)]]
 

@@ -54,6 +54,10 @@ NEEDS: dict[tuple[str, str], Scope | None] = {
     ("GET", "/api/statistics/rules/{app_id}"): Scope.READ,
     ("GET", "/api/dead-letters/app/{app_id}"): Scope.READ,
     ("POST", "/api/dead-letters/app/{app_id}/resend"): Scope.MANAGE,
+    ("POST", "/api/applications/{app_id}/replay"): Scope.MANAGE,
+    ("GET", "/api/applications/{app_id}/replays"): Scope.READ,
+    ("GET", "/api/applications/{app_id}/replays/{job_id}"): Scope.READ,
+    ("POST", "/api/applications/{app_id}/replays/{job_id}/cancel"): Scope.MANAGE,
     ("GET", "/api/destinations/app/{app_id}"): Scope.READ,
     ("GET", "/api/audit/app/{app_id}"): Scope.READ,
     ("PUT", "/api/destinations/{destination_type}/{name}/owner"): None,
@@ -76,6 +80,9 @@ ALLOWED: dict[tuple[str, str], int] = {
     ("POST", "/api/applications/{app_id}/keys"): 201,
     ("POST", "/api/routing-rules"): 201,
     ("POST", "/api/routing-rules/{rule_id}/redeliver"): 202,
+    ("POST", "/api/applications/{app_id}/replay"): 202,
+    ("GET", "/api/applications/{app_id}/replays/{job_id}"): 404,
+    ("POST", "/api/applications/{app_id}/replays/{job_id}/cancel"): 404,
     ("POST", "/api/applications"): 201,
 }
 
@@ -133,6 +140,7 @@ async def call(
         "app_id": app.app_id,
         "event_id": uuid.uuid4(),
         "delivery_id": uuid.uuid4(),
+        "job_id": uuid.uuid4(),
         "destination_type": "database_table",
         "name": f"matrix_{uuid.uuid4().hex[:8]}",
     }
@@ -153,6 +161,10 @@ async def call(
         ("PUT", "/api/routing-rules/{rule_id}"): rule(app.app_id),
         ("POST", "/api/routing-rules/{rule_id}/redeliver"): {"since": "2026-01-01T00:00:00Z"},
         ("POST", "/api/dead-letters/app/{app_id}/resend"): {"since": "2026-01-01T00:00:00Z"},
+        ("POST", "/api/applications/{app_id}/replay"): {
+            "start": "2026-01-01T00:00:00Z",
+            "end": "2026-01-01T00:00:01Z",
+        },
         ("POST", "/api/routing-rules/test"): {"app_id": app.app_id, "event": {"event_type": "t"}},
         ("POST", "/api/applications"): {"name": "made by the matrix"},
         ("PUT", "/api/destinations/{destination_type}/{name}/owner"): {"app_id": app.app_id},

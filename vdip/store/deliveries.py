@@ -297,6 +297,45 @@ async def redeliver_rule(
             return total
 
 
+# ------------------------------------------------------------------------------ replays
+
+
+async def statuses(db: Db, delivery_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The status of each of these deliveries that exists."""
+    rows = await db.fetch(
+        "SELECT delivery_id, status FROM deliveries WHERE delivery_id = ANY($1)", delivery_ids
+    )
+    return {row["delivery_id"]: row["status"] for row in rows}
+
+
+async def record_queue_sent(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Queue deliveries a replay sent (Kafka acknowledged them): rows of (delivery_id, app_id,
+    event_id, rule_id), delivered now (once more, for one delivered before)."""
+    await conn.execute(
+        """INSERT INTO deliveries
+               (delivery_id, app_id, event_id, rule_id, destination_type, status, attempts, delivered_at)
+           SELECT delivery_id, app_id, event_id, rule_id, 'queue', 'delivered', 1, now()
+           FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::bigint[])
+               AS r(delivery_id, app_id, event_id, rule_id)
+           ON CONFLICT (delivery_id) DO UPDATE SET status = 'delivered', last_error = NULL,
+               attempts = deliveries.attempts + 1, updated_at = now(), delivered_at = now()""",
+        *(list(column) for column in zip(*rows, strict=True)),
+    )
+
+
+async def requeue_webhooks(conn: asyncpg.Connection, rows: list[tuple[uuid.UUID, str]]) -> None:
+    """Webhook deliveries that ended (delivered or failed) back in the dispatcher's queue, due
+    now, with their message as routed again: rows of (delivery_id, message as JSON text)."""
+    await conn.execute(
+        """UPDATE deliveries d SET status = 'pending', message = r.message::jsonb, next_attempt_at = now(),
+                  claimed_until = NULL, updated_at = now()
+           FROM unnest($1::uuid[], $2::text[]) AS r(delivery_id, message)
+           WHERE d.delivery_id = r.delivery_id AND d.status IN ('delivered', 'failed')
+             AND d.destination_type = 'webhook'""",
+        *(list(column) for column in zip(*rows, strict=True)),
+    )
+
+
 async def delete_of_events(db: Db, app_id: str, event_ids: list[uuid.UUID]) -> None:
     """Delete the deliveries of these events of the application (they are deleted too)."""
     await db.execute("DELETE FROM deliveries WHERE app_id = $1 AND event_id = ANY($2)", app_id, event_ids)

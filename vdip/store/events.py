@@ -126,6 +126,47 @@ async def take_received_before(
     return [r["event_id"] for r in rows]
 
 
+# The events a replay goes through (``sinks.replay``): received in [start, end), of one type or
+# all, in (received_at, event_id) order, after a cursor.
+_IN_RANGE = """app_id = $1 AND received_at >= $2 AND received_at < $3
+              AND ($4::text IS NULL OR event_type = $4)"""
+
+
+async def count_in_range(db: Db, app_id: str, start: datetime, end: datetime, event_type: str | None) -> int:
+    count: int = await db.fetchval(
+        f"SELECT count(*) FROM data_events WHERE {_IN_RANGE}", app_id, start, end, event_type
+    )
+    return count
+
+
+async def page_in_range(
+    db: Db,
+    app_id: str,
+    start: datetime,
+    end: datetime,
+    event_type: str | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """Up to ``limit`` events of the range after ``after``, oldest first: the envelope's columns."""
+    after_at, after_id = after or (None, None)
+    rows: list[asyncpg.Record] = await db.fetch(
+        f"""SELECT event_id, app_id, event_type, payload, metadata, received_at, occurred_at,
+                   occurred_at_clamped, schema_version
+            FROM data_events
+            WHERE {_IN_RANGE} AND ($5::timestamptz IS NULL OR (received_at, event_id) > ($5, $6::uuid))
+            ORDER BY received_at, event_id LIMIT $7""",
+        app_id,
+        start,
+        end,
+        event_type,
+        after_at,
+        after_id,
+        limit,
+    )
+    return rows
+
+
 # ------------------------------------------------------------------------------ event_claims
 
 # The common case: no key was claimed before. A plain INSERT costs PostgreSQL about 40 % less

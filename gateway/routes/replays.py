@@ -1,0 +1,95 @@
+"""Replays: an application's stored events of a range routed again through its active rules, as a
+job the event store's process runs (``vdip.replay``); where each stands, and its cancellation."""
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query
+
+from gateway.deps import AppManager, AppReader, PoolDep
+from gateway.errors import ApiError
+from gateway.responses import scoped
+from schemas import ErrorDetail, SuccessResponse
+from schemas.jobs import JobView, ReplayRequest
+from vdip import replays as replay
+from vdip.store import audit, jobs
+
+router = APIRouter(tags=["replays"])
+
+
+def _not_found(job_id: UUID) -> ApiError:
+    return ApiError(
+        404, f"Replay {job_id} does not exist", [ErrorDetail(field="path.job_id", reason="unknown replay")]
+    )
+
+
+@router.post(
+    "/api/applications/{app_id}/replay",
+    status_code=202,
+    summary="Route the stored events of a time range again through today's active rules",
+    responses=scoped("manage", 400, 401, 404, 422, 503),
+)
+async def start_replay(body: ReplayRequest, caller: AppManager, pool: PoolDep) -> SuccessResponse[JobView]:
+    """A job, queued: the event store's process runs it, ``VDIP_REPLAY_EVENTS_PER_S`` at most.
+    Without ``force``, an (event, rule) delivered (or under way) already is not delivered again."""
+    assert caller.application is not None
+    app_id = caller.application.app_id
+    wrong = await replay.not_active(pool, app_id, body.rule_ids)
+    if wrong:
+        raise ApiError(
+            422,
+            "Only the application's active rules can be replayed",
+            [ErrorDetail(field="body.rule_ids", reason=f"not an active rule of {app_id}: {wrong}")],
+        )
+    job = await replay.create_job(pool, app_id, body)
+    changes = body.model_dump(mode="json")
+    await audit.record(pool, app_id, caller.actor, "replay.create", f"replay {job['job_id']}", changes)
+    return SuccessResponse(message="Replay queued", data=JobView.of(job))
+
+
+@router.get(
+    "/api/applications/{app_id}/replays",
+    summary="The application's replays, newest first",
+    responses=scoped("read", 401, 404, 422, 503),
+)
+async def list_replays(
+    caller: AppReader, pool: PoolDep, limit: Annotated[int, Query(ge=1, le=100)] = 20
+) -> SuccessResponse[list[JobView]]:
+    assert caller.application is not None
+    rows = await jobs.of_app(pool, caller.application.app_id, "replay", limit)
+    return SuccessResponse(message=f"{len(rows)} replays", data=[JobView.of(row) for row in rows])
+
+
+@router.get(
+    "/api/applications/{app_id}/replays/{job_id}",
+    summary="Where a replay stands: state, counts, percent, time left",
+    responses=scoped("read", 401, 404, 422, 503),
+)
+async def get_replay(job_id: UUID, caller: AppReader, pool: PoolDep) -> SuccessResponse[JobView]:
+    assert caller.application is not None
+    job = await jobs.get(pool, caller.application.app_id, job_id)
+    if job is None or job["kind"] != "replay":
+        raise _not_found(job_id)
+    return SuccessResponse(message=f"Replay {job['state']}", data=JobView.of(job))
+
+
+@router.post(
+    "/api/applications/{app_id}/replays/{job_id}/cancel",
+    summary="Cancel a queued or running replay (what it sent stays sent)",
+    responses=scoped("manage", 401, 404, 409, 422, 503),
+)
+async def cancel_replay(job_id: UUID, caller: AppManager, pool: PoolDep) -> SuccessResponse[JobView]:
+    assert caller.application is not None
+    app_id = caller.application.app_id
+    job = await jobs.cancel(pool, app_id, job_id)
+    if job is None:
+        found = await jobs.get(pool, app_id, job_id)
+        if found is None or found["kind"] != "replay":
+            raise _not_found(job_id)
+        raise ApiError(
+            409,
+            f"Replay {job_id} has ended already",
+            [ErrorDetail(field="path.job_id", reason=f"the replay is {found['state']}")],
+        )
+    await audit.record(pool, app_id, caller.actor, "replay.cancel", f"replay {job_id}", {})
+    return SuccessResponse(message="Replay cancelled", data=JobView.of(job))
