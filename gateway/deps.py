@@ -31,6 +31,7 @@ from schemas import ErrorDetail
 from vdip.applications import Application, ApplicationKey, Scope
 from vdip.db import UNAVAILABLE
 from vdip.errors import DatabaseUnavailable
+from vdip.rulesets import Republisher
 from vdip.settings import Settings
 from vdip.store.applications import get_application
 from vdip.store.audit import ADMIN, Actor
@@ -51,9 +52,15 @@ async def _producer(request: Request) -> EventProducer:
     return producer
 
 
+async def _republisher(request: Request) -> Republisher:
+    republisher: Republisher = request.app.state.republisher
+    return republisher
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
 ProducerDep = Annotated[EventProducer, Depends(_producer)]
+RepublisherDep = Annotated[Republisher, Depends(_republisher)]
 
 APP_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 AppIdPath = Annotated[

@@ -59,9 +59,9 @@ class JobView(BaseModel):
     app_id: str
     kind: str
     state: JobState
-    params: ReplayRequest
-    total: int = Field(description="Events in the range when the job was made.")
-    scanned: int = Field(description="Events gone through.")
+    params: dict[str, Any] = Field(description="What it was asked to do (a replay: its request).")
+    total: int = Field(description="Events in its range (a deletion: stored) when the job was made.")
+    scanned: int = Field(description="Events gone through (a deletion: deleted).")
     sent: int = Field(description="Deliveries sent.")
     skipped: int = Field(description="Deliveries made already, not sent again (without force).")
     percent: float

@@ -288,6 +288,97 @@ async def _import_seed(settings: Settings, source_url: str) -> int:
     return 0
 
 
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    """Make a replay job of the application (or follow ``--job``) and show its progress until it
+    ends; Ctrl-C stops following, not the job."""
+    try:
+        return asyncio.run(_replay(settings, args))
+    except KeyboardInterrupt:
+        print(
+            "no longer following: the replay goes on (POST .../replays/JOB/cancel stops it)", file=sys.stderr
+        )
+        return 130
+
+
+async def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    import uuid
+
+    from pydantic import ValidationError
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from schemas.jobs import FINISHED, JobView, ReplayRequest
+    from vdip.db import create_pool, migrate_url
+    from vdip.replays import create_job, not_active
+    from vdip.store import audit, jobs
+
+    await migrate_url(settings.database_url)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=1)
+    try:
+        if args.job is not None:
+            job = await jobs.get(pool, args.app_id, uuid.UUID(args.job))
+            if job is None:
+                return _fail(f"no replay {args.job} of {args.app_id}")
+        else:
+            fields = {
+                "start": args.start,
+                "end": args.end,
+                "event_type": args.event_type,
+                "force": args.force,
+            }
+            try:
+                request = ReplayRequest.model_validate({**fields, "rule_ids": args.rule_id})
+            except ValidationError as exc:
+                wrong = "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or 'range'}: {e['msg']}" for e in exc.errors()
+                )
+                return _fail(wrong)
+            if wrong_ids := await not_active(pool, args.app_id, request.rule_ids):
+                return _fail(f"not an active rule of {args.app_id}: {wrong_ids}")
+            job = await create_job(pool, args.app_id, request)
+            changes = request.model_dump(mode="json")
+            await audit.record(
+                pool, args.app_id, audit.ADMIN, "replay.create", f"replay {job['job_id']}", changes
+            )
+        view = JobView.of(job)
+        print(
+            f"replay {view.job_id}: {view.total} events (the event store's process runs it)", file=sys.stderr
+        )
+        bar = Progress(
+            TextColumn("{task.description:<10}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("sent {task.fields[sent]}, skipped {task.fields[skipped]}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        with bar:
+            task = bar.add_task(view.state, total=view.total, sent=0, skipped=0)
+            while True:
+                row = await jobs.get(pool, args.app_id, view.job_id)
+                assert row is not None
+                view = JobView.of(row)
+                total = max(view.total, view.scanned)
+                bar.update(
+                    task,
+                    description=view.state,
+                    completed=view.scanned,
+                    total=total,
+                    sent=view.sent,
+                    skipped=view.skipped,
+                )
+                if view.state in FINISHED:
+                    break
+                await asyncio.sleep(0.5)
+    finally:
+        await pool.close()
+    print(
+        f"replay {view.job_id} {view.state}: {view.scanned} events, {view.sent} deliveries sent,"
+        f" {view.skipped} made already" + (f"; {view.error}" if view.error else "")
+    )
+    return 0 if view.state == "done" else 1
+
+
 async def _origins(
     pool: "asyncpg.Pool",
     args: argparse.Namespace,
@@ -586,6 +677,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--from", dest="source", required=True, help="its database: postgresql://USER:PASSWORD@HOST/DB"
     )
+    p = add(
+        "replay",
+        cmd_replay,
+        "Route an application's stored events of a time range again through its active rules,"
+        " with a progress bar (the event store's process runs the job)",
+    )
+    p.add_argument("app_id")
+    p.add_argument("--start", help="the range's first moment (received_at, ISO time with zone)")
+    p.add_argument("--end", help="the range's end (exclusive)")
+    p.add_argument("--event-type", help="only events of this type")
+    p.add_argument("--rule-id", type=int, action="append", help="only this rule (repeat for more)")
+    p.add_argument("--force", action="store_true", help="deliver again what was delivered already")
+    p.add_argument("--job", help="follow this replay instead of making one")
     p = add(
         "app", cmd_app, "Create an application; list, add, revoke or rotate its keys; set its allowed origins"
     )

@@ -201,6 +201,15 @@ class Settings(BaseSettings):
         description="The most events a replay goes through per second, so that live traffic keeps its pace.",
     )
     replay_batch: int = Field(default=200, ge=1, description="Events a replay routes per batch.")
+    purge_batch: int = Field(
+        default=1000, ge=1, description="Events an application's deletion deletes per transaction."
+    )
+    purge_drain_timeout_s: float = Field(
+        default=300,
+        gt=0,
+        description="How long an application's deletion waits for each process to go through what was"
+        " accepted before it; then it purges all the same.",
+    )
 
     # Table sink
     table_sink_group_id: str = "vdip-table-sink"

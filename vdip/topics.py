@@ -238,6 +238,43 @@ async def partitions_of(settings: Settings, *topics: str) -> list[TopicPartition
     return [TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]]
 
 
+async def end_offsets(settings: Settings, *topics: str) -> dict[TopicPartition, int]:
+    """Where each partition of ``topics`` ends now."""
+    partitions = await partitions_of(settings, *topics)
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    return {tp: int(end) for tp, end in ends.items()}
+
+
+async def caught_up(settings: Settings, group: str, marks: dict[TopicPartition, int]) -> bool:
+    """Whether ``group`` has committed every partition of ``marks`` up to its mark at least."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group, partitions=list(marks))
+    finally:
+        await admin.close()
+    at = {tp: meta.offset for tp, meta in committed.items() if meta is not None}
+    return all(at.get(tp, -1) >= mark for tp, mark in marks.items() if mark > 0)
+
+
+async def delete_topics(settings: Settings, names: list[str]) -> None:
+    """Delete these topics (those that do not exist are no error)."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [name for name in names if name in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()
+
+
 async def group_lag(settings: Settings, group: str, topic: str) -> int | None:
     """How many records of ``topic`` the consumer group has not committed yet (None: the group
     has committed nothing there, or Kafka did not answer)."""

@@ -104,6 +104,23 @@ async function loadDeadLetters() {
     [cell(new Date(d.timestamp_ms).toLocaleString()), cell(d.stage), cell(d.error), cell(d.source)]);
 }
 
+function progress(job) {
+  const td = document.createElement("td");
+  const bar = document.createElement("progress");
+  bar.max = 100;
+  bar.value = job.percent;
+  td.append(bar, ` ${job.percent}% (${job.scanned} of ${job.total})`);
+  return td;
+}
+
+async function loadReplays() {
+  const jobs = await api(`/api/applications/${encodeURIComponent(session.appId)}/replays?limit=10`);
+  fill($("#replays tbody"), jobs, (j) =>
+    [cell(when(j.created_at)), cell(`${when(j.params.start)} – ${when(j.params.end)}`),
+     cell(j.state, `status-${j.state === "done" ? "processed" : j.state === "failed" ? "failed" : "pending"}`),
+     progress(j), cell(j.sent), cell(j.skipped), cell(j.eta_s === null ? "" : `${Math.ceil(j.eta_s)} s`)]);
+}
+
 // ------------------------------------------------------------------------------ wiring
 
 function every(ms, load) {
@@ -125,6 +142,7 @@ async function open() {
   every(3000, loadStatistics);
   every(5000, loadRules);
   every(10000, loadDeadLetters);
+  every(2000, loadReplays);
 }
 
 function signOut() {

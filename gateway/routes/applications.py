@@ -14,6 +14,8 @@ from gateway.deps import (
     AppManager,
     AppReader,
     PoolDep,
+    ProducerDep,
+    RepublisherDep,
     RequireAdmin,
     SettingsDep,
 )
@@ -21,11 +23,13 @@ from gateway.errors import ApiError
 from gateway.responses import errors, scoped
 from schemas import ErrorDetail, SuccessResponse
 from schemas.events import AppId
+from schemas.jobs import JobView
 from vdip.applications import Application
 from vdip.origins import MAX_ORIGINS, normalize_origin
+from vdip.rulesets import publish_rules
 from vdip.settings import Settings
 from vdip.store import applications as apps
-from vdip.store import audit
+from vdip.store import audit, events, jobs, keys, rules
 
 router = APIRouter(tags=["applications"])
 
@@ -144,6 +148,44 @@ async def list_all(pool: PoolDep, settings: SettingsDep) -> SuccessResponse[list
 async def get_one(caller: AppReader, settings: SettingsDep) -> SuccessResponse[ApplicationView]:
     assert caller.application is not None
     return SuccessResponse(message="Application found", data=ApplicationView.of(caller.application, settings))
+
+
+@router.delete(
+    "/api/applications/{app_id}",
+    status_code=202,
+    dependencies=[RequireAdmin],
+    summary="Delete an application and all its data (a job; its progress at GET /api/jobs/{job_id})",
+    responses=errors(401, 404, 422, 503),
+)
+async def delete(
+    app_id: AppIdPath,
+    pool: PoolDep,
+    cache: ApplicationsDep,
+    settings: SettingsDep,
+    producer: ProducerDep,
+    republisher: RepublisherDep,
+) -> SuccessResponse[JobView]:
+    """At once: its rules deleted (routing stops), its keys deleted (nothing opens it), and it is
+    disabled. Then the event store's process purges its events, deliveries, tables, topics,
+    statistics and the rest, and its row (``sinks.purge``). Asked again, the same job."""
+    job = await jobs.unfinished_of(pool, app_id, "purge")
+    if job is None:
+        if await apps.get_application(pool, app_id) is None:
+            raise _not_found(app_id)
+        total = await events.count_of_app(pool, app_id)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await rules.lock_app(conn, app_id)
+                await rules.delete_rules_of_app(conn, app_id)
+                await publish_rules(conn, producer.publish, settings, app_id)
+                await keys.delete_keys_of_app(conn, app_id)
+                await apps.set_active(conn, app_id, False)
+                job = await jobs.create(conn, uuid.uuid4(), app_id, "purge", {}, total)
+        except BaseException:
+            republisher.schedule(app_id)  # a publish that timed out may land later
+            raise
+    cache.forget(app_id)
+    return SuccessResponse(message="Application being deleted", data=JobView.of(job))
 
 
 async def _set_active(

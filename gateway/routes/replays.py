@@ -1,14 +1,15 @@
-"""Replays: an application's stored events of a range routed again through its active rules, as a
-job the event store's process runs (``vdip.replay``); where each stands, and its cancellation."""
+"""Jobs: replays (an application's stored events of a range routed again through its active
+rules, run by the event store's process: ``sinks.replay``), where each stands, its cancellation;
+and any job by its id, for the admin (an application's deletion: ``sinks.purge``)."""
 
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Query
 
-from gateway.deps import AppManager, AppReader, PoolDep
+from gateway.deps import AppManager, AppReader, PoolDep, RequireAdmin
 from gateway.errors import ApiError
-from gateway.responses import scoped
+from gateway.responses import errors, scoped
 from schemas import ErrorDetail, SuccessResponse
 from schemas.jobs import JobView, ReplayRequest
 from vdip import replays as replay
@@ -93,3 +94,18 @@ async def cancel_replay(job_id: UUID, caller: AppManager, pool: PoolDep) -> Succ
         )
     await audit.record(pool, app_id, caller.actor, "replay.cancel", f"replay {job_id}", {})
     return SuccessResponse(message="Replay cancelled", data=JobView.of(job))
+
+
+@router.get(
+    "/api/jobs/{job_id}",
+    dependencies=[RequireAdmin],
+    summary="Where any job stands (a replay, an application's deletion)",
+    responses=errors(401, 404, 422, 503),
+)
+async def get_job(job_id: UUID, pool: PoolDep) -> SuccessResponse[JobView]:
+    job = await jobs.get_any(pool, job_id)
+    if job is None:
+        raise ApiError(
+            404, f"Job {job_id} does not exist", [ErrorDetail(field="path.job_id", reason="unknown job")]
+        )
+    return SuccessResponse(message=f"Job {job['state']}", data=JobView.of(job))

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import asyncpg
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.deps import (
@@ -27,6 +27,7 @@ from gateway.deps import (
     PoolDep,
     PresentedKey,
     ProducerDep,
+    RepublisherDep,
     SettingsDep,
     authorize_app,
 )
@@ -117,14 +118,6 @@ def _not_found(rule_id: int) -> ApiError:
         f"Routing rule {rule_id} does not exist",
         [ErrorDetail(field="path.rule_id", reason="unknown rule")],
     )
-
-
-async def _republisher(request: Request) -> Republisher:
-    republisher: Republisher = request.app.state.republisher
-    return republisher
-
-
-RepublisherDep = Annotated[Republisher, Depends(_republisher)]
 
 
 async def _authorized_rule(

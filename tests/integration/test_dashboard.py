@@ -76,6 +76,15 @@ async def test_dashboard_shows_events_as_they_arrive(
     )  # totals 6, 9, 12
     await expect(page.locator("#dead-letters tbody")).to_contain_text("validation", timeout=20_000)
 
+    span = {"start": "2026-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z"}
+    replay = await client.post(f"/api/applications/{app.app_id}/replay", json=span, headers=app.headers)
+    assert replay.status_code == 202, replay.text
+    replays = page.locator("#replays tbody tr")
+    await expect(replays).to_have_count(1, timeout=10_000)
+    await expect(replays.first).to_contain_text("done", timeout=20_000)
+    await expect(replays.first).to_contain_text("100% (5 of 5)")
+    await expect(replays.first.locator("progress")).to_have_attribute("value", "100")
+
     await page.locator("#events tbody tr", has_text=sent[-1]).click()
     await expect(page.locator("#detail")).to_be_visible()
     await expect(page.locator("#detail-payload")).to_contain_text('"total": 12')

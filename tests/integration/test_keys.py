@@ -58,6 +58,7 @@ NEEDS: dict[tuple[str, str], Scope | None] = {
     ("GET", "/api/applications/{app_id}/replays"): Scope.READ,
     ("GET", "/api/applications/{app_id}/replays/{job_id}"): Scope.READ,
     ("POST", "/api/applications/{app_id}/replays/{job_id}/cancel"): Scope.MANAGE,
+    ("GET", "/api/jobs/{job_id}"): None,
     ("GET", "/api/destinations/app/{app_id}"): Scope.READ,
     ("GET", "/api/audit/app/{app_id}"): Scope.READ,
     ("PUT", "/api/destinations/{destination_type}/{name}/owner"): None,
@@ -66,6 +67,7 @@ NEEDS: dict[tuple[str, str], Scope | None] = {
     ("PUT", "/api/applications/{app_id}/quota"): None,
     ("POST", "/api/applications/{app_id}/disable"): None,
     ("POST", "/api/applications/{app_id}/enable"): None,  # after disable: the matrix goes in order
+    ("DELETE", "/api/applications/{app_id}"): None,  # last: the application is gone
 }
 
 # The status of an allowed call as the matrix makes it (unknown event ids: 404 once authorized).
@@ -83,6 +85,8 @@ ALLOWED: dict[tuple[str, str], int] = {
     ("POST", "/api/applications/{app_id}/replay"): 202,
     ("GET", "/api/applications/{app_id}/replays/{job_id}"): 404,
     ("POST", "/api/applications/{app_id}/replays/{job_id}/cancel"): 404,
+    ("GET", "/api/jobs/{job_id}"): 404,
+    ("DELETE", "/api/applications/{app_id}"): 202,
     ("POST", "/api/applications"): 201,
 }
 

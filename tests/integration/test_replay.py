@@ -3,7 +3,10 @@ rules by a job of the event store's process, delivering exactly what was never d
 again with ``force``), resumed after a kill -9 without a duplicate, cancelled on demand."""
 
 import asyncio
+import os
+import sys
 import uuid
+from asyncio.subprocess import PIPE
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,7 +14,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from tests.conftest import AppKey, Pipeline, read_to_end, rule_applied, wait_until
+from tests.conftest import ROOT, AppKey, Pipeline, read_to_end, rule_applied, wait_until
 from tests.integration.test_rules import create, rule_body
 from tests.integration.test_webhooks import ok, receiving
 from vdip.statistics import check
@@ -217,3 +220,36 @@ async def test_a_replay_is_refused_what_it_cannot_do_and_cancelled_on_demand(
         "replay.cancel",
         "replay.create",
     ]
+
+
+async def vdip(pipeline: Pipeline, *args: str) -> tuple[int, str, str]:
+    """``vdip ARGS`` run as an operator would, with the pipeline's settings: exit code, out, err."""
+    env = {**os.environ, **pipeline.settings.as_environment()}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "vdip.cli", *args, env=env, cwd=ROOT, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_vdip_replay_follows_its_job_to_the_end(
+    pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey, pool: asyncpg.Pool
+) -> None:
+    first = await create(client, app, condition={})
+    await rule_applied(pipeline, first)
+    await ingest(client, app, 300)
+    await stored(pool, app, 300)
+    second = await create(client, app, condition={})
+    await rule_applied(pipeline, second)
+    span = window()
+    times = ("--start", span["start"], "--end", span["end"])
+    code, out, err = await vdip(pipeline, "replay", app.app_id, *times)
+    assert code == 0, out + err
+    assert "done: 300 events, 300 deliveries sent, 300 made already" in out, out + err
+    assert len(await read_to_end(pipeline.settings, second["destination_config"]["topic"])) == 300
+    backwards = ("--start", span["end"], "--end", span["start"])
+    code, _, err = await vdip(pipeline, "replay", app.app_id, *backwards)
+    assert code == 1 and "end must be after start" in err, err
+    code, _, err = await vdip(pipeline, "replay", app.app_id, *times, "--rule-id", "999999999")
+    assert code == 1 and "not an active rule" in err, err

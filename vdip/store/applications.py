@@ -104,3 +104,9 @@ async def kept_since(db: Db, app_id: str) -> datetime | None:
         "SELECT now() - make_interval(days => retention_days) FROM applications WHERE app_id = $1", app_id
     )
     return at
+
+
+async def delete_application(db: Db, app_id: str) -> bool:
+    """Delete the application's row (its keys and rules go with it); whether it existed."""
+    done: str = await db.execute("DELETE FROM applications WHERE app_id = $1", app_id)
+    return done.split()[-1] != "0"

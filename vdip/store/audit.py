@@ -69,3 +69,8 @@ async def page(db: Db, app_id: str, before: int | None, limit: int) -> list[Audi
         limit,
     )
     return [AuditEntry(**dict(row)) for row in rows]
+
+
+async def forget_app(db: Db, app_id: str) -> None:
+    """Delete the application's audit trail (the application is being deleted)."""
+    await db.execute("DELETE FROM audit_log WHERE app_id = $1", app_id)

@@ -339,3 +339,8 @@ async def requeue_webhooks(conn: asyncpg.Connection, rows: list[tuple[uuid.UUID,
 async def delete_of_events(db: Db, app_id: str, event_ids: list[uuid.UUID]) -> None:
     """Delete the deliveries of these events of the application (they are deleted too)."""
     await db.execute("DELETE FROM deliveries WHERE app_id = $1 AND event_id = ANY($2)", app_id, event_ids)
+
+
+async def delete_all_of_app(db: Db, app_id: str) -> None:
+    """Delete what is left of the application's deliveries (their events are gone)."""
+    await db.execute("DELETE FROM deliveries WHERE app_id = $1", app_id)

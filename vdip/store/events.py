@@ -251,3 +251,29 @@ async def insert_imported(db: Db, app_id: str, events: list[ImportedEvent]) -> i
     columns = list(zip(*events, strict=True))
     status: str = await db.execute(IMPORT, app_id, *columns)
     return int(status.split()[-1])
+
+
+# ------------------------------------------------------------------------------ an application purged
+
+
+async def delete_batch_of_app(conn: asyncpg.Connection, app_id: str, batch: int) -> list[uuid.UUID]:
+    """Delete at most ``batch`` of the application's stored events; their ids (the caller deletes
+    what hangs on them in the same transaction)."""
+    rows = await conn.fetch(
+        """DELETE FROM data_events WHERE app_id = $1 AND event_id IN (
+               SELECT event_id FROM data_events WHERE app_id = $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
+           RETURNING event_id""",
+        app_id,
+        batch,
+    )
+    return [r["event_id"] for r in rows]
+
+
+async def delete_claims_of_app(db: Db, app_id: str) -> None:
+    """Forget the first version of each of the application's event ids."""
+    await db.execute("DELETE FROM event_claims WHERE app_id = $1", app_id)
+
+
+async def count_of_app(db: Db, app_id: str) -> int:
+    count: int = await db.fetchval("SELECT count(*) FROM data_events WHERE app_id = $1", app_id)
+    return count

@@ -83,22 +83,23 @@ async def advance(
     db: Db,
     job_id: uuid.UUID,
     *,
-    cursor: tuple[datetime, uuid.UUID],
+    cursor: tuple[datetime, uuid.UUID] | None,
     scanned: int,
     sent: int,
     skipped: int,
     lease_s: float,
 ) -> str:
-    """A batch of the job gone through, up to ``cursor``: its counts added, its lease extended;
-    the job's state (``cancelled`` when an operator cancelled it meanwhile)."""
+    """A batch of the job gone through, up to ``cursor`` (None: the job has none): its counts
+    added, its lease extended; the job's state (``cancelled`` when an operator cancelled it meanwhile)."""
     state: str = await db.fetchval(
-        """UPDATE jobs SET cursor_at = $2, cursor_id = $3, scanned = scanned + $4, sent = sent + $5,
+        """UPDATE jobs SET cursor_at = coalesce($2, cursor_at), cursor_id = coalesce($3, cursor_id),
+                  scanned = scanned + $4, sent = sent + $5,
                   skipped = skipped + $6, updated_at = now(),
                   claimed_until = CASE WHEN state = 'running'
                                        THEN now() + make_interval(secs => $7) END
            WHERE job_id = $1 RETURNING state""",
         job_id,
-        *cursor,
+        *(cursor or (None, None)),
         scanned,
         sent,
         skipped,
@@ -147,3 +148,25 @@ async def cancel(db: Db, app_id: str, job_id: uuid.UUID) -> asyncpg.Record | Non
         job_id,
     )
     return row
+
+
+async def unfinished_of(db: Db, app_id: str, kind: str) -> asyncpg.Record | None:
+    """The application's queued or running job of ``kind``, if there is one."""
+    row: asyncpg.Record | None = await db.fetchrow(
+        f"""SELECT {COLUMNS} FROM jobs WHERE app_id = $1 AND kind = $2 AND state IN ('queued', 'running')
+            ORDER BY created_at LIMIT 1""",
+        app_id,
+        kind,
+    )
+    return row
+
+
+async def get_any(db: Db, job_id: uuid.UUID) -> asyncpg.Record | None:
+    """A job of any application (the admin's view)."""
+    row: asyncpg.Record | None = await db.fetchrow(f"SELECT {COLUMNS} FROM jobs WHERE job_id = $1", job_id)
+    return row
+
+
+async def delete_others_of_app(db: Db, app_id: str, keep: uuid.UUID) -> None:
+    """Delete the application's jobs but ``keep`` (the purge's own: the receipt of the deletion)."""
+    await db.execute("DELETE FROM jobs WHERE app_id = $1 AND job_id <> $2", app_id, keep)

@@ -92,3 +92,8 @@ async def revoke_key(db: Db, app_id: str, key_id: int) -> ApplicationKey | None:
         key_id,
     )
     return as_key(row) if row else None
+
+
+async def delete_keys_of_app(db: Db, app_id: str) -> None:
+    """Delete every key of the application: none opens it any more."""
+    await db.execute("DELETE FROM application_keys WHERE app_id = $1", app_id)

@@ -103,3 +103,8 @@ async def transfer(
     )
     assert row is not None
     return OwnedDestination(**dict(row)), previous
+
+
+async def release_all(db: Db, app_id: str) -> None:
+    """The application owns no destination any more."""
+    await db.execute("DELETE FROM destination_owners WHERE app_id = $1", app_id)

@@ -24,3 +24,7 @@ async def take_tokens(
     )
     assert row is not None
     return row["taken"], row["tokens_left"]
+
+
+async def forget_bucket(db: Db, app_id: str) -> None:
+    await db.execute("DELETE FROM ingest_buckets WHERE app_id = $1", app_id)

@@ -235,3 +235,14 @@ async def insert_seed_rule(conn: asyncpg.Connection, fields: RuleFields, seed_ru
         "INSERT INTO seed_rules (seed_rule_id, rule_id) VALUES ($1, $2)", seed_rule_id, rule.rule_id
     )
     return rule
+
+
+async def delete_rules_of_app(conn: asyncpg.Connection, app_id: str) -> int:
+    """Delete every rule of the application (and what records where seed rules went); how many.
+    Call it under ``lock_app``, then publish the (empty) rule set."""
+    await conn.execute(
+        "DELETE FROM seed_rules WHERE rule_id IN (SELECT rule_id FROM routing_rules WHERE app_id = $1)",
+        app_id,
+    )
+    done: str = await conn.execute("DELETE FROM routing_rules WHERE app_id = $1", app_id)
+    return int(done.split()[-1])

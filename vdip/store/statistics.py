@@ -167,3 +167,10 @@ async def forget_counted(db: Db, app_id: str, event_ids: list[uuid.UUID]) -> Non
     """Forget the status these deleted events of the application are counted under (their
     counts stay in ``event_statistics``)."""
     await db.execute("DELETE FROM event_counted WHERE app_id = $1 AND event_id = ANY($2)", app_id, event_ids)
+
+
+async def forget_app(db: Db, app_id: str) -> None:
+    """Delete every count of the application: its pending changes (first: a fold under way holds
+    them, and this waits for it), its buckets, how its events were counted."""
+    for table in ("statistics_changes", "event_statistics", "event_counted"):
+        await db.execute(f"DELETE FROM {table} WHERE app_id = $1", app_id)

@@ -39,3 +39,8 @@ async def create_table(pool: asyncpg.Pool, schema: str, table: str) -> None:
         await conn.execute(f"SELECT pg_advisory_xact_lock(hashtextextended($1, {TABLE_CREATION}))", table)
         for statement in create_statements(schema, table):
             await conn.execute(statement)
+
+
+async def drop_table(db: asyncpg.Pool | asyncpg.Connection, schema: str, table: str) -> None:
+    """Drop a destination table (its application is deleted)."""
+    await db.execute(f"DROP TABLE IF EXISTS {quote_ident(schema)}.{quote_ident(table)}")
