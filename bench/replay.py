@@ -12,7 +12,9 @@ In each round, for `--seconds`:
 
 - **alone**: live sends, nothing else (the baseline);
 - **replay**: the same, while a replay of all of history's events (`force`: every delivery sent
-  again, two per event) runs; it is cancelled when the phase ends.
+  again, two per event) runs at the default pace; it is cancelled when the phase ends;
+- **replay, unthrottled** (the baseline: a replay without the throttle): the same with the
+  replay's `events_per_s` at 1,000,000.
 
 For each phase: live's accept -> stored latency (p50, p99, max), and in the replay phase the
 replay's pace (events/s) and the deliveries it sent. Every accepted live event must be stored:
@@ -128,12 +130,15 @@ async def bench(args: argparse.Namespace, processes: Processes) -> int:
                 "force": True,
             }
             for round_ in range(1, args.rounds + 1):
-                for phase_name in ("alone", "replay"):
-                    live = Run(phase_name, f"live_r{round_}_{phase_name}", args.live_rate)
+                for phase_name in ("alone", "replay", "replay, unthrottled"):
+                    tag = phase_name.replace(", ", "_")
+                    live = Run(phase_name, f"live_r{round_}_{tag}", args.live_rate)
                     phase = Phase(phase_name, live)
                     job_url = None
-                    if phase_name == "replay":
-                        made = await http.post("/api/applications/history/replay", json=span, headers=admin)
+                    if phase_name != "alone":
+                        pace = {"events_per_s": 1_000_000} if phase_name.endswith("unthrottled") else {}
+                        body = {**span, **pace}
+                        made = await http.post("/api/applications/history/replay", json=body, headers=admin)
                         assert made.status_code == 202, made.text
                         job_url = f"/api/applications/history/replays/{made.json()['data']['job_id']}"
                     await send_quiet(
@@ -180,14 +185,14 @@ def describe(phase: Phase) -> str:
 
 def report(phases: list[Phase]) -> None:
     print("\nmedians over the rounds:")
-    print(f"  {'phase':8} {'live p50 ms':>11} {'live p99 ms':>11} {'replay events/s':>15}")
+    print(f"  {'phase':20} {'live p50 ms':>11} {'live p99 ms':>11} {'replay events/s':>15}")
     for name in dict.fromkeys(p.name for p in phases):
         same = [p for p in phases if p.name == name]
         p50 = statistics.median(quantile(p.latencies, 0.5) for p in same) * 1000
         p99 = statistics.median(quantile(p.latencies, 0.99) for p in same) * 1000
         paces = [p.replay_pace for p in same if p.replay_pace is not None]
         pace = f"{statistics.median(paces):.0f}" if paces else "-"
-        print(f"  {name:8} {p50:11.0f} {p99:11.0f} {pace:>15}")
+        print(f"  {name:20} {p50:11.0f} {p99:11.0f} {pace:>15}")
 
 
 def main() -> None:
@@ -197,7 +202,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=20, help="length of each phase")
     parser.add_argument("--live-rate", type=float, default=50, help="live's single events per second")
-    parser.add_argument("--history", type=int, default=15_000, help="history's stored events")
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=200_000,
+        help="history's stored events (enough for an unthrottled phase)",
+    )
     parser.add_argument("--drain-timeout", type=float, default=120)
     parser.add_argument("--logs", type=Path, default=Path("/tmp/vdip-bench-logs"))
     args = parser.parse_args()

@@ -20,6 +20,7 @@ from gateway.routes import (
     applications,
     dashboard,
     deadletters,
+    deletions,
     events,
     health,
     ingest,
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tenancy.router)
     app.include_router(deadletters.router)
     app.include_router(replays.router)
+    app.include_router(deletions.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard", dashboard.PAGE, name="dashboard")
     app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")

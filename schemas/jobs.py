@@ -38,6 +38,12 @@ class ReplayRequest(BaseModel):
         max_length=100,
         description="Only these of the application's active rules (default: all of them).",
     )
+    events_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=1_000_000,
+        description="The most events a second it goes through (default: VDIP_REPLAY_EVENTS_PER_S).",
+    )
     force: bool = Field(
         default=False,
         description="Deliver again what was delivered (or failed) already, under the same delivery_id;"
@@ -59,7 +65,10 @@ class JobView(BaseModel):
     app_id: str
     kind: str
     state: JobState
-    params: dict[str, Any] = Field(description="What it was asked to do (a replay: its request).")
+    params: dict[str, Any] = Field(
+        description="What it was asked to do (a replay: its request; a subject's deletion: its path,"
+        " how many values, and whether they are suppressed)."
+    )
     total: int = Field(description="Events in its range (a deletion: stored) when the job was made.")
     scanned: int = Field(description="Events gone through (a deletion: deleted).")
     sent: int = Field(description="Deliveries sent.")
@@ -82,4 +91,6 @@ class JobView(BaseModel):
         if state == JobState.RUNNING and started is not None and scanned:
             elapsed = (values["updated_at"] - started).total_seconds()
             eta_s = max(0.0, (total - scanned) * elapsed / scanned) if elapsed > 0 else None
+        if isinstance(values["params"].get("values"), list):  # a subject's: never repeated
+            values["params"] = {**values["params"], "values": len(values["params"]["values"])}
         return cls(**values, percent=round(percent, 1), eta_s=eta_s)

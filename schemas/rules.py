@@ -1,11 +1,22 @@
 """Routing rules and the delivery messages the router produces for them."""
 
+import hashlib
 import re
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+import orjson
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    model_validator,
+)
 
 from schemas.events import AppId, DestinationType, EventEnvelope, JsonObject
 
@@ -105,11 +116,44 @@ class SavedRule(RoutingRule):
     )
 
 
+# Where a subject's value is: a path into the payload (``payload.user_id``, ``payload.user.email``).
+SUBJECT_PATH = r"^payload(\.[^.\s\x00-\x1f\x7f]{1,100}){1,10}$"
+# A subject's value: a string or a 64-bit integer, as ids are (JSON's other values are not ids).
+SubjectValue = (
+    Annotated[StrictStr, StringConstraints(min_length=1, max_length=1000, pattern=r"^[^\x00]*$")]
+    | Annotated[StrictInt, Field(ge=-(2**63), lt=2**63)]
+)
+
+
+def suppression_hash(path: str, value: SubjectValue) -> str:
+    """What is kept of a suppressed value: the SHA-256 of its path and its JSON."""
+    return hashlib.sha256(f"{path}\x00{orjson.dumps(value).decode()}".encode()).hexdigest()
+
+
+def value_at(event: EventEnvelope, path: str) -> Any:
+    """The value at ``path`` (``SUBJECT_PATH``) of the event; None when it has none."""
+    found: Any = {"payload": event.payload}
+    for key in path.split("."):
+        if not isinstance(found, dict):
+            return None
+        found = found.get(key)
+    return found
+
+
+class Suppression(BaseModel):
+    """Events whose value at ``path`` hashes (``suppression_hash``) to one of these are dropped."""
+
+    path: str
+    value_hashes: list[str]
+
+
 class AppRules(BaseModel):
-    """The value on the compacted ``routing-rules`` topic (key: app_id): all of an app's rules."""
+    """The value on the compacted ``routing-rules`` topic (key: app_id): all of an app's rules,
+    and the values it suppresses."""
 
     app_id: str
     rules: list[RoutingRule]
+    suppressions: list[Suppression] = Field(default_factory=list)
 
 
 class Delivery(BaseModel):

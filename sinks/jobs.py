@@ -1,6 +1,6 @@
 """The job runner, in the event store's process: it claims the oldest job whose lease is free
 (``vdip.store.jobs``), runs it (a replay: ``sinks.replay``; an application's deletion:
-``sinks.purge``) while holding its lease, and takes the
+``sinks.purge``; a subject's: ``sinks.deletions``) while holding its lease, and takes the
 next. A job whose runner was killed is taken up again from its cursor once its lease
 (``job_lease_s``) has run out; one whose runner stops (SIGTERM) is released at once.
 
@@ -19,6 +19,7 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from sinks.deletions import Eraser
 from sinks.purge import Purger
 from sinks.replay import Replayer
 from vdip.db import UNAVAILABLE, create_pool
@@ -72,6 +73,7 @@ async def keep_running(settings: Settings, stop: asyncio.Event) -> None:
     runs: dict[str, Run] = {
         "replay": Replayer(pool, producer, settings).run,
         "purge": Purger(pool, producer, settings).run,
+        "deletion": Eraser(pool, settings).run,
     }
     try:
         while not stop.is_set():

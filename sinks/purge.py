@@ -39,6 +39,7 @@ from vdip.store import (
     quotas,
     rules,
     statistics,
+    suppressions,
     tables,
 )
 from vdip.topics import caught_up, delete_topics, end_offsets
@@ -55,7 +56,10 @@ class Purger:
     async def run(self, job: Any, stop: asyncio.Event) -> str:
         """Purge the job's application; ``done``, or ``stopped`` when ``stop`` was set first."""
         app_id, job_id, settings = job["app_id"], job["job_id"], self.settings
-        if not await self.wait_in_flight(job, stop):
+        made = job["created_at"].timestamp()
+        if await pause(stop, made + settings.app_cache_ttl_s - time.time()):  # the gateways forgot it
+            return "stopped"
+        if not await drained(settings, stop, app_id):
             return "stopped"
         while not stop.is_set():
             async with self.pool.acquire() as conn, conn.transaction():
@@ -91,6 +95,7 @@ class Purger:
             await events.delete_claims_of_app(conn, app_id)
             await statistics.forget_app(conn, app_id)
             await owners.release_all(conn, app_id)
+            await suppressions.delete_of_app(conn, app_id)
             await audit.forget_app(conn, app_id)
             await quotas.forget_bucket(conn, app_id)
             await jobs.delete_others_of_app(conn, app_id, job_id)
@@ -102,34 +107,33 @@ class Purger:
     async def publish(self, topic: str, key: bytes, value: bytes | None) -> None:
         await (await self.producer.send(topic, value, key=key))
 
-    async def wait_in_flight(self, job: Any, stop: asyncio.Event) -> bool:
-        """Until what was accepted for the application before its deletion has gone through the
-        pipeline (see the module's doc); False when ``stop`` came first."""
-        settings = self.settings
-        made = job["created_at"].timestamp()
-        if await _pause(stop, made + settings.app_cache_ttl_s - time.time()):
-            return False
-        workers = [("events", settings.worker_id), ("events.bulk", settings.bulk_worker_id)]
-        sinks = [
-            ("events.routed", settings.sink_group_id),
-            ("events.routed.bulk", f"{settings.sink_group_id}.bulk"),
-            ("deliveries.table", settings.table_sink_group_id),
-            ("deliveries.webhook", settings.webhook_group_id),
-        ]
-        for stage in (workers, sinks):  # the workers first: what they write is in the sinks' marks
-            marks = [(group, await end_offsets(settings, settings.topic(topic))) for topic, group in stage]
-            deadline = time.monotonic() + settings.purge_drain_timeout_s
-            for group, mark in marks:
-                while not await caught_up(settings, group, mark):
-                    if time.monotonic() > deadline:
-                        log.warning("purging %s: %s is behind; purging all the same", job["app_id"], group)
-                        break
-                    if await _pause(stop, 0.5):
-                        return False
-        return True
+
+async def drained(settings: Settings, stop: asyncio.Event, app_id: str) -> bool:
+    """Until the pipeline has gone through what Kafka holds now: the workers past the ends of
+    ``events`` and ``events.bulk`` as they are, then the sinks past the ends of what the workers
+    wrote (``purge_drain_timeout_s`` at most for each stage, then it says so in the log and goes
+    on); False when ``stop`` came first."""
+    workers = [("events", settings.worker_id), ("events.bulk", settings.bulk_worker_id)]
+    sinks = [
+        ("events.routed", settings.sink_group_id),
+        ("events.routed.bulk", f"{settings.sink_group_id}.bulk"),
+        ("deliveries.table", settings.table_sink_group_id),
+        ("deliveries.webhook", settings.webhook_group_id),
+    ]
+    for stage in (workers, sinks):  # the workers first: what they write is in the sinks' marks
+        marks = [(group, await end_offsets(settings, settings.topic(topic))) for topic, group in stage]
+        deadline = time.monotonic() + settings.purge_drain_timeout_s
+        for group, mark in marks:
+            while not await caught_up(settings, group, mark):
+                if time.monotonic() > deadline:
+                    log.warning("a job of %s: %s is behind; it goes on all the same", app_id, group)
+                    break
+                if await pause(stop, 0.5):
+                    return False
+    return True
 
 
-async def _pause(stop: asyncio.Event, seconds: float) -> bool:
+async def pause(stop: asyncio.Event, seconds: float) -> bool:
     """Wait ``seconds`` (if positive); whether ``stop`` was set."""
     if seconds > 0:
         with contextlib.suppress(TimeoutError):

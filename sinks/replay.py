@@ -1,7 +1,8 @@
 """Replays: an application's stored events received in a range routed again through its active
 rules, as a job (``vdip.jobs`` runs it, ``vdip.store.jobs`` holds it).
 
-A batch at a time, oldest first (``replay_batch`` events, no more than ``replay_events_per_s``):
+A batch at a time, oldest first (``replay_batch`` events, no more than the job's ``events_per_s``,
+``replay_events_per_s`` by default):
 
 1. the events after the job's cursor are read, and routed with the application's rules as they
    are now (``rule_ids``: only those) by the router's own pure function;
@@ -128,7 +129,8 @@ class Replayer:
         (``cancelled``) or ``stop`` is set (``stopped``)."""
         params = ReplayRequest.model_validate(job["params"])
         cursor = (job["cursor_at"], job["cursor_id"]) if job["cursor_at"] is not None else None
-        rate, size = self.settings.replay_events_per_s, self.settings.replay_batch
+        rate = params.events_per_s or self.settings.replay_events_per_s
+        size = self.settings.replay_batch
         while not stop.is_set():
             began = time.monotonic()
             rows = await events.page_in_range(

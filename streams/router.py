@@ -43,7 +43,14 @@ from schemas import EventEnvelope
 from schemas.records import batch_records
 from schemas.rules import RoutingRule
 from streams.claims import Claims, Verdict, Version, version_of
-from streams.routing import Routing, conflicting, parse_record, route_event, routing_failed
+from streams.routing import (
+    Routing,
+    conflicting,
+    parse_record,
+    route_event,
+    routing_failed,
+    suppressed_event,
+)
 from streams.rulebook import RuleBook
 from vdip import metrics
 from vdip.logs import event_context
@@ -125,7 +132,7 @@ class Router:
             routings = self.route_all(parsed, now)
         judged = iter(zip(versions, verdicts, strict=True))
         outputs: list[Output] = []
-        counts = {"routed": 0, "invalid": 0, "failed": 0, "duplicate": 0, "conflict": 0}
+        counts = {"routed": 0, "invalid": 0, "failed": 0, "duplicate": 0, "conflict": 0, "suppressed": 0}
         routed: list[Output] = []
         for record, record_routings in zip(batch, routings, strict=True):
             values: list[bytes] = []
@@ -167,10 +174,14 @@ class Router:
         self, parsed: list[list[tuple[int | None, EventEnvelope | Routing]]], now: datetime
     ) -> list[list[Routing]]:
         """Each parsed record's events routed (what is not an envelope stays as it is)."""
-        rules_for = self.rulebook.rules_for
+        rules_for, suppresses = self.rulebook.rules_for, self.rulebook.suppresses
         return [
             [
-                item if isinstance(item, Routing) else route_event(item, rules_for, now, index)
+                item
+                if isinstance(item, Routing)
+                else suppressed_event(item, index)
+                if suppresses(item)
+                else route_event(item, rules_for, now, index)
                 for index, item in items
             ]
             for items in parsed
@@ -181,6 +192,8 @@ class Router:
         """An event's routing as its claim lets it through (the first version, or an identical
         copy, counted as a duplicate), or its dead letter when another version claimed it first."""
         assert routing.event is not None
+        if routing.outcome == "suppressed":  # nothing of it goes anywhere, not even a dead letter
+            return routing
         if verdict.outcome == "conflict":
             return conflicting(routing.event, verdict.first, version.content_hash, routing.index)
         if verdict.outcome == "identical" and routing.outcome == "routed":

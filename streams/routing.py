@@ -22,7 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 from schemas import EventEnvelope, EventStatus, RoutedEvent, RoutingSummary
 from schemas.events import envelope_json
 from schemas.records import Invalid, parse_batch
-from schemas.rules import AppRules, RoutingRule
+from schemas.rules import AppRules, RoutingRule, Suppression, suppression_hash, value_at
 from streams.conditions import Document, Matcher, compile_matcher
 
 DELIVERY_NAMESPACE = uuid.UUID("0f5a3c52-8d3e-4b7a-a1c2-6a9e57e0b4d1")
@@ -52,9 +52,33 @@ def compile_rules(rules: list[RoutingRule]) -> list[CompiledRule]:
     return [compile_rule(rule) for rule in active]
 
 
-def parse_app_rules(value: bytes | None) -> list[RoutingRule]:
-    """The rules in a routing-rules record; a tombstone (None) means none."""
-    return [] if value is None else AppRules.model_validate_json(value).rules
+def parse_app_rules(value: bytes | None) -> AppRules | None:
+    """The rule set in a routing-rules record; a tombstone (None) means none."""
+    return None if value is None else AppRules.model_validate_json(value)
+
+
+# The values an application suppresses: the hashes of each path's (``schemas.rules.Suppression``).
+Suppressed = dict[str, frozenset[str]]
+
+
+def suppressed_by(suppressions: list[Suppression]) -> Suppressed:
+    found: dict[str, set[str]] = {}
+    for each in suppressions:
+        found.setdefault(each.path, set()).update(each.value_hashes)
+    return {path: frozenset(hashes) for path, hashes in found.items()}
+
+
+def is_suppressed(event: EventEnvelope, suppressed: Suppressed) -> bool:
+    """Whether the event's value at one of the paths is one the application suppresses."""
+    for path, hashes in suppressed.items():
+        value = value_at(event, path)
+        if (
+            isinstance(value, str | int)
+            and not isinstance(value, bool)
+            and suppression_hash(path, value) in hashes
+        ):
+            return True
+    return False
 
 
 def as_document(event_json: str | bytes) -> dict[str, Any]:
@@ -76,7 +100,8 @@ class Routing:
     """What routing one event (or what should have been one) gave: the records to send."""
 
     # "routed", "invalid" (not an envelope), "failed" (routing raised), "conflict" (another
-    # version of the event was claimed first: dead-lettered only)
+    # version of the event was claimed first: dead-lettered only), "suppressed" (a value its
+    # application suppresses: nothing is sent)
     outcome: str
     event: EventEnvelope | None = None
     routed: bytes | None = None  # the value for events.routed
@@ -84,6 +109,11 @@ class Routing:
     rejection: tuple[str, str] | None = None  # (stage, reason): dead-lettered to events.dlq
     index: int | None = None  # its position in a batch record; None: the record is this event
     value: bytes | None = None  # what to dead-letter, for an event of a batch record
+
+
+def suppressed_event(event: EventEnvelope, index: int | None) -> Routing:
+    """An event the application suppresses: neither routed nor stored."""
+    return Routing("suppressed", event, index=index)
 
 
 def route_record(value: bytes | None, rules_for: RulesFor, now: datetime | None = None) -> list[Routing]:

@@ -20,7 +20,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from streams.routing import CompiledRule, compile_rules, parse_app_rules
+from schemas import EventEnvelope
+from streams.routing import (
+    CompiledRule,
+    Suppressed,
+    compile_rules,
+    is_suppressed,
+    parse_app_rules,
+    suppressed_by,
+)
 from vdip import metrics
 from vdip.kafka import client_options
 from vdip.settings import Settings
@@ -38,6 +46,7 @@ class RuleBook:
         self.settings = settings  # how to reach Kafka
         self.topic = topic
         self._rules: dict[str, list[CompiledRule]] = {}
+        self._suppressed: dict[str, Suppressed] = {}
         self._unreadable: set[str] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions: list[TopicPartition] = []
@@ -51,17 +60,23 @@ class RuleBook:
             raise RulesUnreadable(f"the published rules of {app_id} cannot be read")
         return self._rules.get(app_id, [])
 
+    def suppresses(self, event: EventEnvelope) -> bool:
+        """Whether the event carries a value its application suppresses."""
+        suppressed = self._suppressed.get(event.app_id)
+        return suppressed is not None and is_suppressed(event, suppressed)
+
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         """Take one record of the topic: a rule set, or a tombstone (no rules left)."""
         if key is None:
             return
         app_id = key.decode(errors="replace")
         try:
-            rules = parse_app_rules(value or None)
+            rule_set = parse_app_rules(value or None)
         except ValidationError as exc:
             log.error("the rules of %s cannot be read; its events are dead-lettered: %s", app_id, exc)
             self._unreadable.add(app_id)
             return
+        rules = rule_set.rules if rule_set else []
         # A rule belongs to one application for good: delivery ids and table rows (keyed by event
         # id and rule id) are unique per application only because no rule routes another's events.
         foreign = sorted({rule.app_id for rule in rules} - {app_id})
@@ -73,6 +88,7 @@ class RuleBook:
             return
         self._unreadable.discard(app_id)
         self._rules[app_id] = compile_rules(rules)
+        self._suppressed[app_id] = suppressed_by(rule_set.suppressions if rule_set else [])
         newest = max((rule.updated_at for rule in rules), default=None)
         metrics.RULES_VERSION.labels(app_id).set(newest.timestamp() if newest else 0)
         log.info("rules of %s: %d active", app_id, len(self._rules[app_id]))

@@ -12,8 +12,6 @@ whole topic.
 """
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, TypeAlias
@@ -24,7 +22,7 @@ from aiokafka.errors import KafkaTimeoutError
 from pydantic import ValidationError
 
 from schemas import EventEnvelope
-from vdip.kafka import client_options
+from vdip.kafka import plain_consumer
 from vdip.settings import Settings
 from vdip.topics import DeadLetterReason, partitions_of
 
@@ -73,16 +71,6 @@ def event_in(value: bytes | None, app_id: str) -> EventEnvelope:
     return event
 
 
-@asynccontextmanager
-async def _consumer(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
-    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        yield consumer
-    finally:
-        await consumer.stop()
-
-
 async def _read(consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, stop: int) -> list[Record]:
     """The records of ``tp`` from ``start`` up to ``stop`` (below the partition's end)."""
     consumer.assign([tp])
@@ -126,7 +114,7 @@ async def newest(settings: Settings, which: Filter, limit: int) -> list[Record]:
     topic = settings.topic("events.dlq")
     partitions = await partitions_of(settings, topic)
     found: list[Record] = []
-    async with _consumer(settings) as consumer:
+    async with plain_consumer(settings) as consumer:
         for tp, (low, high) in (await _bounds(consumer, partitions, which.since, which.until)).items():
             kept: list[Record] = []
             while high > low and len(kept) < limit:
@@ -144,7 +132,7 @@ async def selected(settings: Settings, which: Filter) -> list[Record]:
     topic = settings.topic("events.dlq")
     partitions = await partitions_of(settings, topic)
     found: list[Record] = []
-    async with _consumer(settings) as consumer:
+    async with plain_consumer(settings) as consumer:
         for tp, (low, high) in (await _bounds(consumer, partitions, which.since, which.until)).items():
             for begin in range(low, high, CHUNK):
                 found += [
@@ -163,7 +151,7 @@ async def at_offsets(
     partitions = {tp.partition: tp for tp in await partitions_of(settings, topic)}
     found: dict[tuple[int, int], Record] = {}
     which = Filter(app_id)
-    async with _consumer(settings) as consumer:
+    async with plain_consumer(settings) as consumer:
         present = [partitions[p] for p in {p for p, _ in wanted} if p in partitions]
         if not present:
             return found

@@ -5,11 +5,15 @@ the worker's faust app with ``broker_credentials(settings)``: both say the same 
 client connects differently from the others.
 """
 
+import asyncio
 import functools
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.helpers import create_ssl_context
 
 from vdip.settings import Settings
@@ -75,3 +79,18 @@ def broker_credentials(settings: Settings) -> Any:
         mechanism=settings.kafka_sasl_mechanism,
         ssl_context=ssl_context(settings),
     )
+
+
+@asynccontextmanager
+async def plain_consumer(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer outside any group (partitions assigned and offsets looked up by hand), started,
+    and stopped at the end. It lets the loop run once after its start: aiokafka's group-less
+    coordinator starts a task there, and stopped before that task first ran, its ``close()``
+    raises ``CancelledError`` (aiokafka 0.14), a request's 500."""
+    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await asyncio.sleep(0)
+        yield consumer
+    finally:
+        await consumer.stop()

@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from schemas.rules import RoutingRule, RuleFields
+from schemas.rules import RuleFields
 from vdip.db import UNAVAILABLE
 from vdip.errors import BrokerUnavailable, DestinationOwned
 from vdip.settings import Settings
@@ -34,13 +34,14 @@ log = logging.getLogger(__name__)
 # BrokerUnavailable otherwise (the gateway's EventProducer.publish).
 Publish = Callable[[str, bytes, bytes | None], Awaitable[None]]
 UNPUBLISHED: tuple[type[BaseException], ...] = (BrokerUnavailable, *UNAVAILABLE)
-R = TypeVar("R", bound=RoutingRule)
+R = TypeVar("R")
 
 
 async def publish_rules(conn: asyncpg.Connection, publish: Publish, settings: Settings, app_id: str) -> None:
-    """Publish the application's rule set as ``conn`` sees it (none left: a tombstone)."""
+    """Publish the application's rule set as ``conn`` sees it (no rule and no suppression left: a
+    tombstone)."""
     snapshot = await store.snapshot(conn, app_id)
-    value = snapshot.model_dump_json().encode() if snapshot.rules else None
+    value = snapshot.model_dump_json().encode() if snapshot.rules or snapshot.suppressions else None
     await publish(settings.topic("routing-rules"), app_id.encode(), value)
 
 
@@ -119,7 +120,8 @@ async def write_rules(
     change: Callable[[asyncpg.Connection], Awaitable[R | None]],
 ) -> R | None:
     """Apply ``change`` (None: nothing to change, nothing published) and publish the application's
-    rules, in one transaction (see the module's doc)."""
+    rule set, in one transaction (see the module's doc): a rule's change, or any change to what
+    is published with the rules (its suppressions, its deletion)."""
     try:
         async with pool.acquire() as conn, conn.transaction():
             await store.lock_app(conn, app_id)

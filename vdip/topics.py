@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
@@ -27,7 +27,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from vdip.errors import TopicError
-from vdip.kafka import client_options
+from vdip.kafka import client_options, plain_consumer
 from vdip.settings import Settings
 
 
@@ -241,12 +241,8 @@ async def partitions_of(settings: Settings, *topics: str) -> list[TopicPartition
 async def end_offsets(settings: Settings, *topics: str) -> dict[TopicPartition, int]:
     """Where each partition of ``topics`` ends now."""
     partitions = await partitions_of(settings, *topics)
-    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
-    await consumer.start()
-    try:
+    async with plain_consumer(settings) as consumer:
         ends = await consumer.end_offsets(partitions)
-    finally:
-        await consumer.stop()
     return {tp: int(end) for tp, end in ends.items()}
 
 
@@ -280,15 +276,12 @@ async def group_lag(settings: Settings, group: str, topic: str) -> int | None:
     has committed nothing there, or Kafka did not answer)."""
     partitions = await partitions_of(settings, topic)
     admin = AIOKafkaAdminClient(**client_options(settings))
-    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
     await admin.start()
-    await consumer.start()
     try:
         committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
-        ends = await consumer.end_offsets(partitions)
     finally:
-        await consumer.stop()
         await admin.close()
+    ends = await end_offsets(settings, topic)
     done: dict[TopicPartition, int] = {
         tp: meta.offset for tp, meta in committed.items() if meta is not None and meta.offset >= 0
     }
@@ -308,10 +301,8 @@ async def read_to_end(
     partitions = await partitions_of(settings, topic)
     if not partitions:
         return []
-    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
-    await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []
-    try:
+    async with plain_consumer(settings) as consumer:
         consumer.assign(partitions)
         ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
         starts: dict[TopicPartition, int] = await consumer.beginning_offsets(partitions)
@@ -325,8 +316,6 @@ async def read_to_end(
             for tp, found in (await consumer.getmany(*left, timeout_ms=500)).items():
                 records.extend(r for r in found if r.offset < ends[tp])
             left = [tp for tp in left if await consumer.position(tp) < ends[tp]]
-    finally:
-        await consumer.stop()
     return records
 
 

@@ -5,6 +5,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
+import asyncpg
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -26,7 +27,7 @@ from schemas.events import AppId
 from schemas.jobs import JobView
 from vdip.applications import Application
 from vdip.origins import MAX_ORIGINS, normalize_origin
-from vdip.rulesets import publish_rules
+from vdip.rulesets import write_rules
 from vdip.settings import Settings
 from vdip.store import applications as apps
 from vdip.store import audit, events, jobs, keys, rules
@@ -173,17 +174,14 @@ async def delete(
         if await apps.get_application(pool, app_id) is None:
             raise _not_found(app_id)
         total = await events.count_of_app(pool, app_id)
-        try:
-            async with pool.acquire() as conn, conn.transaction():
-                await rules.lock_app(conn, app_id)
-                await rules.delete_rules_of_app(conn, app_id)
-                await publish_rules(conn, producer.publish, settings, app_id)
-                await keys.delete_keys_of_app(conn, app_id)
-                await apps.set_active(conn, app_id, False)
-                job = await jobs.create(conn, uuid.uuid4(), app_id, "purge", {}, total)
-        except BaseException:
-            republisher.schedule(app_id)  # a publish that timed out may land later
-            raise
+
+        async def stop_everything(conn: asyncpg.Connection) -> asyncpg.Record:
+            await rules.delete_rules_of_app(conn, app_id)
+            await keys.delete_keys_of_app(conn, app_id)
+            await apps.set_active(conn, app_id, False)
+            return await jobs.create(conn, uuid.uuid4(), app_id, "purge", {}, total)
+
+        job = await write_rules(pool, producer.publish, republisher, settings, app_id, stop_everything)
     cache.forget(app_id)
     return SuccessResponse(message="Application being deleted", data=JobView.of(job))
 

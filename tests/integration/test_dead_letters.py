@@ -161,3 +161,20 @@ async def test_dead_letters_sent_back_are_routed_with_todays_rules_and_stored(
     }
     now = datetime.now(UTC)
     assert await check_statistics(pool, app.app_id, now - timedelta(hours=2), now + timedelta(hours=1)) == []
+
+
+async def test_positions_on_partitions_that_do_not_exist_are_not_found(
+    pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey
+) -> None:
+    """No consumer reads anything here: it is stopped right after its start (aiokafka's close then
+    raised CancelledError, a 500), a few times over."""
+    records = [{"partition": 30568, "offset": 65}, {"partition": 2**31 - 2, "offset": 3254}]
+    url = f"/api/dead-letters/app/{app.app_id}/resend"
+    for _ in range(5):
+        answer = await client.post(url, json={"records": records}, headers=app.headers)
+        assert answer.status_code == 200, answer.text
+        outcomes = answer.json()["data"]["records"]
+        assert [(o["partition"], o["outcome"]) for o in outcomes] == [
+            (30568, "not_found"),
+            (2**31 - 2, "not_found"),
+        ]

@@ -59,6 +59,8 @@ NEEDS: dict[tuple[str, str], Scope | None] = {
     ("GET", "/api/applications/{app_id}/replays/{job_id}"): Scope.READ,
     ("POST", "/api/applications/{app_id}/replays/{job_id}/cancel"): Scope.MANAGE,
     ("GET", "/api/jobs/{job_id}"): None,
+    ("POST", "/api/applications/{app_id}/deletions"): Scope.MANAGE,
+    ("GET", "/api/applications/{app_id}/deletions/{job_id}"): Scope.READ,
     ("GET", "/api/destinations/app/{app_id}"): Scope.READ,
     ("GET", "/api/audit/app/{app_id}"): Scope.READ,
     ("PUT", "/api/destinations/{destination_type}/{name}/owner"): None,
@@ -86,6 +88,8 @@ ALLOWED: dict[tuple[str, str], int] = {
     ("GET", "/api/applications/{app_id}/replays/{job_id}"): 404,
     ("POST", "/api/applications/{app_id}/replays/{job_id}/cancel"): 404,
     ("GET", "/api/jobs/{job_id}"): 404,
+    ("POST", "/api/applications/{app_id}/deletions"): 202,
+    ("GET", "/api/applications/{app_id}/deletions/{job_id}"): 404,
     ("DELETE", "/api/applications/{app_id}"): 202,
     ("POST", "/api/applications"): 201,
 }
@@ -165,6 +169,7 @@ async def call(
         ("PUT", "/api/routing-rules/{rule_id}"): rule(app.app_id),
         ("POST", "/api/routing-rules/{rule_id}/redeliver"): {"since": "2026-01-01T00:00:00Z"},
         ("POST", "/api/dead-letters/app/{app_id}/resend"): {"since": "2026-01-01T00:00:00Z"},
+        ("POST", "/api/applications/{app_id}/deletions"): {"path": "payload.user_id", "values": ["x"]},
         ("POST", "/api/applications/{app_id}/replay"): {
             "start": "2026-01-01T00:00:00Z",
             "end": "2026-01-01T00:00:01Z",

@@ -10,13 +10,15 @@ from pydantic import ValidationError
 
 from schemas import EventEnvelope, EventStatus, RoutedEvent
 from schemas.records import rejection_reason
-from schemas.rules import AppRules, Delivery, RoutingRule
+from schemas.rules import AppRules, Delivery, RoutingRule, Suppression, suppression_hash
 from streams.routing import (
     CompiledRule,
     compile_rules,
+    is_suppressed,
     parse_app_rules,
     parse_envelope,
     route_record,
+    suppressed_by,
 )
 from streams.rulebook import RuleBook, RulesUnreadable
 from vdip.settings import Settings
@@ -143,9 +145,43 @@ def test_seed_spellings_of_destination_settings() -> None:
 
 def test_rule_sets_round_trip_through_the_topic_format() -> None:
     rules = [rule(1, condition={"a": 1}), rule(2)]
-    value = AppRules(app_id="shop", rules=rules).model_dump_json().encode()
-    assert parse_app_rules(value) == rules
-    assert parse_app_rules(None) == []
+    suppressions = [Suppression(path="payload.user", value_hashes=[suppression_hash("payload.user", "u1")])]
+    rule_set = AppRules(app_id="shop", rules=rules, suppressions=suppressions)
+    assert parse_app_rules(rule_set.model_dump_json().encode()) == rule_set
+    assert parse_app_rules(b'{"app_id": "shop", "rules": []}') == AppRules(app_id="shop", rules=[])
+    assert parse_app_rules(None) is None
+
+
+def test_a_suppressed_value_is_found_by_its_hash_at_its_path_only() -> None:
+    def event(payload: dict[str, Any]) -> EventEnvelope:
+        return EventEnvelope(
+            event_id=uuid.uuid4(),
+            app_id="shop",
+            event_type="t",
+            payload=payload,
+            received_at=datetime.now(UTC),
+        )
+
+    by = suppressed_by(
+        [
+            Suppression(path="payload.user.id", value_hashes=[suppression_hash("payload.user.id", "u1")]),
+            Suppression(path="payload.n", value_hashes=[suppression_hash("payload.n", 7)]),
+        ]
+    )
+    assert is_suppressed(event({"user": {"id": "u1"}}), by)
+    assert is_suppressed(event({"n": 7, "user": "x"}), by)
+    for kept in (
+        {"user": {"id": "u2"}},
+        {"id": "u1"},
+        {"user": "u1"},
+        {"n": "7"},
+        {"n": 7.5},
+        {"n": True},
+        {},
+    ):
+        assert not is_suppressed(event(kept), by), kept
+    assert suppression_hash("payload.n", 7) != suppression_hash("payload.m", 7)
+    assert suppression_hash("payload.n", 7) != suppression_hash("payload.n", "7")
 
 
 def test_an_event_is_routed_as_normalised_by_its_schema() -> None:

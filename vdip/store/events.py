@@ -274,6 +274,34 @@ async def delete_claims_of_app(db: Db, app_id: str) -> None:
     await db.execute("DELETE FROM event_claims WHERE app_id = $1", app_id)
 
 
+async def delete_batch_matching(
+    conn: asyncpg.Connection, app_id: str, path: list[str], values: list[object], batch: int
+) -> list[uuid.UUID]:
+    """Delete at most ``batch`` of the application's events whose payload has one of ``values``
+    at ``path`` (its keys); their ids."""
+    rows = await conn.fetch(
+        """DELETE FROM data_events WHERE app_id = $1 AND event_id IN (
+               SELECT event_id FROM data_events WHERE app_id = $1 AND payload #> $2::text[] = ANY($3::jsonb[])
+               LIMIT $4 FOR UPDATE SKIP LOCKED)
+           RETURNING event_id""",
+        app_id,
+        path,
+        values,
+        batch,
+    )
+    return [r["event_id"] for r in rows]
+
+
+async def count_matching(db: Db, app_id: str, path: list[str], values: list[object]) -> int:
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM data_events WHERE app_id = $1 AND payload #> $2::text[] = ANY($3::jsonb[])",
+        app_id,
+        path,
+        values,
+    )
+    return count
+
+
 async def count_of_app(db: Db, app_id: str) -> int:
     count: int = await db.fetchval("SELECT count(*) FROM data_events WHERE app_id = $1", app_id)
     return count

@@ -120,15 +120,19 @@ async def hold(db: Db, job_id: uuid.UUID, lease_s: float) -> str:
     return state
 
 
-async def finish(db: Db, job_id: uuid.UUID, state: str, error: str | None = None) -> None:
-    """A running job ended: ``done`` or ``failed`` (with ``error``)."""
+async def finish(
+    db: Db, job_id: uuid.UUID, state: str, error: str | None = None, params: dict[str, Any] | None = None
+) -> None:
+    """A running job ended: ``done`` or ``failed`` (with ``error``); ``params``: what it keeps of
+    what it was asked (None: all)."""
     await db.execute(
         """UPDATE jobs SET state = $2, error = $3, claimed_until = NULL, finished_at = now(),
-                  updated_at = now()
+                  updated_at = now(), params = coalesce($4, params)
            WHERE job_id = $1 AND state = 'running'""",
         job_id,
         state,
         error,
+        params,
     )
 
 

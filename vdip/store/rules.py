@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from schemas.rules import AppRules, RoutingRule, RuleFields, SavedRule
+from vdip.store import suppressions
 from vdip.store.locks import RULE_WRITES
 
 _COLUMNS = """rule_id, app_id, rule_name, event_type_filter, condition, destination_type,
@@ -88,7 +89,9 @@ async def lock_app(conn: asyncpg.Connection, app_id: str) -> None:
 
 
 async def snapshot(conn: asyncpg.Connection, app_id: str) -> AppRules:
-    return AppRules(app_id=app_id, rules=await list_rules(conn, app_id, include_inactive=True))
+    """The application's rule set as it is published: every rule, and what it suppresses."""
+    rules = await list_rules(conn, app_id, include_inactive=True)
+    return AppRules(app_id=app_id, rules=rules, suppressions=await suppressions.of_app(conn, app_id))
 
 
 def _settable(fields: RuleFields) -> tuple[Any, ...]:

@@ -6,6 +6,8 @@ identifiers here all the same. Their rows are written together with their outcom
 ``deliveries``, by one statement: ``store.deliveries.table_rows_statement``.
 """
 
+import uuid
+
 import asyncpg
 
 from vdip.store.locks import TABLE_CREATION
@@ -39,6 +41,17 @@ async def create_table(pool: asyncpg.Pool, schema: str, table: str) -> None:
         await conn.execute(f"SELECT pg_advisory_xact_lock(hashtextextended($1, {TABLE_CREATION}))", table)
         for statement in create_statements(schema, table):
             await conn.execute(statement)
+
+
+async def delete_rows_of_events(
+    db: asyncpg.Pool | asyncpg.Connection, schema: str, table: str, app_id: str, event_ids: list[uuid.UUID]
+) -> None:
+    """Delete the rows of these events of the application from a destination table."""
+    await db.execute(
+        f"DELETE FROM {quote_ident(schema)}.{quote_ident(table)} WHERE app_id = $1 AND event_id = ANY($2)",
+        app_id,
+        event_ids,
+    )
 
 
 async def drop_table(db: asyncpg.Pool | asyncpg.Connection, schema: str, table: str) -> None:
