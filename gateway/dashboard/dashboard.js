@@ -113,10 +113,16 @@ function progress(job) {
   return td;
 }
 
-async function loadReplays() {
-  const jobs = await api(`/api/applications/${encodeURIComponent(session.appId)}/replays?limit=10`);
-  fill($("#replays tbody"), jobs, (j) =>
-    [cell(when(j.created_at)), cell(`${when(j.params.start)} – ${when(j.params.end)}`),
+function what(job) {
+  if (job.kind === "replay") return `replay ${when(job.params.start)} – ${when(job.params.end)}`;
+  if (job.kind === "deletion") return `deletion of ${job.params.values} value(s) at ${job.params.path}`;
+  return job.kind;
+}
+
+async function loadJobs() {
+  const jobs = await api(`/api/applications/${encodeURIComponent(session.appId)}/jobs?limit=10`);
+  fill($("#jobs tbody"), jobs, (j) =>
+    [cell(when(j.created_at)), cell(what(j)),
      cell(j.state, `status-${j.state === "done" ? "processed" : j.state === "failed" ? "failed" : "pending"}`),
      progress(j), cell(j.sent), cell(j.skipped), cell(j.eta_s === null ? "" : `${Math.ceil(j.eta_s)} s`)]);
 }
@@ -142,7 +148,7 @@ async function open() {
   every(3000, loadStatistics);
   every(5000, loadRules);
   every(10000, loadDeadLetters);
-  every(2000, loadReplays);
+  every(2000, loadJobs);
 }
 
 function signOut() {

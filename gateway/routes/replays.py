@@ -2,7 +2,7 @@
 rules, run by the event store's process: ``sinks.replay``), where each stands, its cancellation;
 and any job by its id, for the admin (an application's deletion: ``sinks.purge``)."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Query
@@ -49,16 +49,21 @@ async def start_replay(body: ReplayRequest, caller: AppManager, pool: PoolDep) -
 
 
 @router.get(
-    "/api/applications/{app_id}/replays",
-    summary="The application's replays, newest first",
+    "/api/applications/{app_id}/jobs",
+    summary="The application's jobs (replays, subjects' deletions), newest first",
     responses=scoped("read", 401, 404, 422, 503),
 )
-async def list_replays(
-    caller: AppReader, pool: PoolDep, limit: Annotated[int, Query(ge=1, le=100)] = 20
+async def list_jobs(
+    caller: AppReader,
+    pool: PoolDep,
+    kind: Annotated[
+        Literal["replay", "deletion"] | None, Query(description="Only jobs of this kind.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> SuccessResponse[list[JobView]]:
     assert caller.application is not None
-    rows = await jobs.of_app(pool, caller.application.app_id, "replay", limit)
-    return SuccessResponse(message=f"{len(rows)} replays", data=[JobView.of(row) for row in rows])
+    rows = await jobs.of_app(pool, caller.application.app_id, kind, limit)
+    return SuccessResponse(message=f"{len(rows)} jobs", data=[JobView.of(row) for row in rows])
 
 
 @router.get(

@@ -79,11 +79,18 @@ async def test_dashboard_shows_events_as_they_arrive(
     span = {"start": "2026-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z"}
     replay = await client.post(f"/api/applications/{app.app_id}/replay", json=span, headers=app.headers)
     assert replay.status_code == 202, replay.text
-    replays = page.locator("#replays tbody tr")
-    await expect(replays).to_have_count(1, timeout=10_000)
-    await expect(replays.first).to_contain_text("done", timeout=20_000)
-    await expect(replays.first).to_contain_text("100% (5 of 5)")
-    await expect(replays.first.locator("progress")).to_have_attribute("value", "100")
+    jobs = page.locator("#jobs tbody tr")
+    await expect(jobs).to_have_count(1, timeout=10_000)
+    await expect(jobs.first).to_contain_text("replay")
+    await expect(jobs.first).to_contain_text("done", timeout=20_000)
+    await expect(jobs.first).to_contain_text("100% (5 of 5)")
+    await expect(jobs.first.locator("progress")).to_have_attribute("value", "100")
+    deletion = {"path": "payload.total", "values": [1000]}  # no event has it
+    made = await client.post(f"/api/applications/{app.app_id}/deletions", json=deletion, headers=app.headers)
+    assert made.status_code == 202, made.text
+    await expect(jobs).to_have_count(2, timeout=10_000)
+    await expect(jobs.first).to_contain_text("deletion of 1 value(s) at payload.total")
+    await expect(jobs.first).to_contain_text("done", timeout=30_000)
 
     await page.locator("#events tbody tr", has_text=sent[-1]).click()
     await expect(page.locator("#detail")).to_be_visible()

@@ -55,7 +55,7 @@ NEEDS: dict[tuple[str, str], Scope | None] = {
     ("GET", "/api/dead-letters/app/{app_id}"): Scope.READ,
     ("POST", "/api/dead-letters/app/{app_id}/resend"): Scope.MANAGE,
     ("POST", "/api/applications/{app_id}/replay"): Scope.MANAGE,
-    ("GET", "/api/applications/{app_id}/replays"): Scope.READ,
+    ("GET", "/api/applications/{app_id}/jobs"): Scope.READ,
     ("GET", "/api/applications/{app_id}/replays/{job_id}"): Scope.READ,
     ("POST", "/api/applications/{app_id}/replays/{job_id}/cancel"): Scope.MANAGE,
     ("GET", "/api/jobs/{job_id}"): None,

@@ -135,7 +135,7 @@ async def test_a_rule_added_after_1000_events_then_a_replay_gives_exactly_the_mi
     assert len(await read_to_end(pipeline.settings, topic)) == 1000
     now = datetime.now(UTC)
     assert await check(pool, app.app_id, now - timedelta(hours=2), now + timedelta(hours=1)) == []
-    listed = (await client.get(f"/api/applications/{app.app_id}/replays", headers=app.headers)).json()
+    listed = (await client.get(f"/api/applications/{app.app_id}/jobs", headers=app.headers)).json()
     assert [j["job_id"] for j in listed["data"]] == [forced["job_id"], again["job_id"], done["job_id"]]
     assert forced["params"]["rule_ids"] == [late] and forced["params"]["force"] is True
 

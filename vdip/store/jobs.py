@@ -41,10 +41,11 @@ async def get(db: Db, app_id: str, job_id: uuid.UUID) -> asyncpg.Record | None:
     return row
 
 
-async def of_app(db: Db, app_id: str, kind: str, limit: int) -> list[asyncpg.Record]:
-    """The application's jobs of ``kind``, newest first."""
+async def of_app(db: Db, app_id: str, kind: str | None, limit: int) -> list[asyncpg.Record]:
+    """The application's jobs (of ``kind``; None: all), newest first."""
     rows: list[asyncpg.Record] = await db.fetch(
-        f"SELECT {COLUMNS} FROM jobs WHERE app_id = $1 AND kind = $2 ORDER BY created_at DESC LIMIT $3",
+        f"""SELECT {COLUMNS} FROM jobs WHERE app_id = $1 AND ($2::text IS NULL OR kind = $2)
+            ORDER BY created_at DESC LIMIT $3""",
         app_id,
         kind,
         limit,
