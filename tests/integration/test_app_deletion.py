@@ -116,3 +116,36 @@ async def test_a_deleted_application_leaves_no_row_behind(
     kept = await client.get(f"/api/events/app/{other.app_id}", headers=other.headers)
     assert len(kept.json()["data"]["events"]) == 10
     pipeline.assert_alive()
+
+
+async def test_a_deletion_whose_process_is_killed_goes_on_after_its_restart(
+    pipeline: Pipeline, client: httpx.AsyncClient, admin: dict[str, str], pool: asyncpg.Pool
+) -> None:
+    app = await new_application(client, admin, "killed midway")
+    table = f"doomed_{uuid.uuid4().hex[:8]}"
+    body = rule_body(
+        app, destination_type="database_table", destination_config={"table": table}, condition={}
+    )
+    made = await client.post("/api/routing-rules", json=body, headers=app.headers)
+    assert made.status_code == 201, made.text
+    await rule_applied(pipeline, made.json()["data"])
+    await ingest(client, app, 200)
+    await stored(pool, app, 200)
+    answer = await client.delete(f"/api/applications/{app.app_id}", headers=admin)
+    assert answer.status_code == 202, answer.text
+    url = f"/api/jobs/{answer.json()['data']['job_id']}"
+
+    async def running() -> bool:
+        return bool((await client.get(url, headers=admin)).json()["data"]["state"] == "running")
+
+    await wait_until(running, 30, interval=0.05, message="the deletion claimed")
+    pipeline.sink.kill()  # the job runner is in the event store's process
+    pipeline.sink.start()
+
+    async def purged() -> bool:
+        return bool((await client.get(url, headers=admin)).json()["data"]["state"] == "done")
+
+    await wait_until(purged, 120, message="the deletion done after the restart")
+    assert await rows_of(pool, app.app_id) == {"jobs": 1}
+    assert await pool.fetchval("SELECT to_regclass($1)", f"vdip_tables.{table}") is None
+    pipeline.assert_alive()
