@@ -7,13 +7,19 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from gateway.conflicts import ConflictCheck
 from gateway.cors import IngestCorsMiddleware
 from gateway.deps import ApplicationCache, refuse_unknown_query_parameters
 from gateway.errors import install_error_handlers
 from gateway.limits import Limits
-from gateway.middleware import BodySizeLimitMiddleware, CorrelationIdMiddleware, IngestMetricsMiddleware
+from gateway.middleware import (
+    BodySizeLimitMiddleware,
+    CorrelationIdMiddleware,
+    DashboardHeadersMiddleware,
+    IngestMetricsMiddleware,
+)
 from gateway.producer import EventProducer
 from gateway.quotas import Quotas
 from gateway.routes import (
@@ -25,6 +31,7 @@ from gateway.routes import (
     health,
     ingest,
     keys,
+    overview,
     replays,
     rules,
     statistics,
@@ -61,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.producer.stop()
             await app.state.pool.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc with Swagger UI's and Redoc's files served from here
         title="Versatile Data Ingestion Platform",
         summary="Ingest JSON events over HTTP, route them, store them and count them.",
         version="0.1.0",
@@ -73,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(CorrelationIdMiddleware)  # the 413 above carries the id too
     app.add_middleware(IngestMetricsMiddleware)  # counts the 413 too
+    app.add_middleware(DashboardHeadersMiddleware)
     app.add_middleware(IngestCorsMiddleware)  # outermost: every answer to a browser gets its headers
     install_error_handlers(app)
     app.include_router(ingest.router)  # first: routes are matched in order, ingest is the hot path
@@ -86,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(deadletters.router)
     app.include_router(replays.router)
     app.include_router(deletions.router)
+    app.include_router(overview.router)
     app.include_router(dashboard.router)
     app.mount("/dashboard", dashboard.PAGE, name="dashboard")
     app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")

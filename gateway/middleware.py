@@ -1,4 +1,5 @@
-"""ASGI middleware: the request body size limit, the correlation id of each request, ingest metrics.
+"""ASGI middleware: the request body size limit, the correlation id of each request, ingest
+metrics, the dashboard's security headers.
 
 The correlation id (``X-Correlation-ID``, or a new one) lives in a context variable for the
 request's task only (``vdip.logs.correlation_id``), is echoed in the response, and is in every log
@@ -121,3 +122,38 @@ class IngestMetricsMiddleware:
             await send(message)
 
         await self.app(scope, receive, counting_send)
+
+
+# What the dashboard's pages may do: their own scripts, styles, images and API calls, nothing
+# inline, nothing from elsewhere, never framed.
+DASHBOARD_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
+        " base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-cache",
+}
+
+
+class DashboardHeadersMiddleware:
+    """Every answer under ``/dashboard`` carries ``DASHBOARD_HEADERS``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/dashboard"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in DASHBOARD_HEADERS.items():
+                    headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -42,7 +42,7 @@ from vdip.store import (
     suppressions,
     tables,
 )
-from vdip.topics import caught_up, delete_topics, end_offsets
+from vdip.topics import caught_up, consumers, delete_topics, end_offsets
 
 log = logging.getLogger(__name__)
 
@@ -113,15 +113,11 @@ async def drained(settings: Settings, stop: asyncio.Event, app_id: str) -> bool:
     ``events`` and ``events.bulk`` as they are, then the sinks past the ends of what the workers
     wrote (``purge_drain_timeout_s`` at most for each stage, then it says so in the log and goes
     on); False when ``stop`` came first."""
-    workers = [("events", settings.worker_id), ("events.bulk", settings.bulk_worker_id)]
-    sinks = [
-        ("events.routed", settings.sink_group_id),
-        ("events.routed.bulk", f"{settings.sink_group_id}.bulk"),
-        ("deliveries.table", settings.table_sink_group_id),
-        ("deliveries.webhook", settings.webhook_group_id),
-    ]
+    groups = consumers(settings)
+    workers = groups.pop("worker") + groups.pop("bulk-worker")
+    sinks = [pair for each in groups.values() for pair in each]
     for stage in (workers, sinks):  # the workers first: what they write is in the sinks' marks
-        marks = [(group, await end_offsets(settings, settings.topic(topic))) for topic, group in stage]
+        marks = [(group, await end_offsets(settings, settings.topic(topic))) for group, topic in stage]
         deadline = time.monotonic() + settings.purge_drain_timeout_s
         for group, mark in marks:
             while not await caught_up(settings, group, mark):

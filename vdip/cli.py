@@ -492,34 +492,14 @@ def cmd_supervise(settings: Settings, _: argparse.Namespace) -> int:
 def cmd_status(settings: Settings, _: argparse.Namespace) -> int:
     """Each process: pid, uptime, restarts, last exit, and its consumer group's lag."""
     from vdip import supervisor
-    from vdip.topics import group_lag
+    from vdip.topics import consumer_lags
 
     run_dir = _run_dir(settings)
     state = supervisor.read_state(run_dir)
-    inputs = {  # each process's (consumer group, topic)s
-        "worker": [(settings.worker_id, "events")],
-        "bulk-worker": [(settings.bulk_worker_id, "events.bulk")],
-        "sink": [
-            (settings.sink_group_id, "events.routed"),
-            (f"{settings.sink_group_id}.bulk", "events.routed.bulk"),
-        ],
-        "table-sink": [(settings.table_sink_group_id, "deliveries.table")],
-        "webhooks": [(settings.webhook_group_id, "deliveries.webhook")],
-    }
-
-    async def lags() -> dict[str, int | None]:
-        found: dict[str, int | None] = {}
-        for name, pairs in inputs.items():
-            each: list[int | None] = []
-            try:
-                for group, topic in pairs:
-                    each.append(await asyncio.wait_for(group_lag(settings, group, settings.topic(topic)), 10))
-            except Exception:  # Kafka down or the topic missing: no figure
-                each.append(None)
-            found[name] = None if None in each else sum(lag or 0 for lag in each)
-        return found
-
-    lag_of = asyncio.run(lags())
+    by_process: dict[str, list[int | None]] = {}
+    for process, _group, _topic, lag in asyncio.run(consumer_lags(settings)):
+        by_process.setdefault(process, []).append(lag)
+    lag_of = {p: None if None in lags else sum(lag or 0 for lag in lags) for p, lags in by_process.items()}
     supervised = stack.read_pid(run_dir / "supervisor.pid") is not None
     print(f"supervisor: {'running' if supervised else 'not running (vdip up starts it)'}")
     print(f"{'process':<11} {'pid':>8} {'uptime':>9} {'restarts':>8} {'lag':>8}  last exit")

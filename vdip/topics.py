@@ -271,6 +271,36 @@ async def delete_topics(settings: Settings, names: list[str]) -> None:
         await admin.close()
 
 
+def consumers(settings: Settings) -> dict[str, list[tuple[str, str]]]:
+    """Each process's (consumer group, topic it reads, short name), in the pipeline's order: the
+    workers, then the sinks."""
+    return {
+        "worker": [(settings.worker_id, "events")],
+        "bulk-worker": [(settings.bulk_worker_id, "events.bulk")],
+        "sink": [
+            (settings.sink_group_id, "events.routed"),
+            (f"{settings.sink_group_id}.bulk", "events.routed.bulk"),
+        ],
+        "table-sink": [(settings.table_sink_group_id, "deliveries.table")],
+        "webhooks": [(settings.webhook_group_id, "deliveries.webhook")],
+    }
+
+
+async def consumer_lags(settings: Settings, timeout_s: float = 10) -> list[tuple[str, str, str, int | None]]:
+    """(process, group, topic, lag) of each of ``consumers``; lag None when Kafka gave no figure
+    (down, the topic missing, nothing committed yet) within ``timeout_s``."""
+
+    async def lag(group: str, topic: str) -> int | None:
+        try:
+            return await asyncio.wait_for(group_lag(settings, group, settings.topic(topic)), timeout_s)
+        except Exception:  # no figure, whatever the reason: the caller shows none
+            return None
+
+    pairs = [(name, group, topic) for name, each in consumers(settings).items() for group, topic in each]
+    found = await asyncio.gather(*(lag(group, topic) for _, group, topic in pairs))
+    return [(*pair, value) for pair, value in zip(pairs, found, strict=True)]
+
+
 async def group_lag(settings: Settings, group: str, topic: str) -> int | None:
     """How many records of ``topic`` the consumer group has not committed yet (None: the group
     has committed nothing there, or Kafka did not answer)."""

@@ -59,6 +59,8 @@ NEEDS: dict[tuple[str, str], Scope | None] = {
     ("GET", "/api/applications/{app_id}/replays/{job_id}"): Scope.READ,
     ("POST", "/api/applications/{app_id}/replays/{job_id}/cancel"): Scope.MANAGE,
     ("GET", "/api/jobs/{job_id}"): None,
+    ("GET", "/api/overview"): None,
+    ("GET", "/api/webhooks/app/{app_id}"): Scope.READ,
     ("POST", "/api/applications/{app_id}/deletions"): Scope.MANAGE,
     ("GET", "/api/applications/{app_id}/deletions/{job_id}"): Scope.READ,
     ("GET", "/api/destinations/app/{app_id}"): Scope.READ,

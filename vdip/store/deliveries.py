@@ -344,3 +344,34 @@ async def delete_of_events(db: Db, app_id: str, event_ids: list[uuid.UUID]) -> N
 async def delete_all_of_app(db: Db, app_id: str) -> None:
     """Delete what is left of the application's deliveries (their events are gone)."""
     await db.execute("DELETE FROM deliveries WHERE app_id = $1", app_id)
+
+
+# ------------------------------------------------------------------------------ endpoint health
+
+
+async def webhook_outcomes(db: Db, app_id: str, since: datetime) -> dict[int, asyncpg.Record]:
+    """For each of the application's webhook rules, its deliveries that ended since ``since``
+    (``delivered``, ``failed``), those under way (``under_way``), and when the last one ended."""
+    rows = await db.fetch(
+        """SELECT rule_id,
+                  count(*) FILTER (WHERE status = 'delivered' AND updated_at >= $2) AS delivered,
+                  count(*) FILTER (WHERE status = 'failed' AND updated_at >= $2) AS failed,
+                  count(*) FILTER (WHERE status IN ('pending', 'retrying')) AS under_way,
+                  max(updated_at) FILTER (WHERE status IN ('delivered', 'failed')) AS last_ended_at
+           FROM deliveries WHERE app_id = $1 AND destination_type = 'webhook'
+           GROUP BY rule_id""",
+        app_id,
+        since,
+    )
+    return {row["rule_id"]: row for row in rows}
+
+
+async def last_attempts(db: Db, rule_id: int, limit: int) -> list[asyncpg.Record]:
+    """The rule's deliveries most recently attempted (``COLUMNS``), newest first."""
+    rows: list[asyncpg.Record] = await db.fetch(
+        f"""SELECT {COLUMNS} FROM deliveries WHERE rule_id = $1 AND attempts > 0
+            ORDER BY updated_at DESC LIMIT $2""",
+        rule_id,
+        limit,
+    )
+    return rows

@@ -305,3 +305,39 @@ async def count_matching(db: Db, app_id: str, path: list[str], values: list[obje
 async def count_of_app(db: Db, app_id: str) -> int:
     count: int = await db.fetchval("SELECT count(*) FROM data_events WHERE app_id = $1", app_id)
     return count
+
+
+# ------------------------------------------------------------------------------ the admin overview
+
+
+async def recent_by_app(db: Db, since: datetime) -> list[asyncpg.Record]:
+    """Each application's events received since ``since`` (``recent``), their accept -> stored p99
+    (``p99_ms``), and when its last event was received (``last_at``); one index scan each."""
+    rows: list[asyncpg.Record] = await db.fetch(
+        """SELECT a.app_id, s.recent, s.p99_ms, l.last_at
+           FROM applications a
+           CROSS JOIN LATERAL (
+               SELECT count(*) AS recent,
+                      percentile_cont(0.99) WITHIN GROUP (
+                          ORDER BY extract(epoch FROM e.stored_at - e.received_at)) * 1000 AS p99_ms
+               FROM data_events e WHERE e.app_id = a.app_id AND e.received_at >= $1) s
+           CROSS JOIN LATERAL (
+               SELECT max(e.received_at) AS last_at FROM data_events e WHERE e.app_id = a.app_id) l
+           ORDER BY a.app_id""",
+        since,
+    )
+    return rows
+
+
+async def recent_latency(db: Db, since: datetime) -> tuple[int, float | None]:
+    """How many events of the applications were received since ``since``, and their accept ->
+    stored p99 in milliseconds (None: none)."""
+    row = await db.fetchrow(
+        """SELECT count(*) AS recent,
+                  percentile_cont(0.99) WITHIN GROUP (
+                      ORDER BY extract(epoch FROM e.stored_at - e.received_at)) * 1000 AS p99_ms
+           FROM applications a JOIN data_events e ON e.app_id = a.app_id AND e.received_at >= $1""",
+        since,
+    )
+    assert row is not None
+    return row["recent"], row["p99_ms"]

@@ -249,3 +249,14 @@ async def delete_rules_of_app(conn: asyncpg.Connection, app_id: str) -> int:
     )
     done: str = await conn.execute("DELETE FROM routing_rules WHERE app_id = $1", app_id)
     return int(done.split()[-1])
+
+
+async def failing_since(db: asyncpg.Pool | asyncpg.Connection, app_id: str) -> dict[int, Any]:
+    """Since when each of the application's webhook destinations fails without a success (None:
+    it does not)."""
+    rows = await db.fetch(
+        """SELECT rule_id, destination_failing_since FROM routing_rules
+           WHERE app_id = $1 AND destination_type = 'webhook'""",
+        app_id,
+    )
+    return {row["rule_id"]: row["destination_failing_since"] for row in rows}

@@ -174,3 +174,14 @@ async def forget_app(db: Db, app_id: str) -> None:
     them, and this waits for it), its buckets, how its events were counted."""
     for table in ("statistics_changes", "event_statistics", "event_counted"):
         await db.execute(f"DELETE FROM {table} WHERE app_id = $1", app_id)
+
+
+async def totals_by_app(db: Db, period: str) -> dict[str, tuple[int, int]]:
+    """Each application's pending and failed events, from its ``period`` buckets (every bucket:
+    any period counts every event once)."""
+    rows = await db.fetch(
+        """SELECT app_id, sum(pending_events)::bigint AS pending, sum(failed_events)::bigint AS failed
+           FROM event_statistics WHERE time_period = $1 GROUP BY app_id""",
+        period,
+    )
+    return {row["app_id"]: (row["pending"], row["failed"]) for row in rows}
