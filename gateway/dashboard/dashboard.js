@@ -356,8 +356,24 @@ async function redeliverFailed(ruleId) {
 
 async function loadDeadLetters() {
   const letters = await api(`/api/dead-letters/app/${encodeURIComponent(session.appId)}?limit=10`);
-  fill($("#dead-letters tbody"), letters, (d) =>
-    [cell(new Date(d.timestamp_ms).toLocaleString()), cell(d.stage), cell(d.error), cell(d.source)]);
+  fill($("#dead-letters tbody"), letters, (d) => {
+    const actions = cell("");
+    actions.append(button("send back", () => resendDeadLetter(d)));
+    return [cell(new Date(d.timestamp_ms).toLocaleString()), cell(d.stage), cell(d.error), cell(d.source), actions];
+  });
+}
+
+// Sends a dead letter back into events (POST .../resend) and says what became of it.
+async function resendDeadLetter(letter) {
+  try {
+    const done = await send("POST", `/api/dead-letters/app/${encodeURIComponent(session.appId)}/resend`,
+      { records: [{ partition: letter.partition, offset: letter.offset }] });
+    const [outcome] = done.records;
+    $("#dead-letters-message").textContent = `${letter.partition}@${letter.offset}: ${outcome.outcome}` +
+      (outcome.reason ? ` (${outcome.reason})` : "") + (outcome.event_id ? `, event ${outcome.event_id}` : "");
+  } catch (error) {
+    $("#dead-letters-message").textContent = error.message;
+  }
 }
 
 function progress(job) {

@@ -93,6 +93,9 @@ async def test_dashboard_shows_events_as_they_arrive(
         "3", timeout=15_000
     )  # totals 6, 9, 12
     await expect(page.locator("#dead-letters tbody")).to_contain_text("validation", timeout=20_000)
+    await page.locator("#dead-letters tbody tr", has_text="validation").locator("button").click()
+    # A read key may look, not act: the page says why.
+    await expect(page.locator("#dead-letters-message")).to_contain_text("does not have the 'manage' scope")
 
     span = {"start": "2026-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z"}
     replay = await client.post(f"/api/applications/{app.app_id}/replay", json=span, headers=app.headers)
@@ -281,7 +284,12 @@ async def test_a_rule_is_written_tested_edited_switched_off_and_deleted_in_the_p
 
 
 async def test_a_disabled_endpoint_is_shown_re_enabled_and_its_failed_deliveries_sent_again(
-    pipeline: Pipeline, client: httpx.AsyncClient, app: AppKey, browser: Browser, log_dir: Path
+    pipeline: Pipeline,
+    client: httpx.AsyncClient,
+    producer: AIOKafkaProducer,
+    app: AppKey,
+    browser: Browser,
+    log_dir: Path,
 ) -> None:
     gone = True
 
@@ -315,3 +323,10 @@ async def test_a_disabled_endpoint_is_shown_re_enabled_and_its_failed_deliveries
         await expect(page.locator("#endpoints-message")).to_contain_text("1 failed deliveries")
         await expect(card).to_contain_text("100 % delivered over 24 h: 1 delivered, 0 failed", timeout=30_000)
     assert len(receiver.requests) == 2
+
+    # A dead letter sent back from the page: it is not an event, and the page says so.
+    await producer.send_and_wait(pipeline.settings.topic("events"), b"{broken", key=app.app_id.encode())
+    letter = page.locator("#dead-letters tbody tr", has_text="validation")
+    await expect(letter).to_have_count(1, timeout=20_000)
+    await letter.locator("button", has_text="send back").click()
+    await expect(page.locator("#dead-letters-message")).to_contain_text(": invalid")
