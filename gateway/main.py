@@ -30,9 +30,9 @@ from gateway.routes import (
     events,
     health,
     ingest,
+    jobs,
     keys,
     overview,
-    replays,
     rules,
     statistics,
     tenancy,
@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(statistics.router)
     app.include_router(tenancy.router)
     app.include_router(deadletters.router)
-    app.include_router(replays.router)
+    app.include_router(jobs.router)
     app.include_router(deletions.router)
     app.include_router(overview.router)
     app.include_router(dashboard.router)

@@ -1,5 +1,5 @@
 """Replays: an application's stored events received in a range routed again through its active
-rules, as a job (``vdip.jobs`` runs it, ``vdip.store.jobs`` holds it).
+rules, as a job (``sinks.jobs`` runs it, ``vdip.store.jobs`` holds it).
 
 A batch at a time, oldest first (``replay_batch`` events, no more than the job's ``events_per_s``,
 ``replay_events_per_s`` by default):

@@ -1,6 +1,7 @@
-"""Jobs: replays (an application's stored events of a range routed again through its active
-rules, run by the event store's process: ``sinks.replay``), where each stands, its cancellation;
-and any job by its id, for the admin (an application's deletion: ``sinks.purge``)."""
+"""Jobs, which the event store's process runs (``sinks.jobs``): replays (an application's stored
+events of a range routed again through its active rules: ``sinks.replay``), made, followed and
+cancelled here; an application's jobs listed; any job by its id, for the admin (an application's
+deletion: ``sinks.purge``). A subject's deletion is made in ``gateway.routes.deletions``."""
 
 from typing import Annotated, Literal
 from uuid import UUID
@@ -12,10 +13,10 @@ from gateway.errors import ApiError
 from gateway.responses import errors, scoped
 from schemas import ErrorDetail, SuccessResponse
 from schemas.jobs import JobView, ReplayRequest
-from vdip import replays as replay
+from vdip import replays
 from vdip.store import audit, jobs
 
-router = APIRouter(tags=["replays"])
+router = APIRouter(tags=["jobs"])
 
 
 def _not_found(job_id: UUID) -> ApiError:
@@ -35,14 +36,14 @@ async def start_replay(body: ReplayRequest, caller: AppManager, pool: PoolDep) -
     Without ``force``, an (event, rule) delivered (or under way) already is not delivered again."""
     assert caller.application is not None
     app_id = caller.application.app_id
-    wrong = await replay.not_active(pool, app_id, body.rule_ids)
+    wrong = await replays.not_active(pool, app_id, body.rule_ids)
     if wrong:
         raise ApiError(
             422,
             "Only the application's active rules can be replayed",
             [ErrorDetail(field="body.rule_ids", reason=f"not an active rule of {app_id}: {wrong}")],
         )
-    job = await replay.create_job(pool, app_id, body)
+    job = await replays.create_job(pool, app_id, body)
     changes = body.model_dump(mode="json")
     await audit.record(pool, app_id, caller.actor, "replay.create", f"replay {job['job_id']}", changes)
     return SuccessResponse(message="Replay queued", data=JobView.of(job))
