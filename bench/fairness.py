@@ -21,7 +21,6 @@ Run: .venv/bin/python -m bench.fairness [--rounds 2] [--seconds 20]
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import sys
 import time
@@ -36,7 +35,7 @@ import aiohttp
 import asyncpg
 import httpx
 
-from bench.common import Processes, apply_own_topics, delete_topics, drop_database, wait_ready
+from bench.common import Processes, apply_own_topics, exit_code, tear_down, wait_ready
 from bench.pipeline import (
     PROCESSES,
     Run,
@@ -198,17 +197,9 @@ async def bench(args: argparse.Namespace, processes: Processes) -> int:
                     print(f"round {round_}: {describe(phase)}", flush=True)
                     check_alive(processes)
     finally:
-        processes.stop_all()
-        shutil.rmtree(settings.worker_datadir.parent, ignore_errors=True)
-        if pool is not None:
-            await pool.close()
-        await drop_database(base.database_url, database)
-        await delete_topics(settings.kafka_bootstrap, settings.topic_prefix)
+        await tear_down(processes, settings, base, database, pool)
     report(phases)
-    if lost:
-        print(f"LOST: {len(lost)} accepted events were not stored, e.g. {lost[:5]}")
-        return 1
-    return 0
+    return exit_code(lost)
 
 
 def describe(phase: Phase) -> str:
