@@ -5,7 +5,6 @@ waiting for the gateway, and the topics of a run's prefix.
 
 import asyncio
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -193,19 +192,6 @@ async def delete_topics(bootstrap: str, prefix: str) -> list[str]:
         return names
     finally:
         await admin.close()
-
-
-async def tear_down(
-    processes: "Processes", settings: Settings, base: Settings, database: str, pool: asyncpg.Pool | None
-) -> None:
-    """The end of a run of its own: its processes stopped, its worker directory, database and
-    topics gone."""
-    processes.stop_all()
-    shutil.rmtree(settings.worker_datadir.parent, ignore_errors=True)
-    if pool is not None:
-        await pool.close()
-    await drop_database(base.database_url, database)
-    await delete_topics(settings.kafka_bootstrap, settings.topic_prefix)
 
 
 def exit_code(lost: list[str]) -> int:

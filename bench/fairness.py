@@ -24,7 +24,6 @@ import asyncio
 import statistics
 import sys
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,18 +34,16 @@ import aiohttp
 import asyncpg
 import httpx
 
-from bench.common import Processes, apply_own_topics, exit_code, tear_down, wait_ready
+from bench.common import Processes, exit_code
 from bench.pipeline import (
-    PROCESSES,
     Run,
     Sender,
     check_alive,
     create_rules,
-    own_settings,
+    own_pipeline,
     wait_rules_applied,
     wait_stored,
 )
-from vdip.db import create_pool, migrate_url
 from vdip.settings import Settings
 
 QUIET_TOPIC = "bench.quiet"
@@ -105,34 +102,17 @@ def quantile(values: list[float], q: float) -> float:
 
 
 async def bench(args: argparse.Namespace, processes: Processes) -> int:
-    run_id = uuid.uuid4().hex[:8]
-    name = f"bench-fairness-{run_id}"
-    base = Settings()
-    database = f"vdip_bench_{run_id}"
-    settings = own_settings(
-        base, name, database, ingest_capacity_events_per_s=args.capacity, app_quota_share=args.share
-    )
-    print(
-        f"run {run_id}: quota {settings.default_quota_events_per_s}/s per application by default", flush=True
-    )
-    conn = await asyncpg.connect(base.database_url)
-    await conn.execute(f'CREATE DATABASE "{database}"')
-    await conn.close()
     phases: list[Phase] = []
     lost: list[str] = []
-    pool = None
-    try:
-        await migrate_url(settings.database_url)
-        await apply_own_topics(settings)
-        pool = await create_pool(settings.database_url)
-        settings.worker_datadir.parent.mkdir(parents=True, exist_ok=True)
-        env = {**settings.as_environment(), "VDIP_LOG_LEVEL": "WARNING"}
-        for process in PROCESSES:
-            processes.vdip(process, env, args.logs / f"{name}-{process}.log")
-        base_url = f"http://127.0.0.1:{settings.gateway_port}"
-        await wait_ready(base_url, processes.started["gateway"], timeout=90)
-        assert settings.admin_token is not None
-        admin = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
+    async with own_pipeline(
+        "fairness",
+        processes,
+        args.logs,
+        ingest_capacity_events_per_s=args.capacity,
+        app_quota_share=args.share,
+    ) as own:
+        settings, pool, base_url, admin = own.settings, own.pool, own.base_url, own.admin
+        print(f"quota {settings.default_quota_events_per_s}/s per application by default", flush=True)
         connector = aiohttp.TCPConnector(limit=0)
         async with (
             httpx.AsyncClient(base_url=base_url, timeout=60) as http,
@@ -196,8 +176,6 @@ async def bench(args: argparse.Namespace, processes: Processes) -> int:
                     phases.append(phase)
                     print(f"round {round_}: {describe(phase)}", flush=True)
                     check_alive(processes)
-    finally:
-        await tear_down(processes, settings, base, database, pool)
     report(phases)
     return exit_code(lost)
 

@@ -34,6 +34,8 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -361,6 +363,54 @@ def own_settings(base: Settings, name: str, database: str, **overrides: Any) -> 
             **overrides,
         }
     )
+
+
+@dataclass
+class OwnPipeline:
+    """A run's own pipeline, running: its settings, a pool on its database, its gateway."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    base_url: str
+    admin: dict[str, str]  # headers with its admin token
+
+
+@asynccontextmanager
+async def own_pipeline(
+    kind: str, processes: Processes, logs: Path, **overrides: Any
+) -> AsyncIterator[OwnPipeline]:
+    """The whole pipeline (``PROCESSES``) of a run of its own (``own_settings`` with ``overrides``):
+    its database made and migrated, its topics applied, its processes started (their logs in
+    ``logs``) and the gateway ready; at the end, its processes stopped and its worker directory,
+    database and topics gone."""
+    run_id = uuid.uuid4().hex[:8]
+    name, database, base = f"bench-{kind}-{run_id}", f"vdip_bench_{run_id}", Settings()
+    settings = own_settings(base, name, database, **overrides)
+    conn = await asyncpg.connect(base.database_url)
+    await conn.execute(f'CREATE DATABASE "{database}"')
+    await conn.close()
+    pool = None
+    try:
+        await migrate_url(settings.database_url)
+        await apply_own_topics(settings)
+        pool = await create_pool(settings.database_url)
+        settings.worker_datadir.parent.mkdir(parents=True, exist_ok=True)
+        env = {**settings.as_environment(), "VDIP_LOG_LEVEL": "WARNING"}
+        for process in PROCESSES:
+            processes.vdip(process, env, logs / f"{name}-{process}.log")
+        base_url = f"http://127.0.0.1:{settings.gateway_port}"
+        await wait_ready(base_url, processes.started["gateway"], timeout=90)
+        assert settings.admin_token is not None
+        admin = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
+        print(f"run {run_id}", flush=True)
+        yield OwnPipeline(settings, pool, base_url, admin)
+    finally:
+        processes.stop_all()
+        shutil.rmtree(settings.worker_datadir.parent, ignore_errors=True)
+        if pool is not None:
+            await pool.close()
+        await drop_database(base.database_url, database)
+        await delete_topics(settings.kafka_bootstrap, settings.topic_prefix)
 
 
 async def bench(args: argparse.Namespace, processes: Processes) -> int:

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import statistics
 import sys
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,11 +35,9 @@ import aiohttp
 import asyncpg
 import httpx
 
-from bench.common import Processes, apply_own_topics, exit_code, tear_down, wait_ready
+from bench.common import Processes, exit_code
 from bench.fairness import latencies, quantile, send_quiet
-from bench.pipeline import PROCESSES, Run, check_alive, own_settings, wait_rules_applied, wait_stored
-from vdip.db import create_pool, migrate_url
-from vdip.settings import Settings
+from bench.pipeline import Run, check_alive, own_pipeline, wait_rules_applied, wait_stored
 
 STORED = "SELECT event_id::text FROM data_events WHERE app_id = 'live' AND event_type = $1"
 
@@ -69,30 +66,11 @@ async def store_history(pool: asyncpg.Pool, count: int) -> None:
 
 
 async def bench(args: argparse.Namespace, processes: Processes) -> int:
-    run_id = uuid.uuid4().hex[:8]
-    name = f"bench-replay-{run_id}"
-    base = Settings()
-    database = f"vdip_bench_{run_id}"
-    settings = own_settings(base, name, database, ingest_capacity_events_per_s=1_000_000)
-    print(f"run {run_id}: replays at {settings.replay_events_per_s:.0f} events/s at most", flush=True)
-    conn = await asyncpg.connect(base.database_url)
-    await conn.execute(f'CREATE DATABASE "{database}"')
-    await conn.close()
     phases: list[Phase] = []
     lost: list[str] = []
-    pool = None
-    try:
-        await migrate_url(settings.database_url)
-        await apply_own_topics(settings)
-        pool = await create_pool(settings.database_url)
-        settings.worker_datadir.parent.mkdir(parents=True, exist_ok=True)
-        env = {**settings.as_environment(), "VDIP_LOG_LEVEL": "WARNING"}
-        for process in PROCESSES:
-            processes.vdip(process, env, args.logs / f"{name}-{process}.log")
-        base_url = f"http://127.0.0.1:{settings.gateway_port}"
-        await wait_ready(base_url, processes.started["gateway"], timeout=90)
-        assert settings.admin_token is not None
-        admin = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
+    async with own_pipeline("replay", processes, args.logs, ingest_capacity_events_per_s=1_000_000) as own:
+        settings, pool, base_url, admin = own.settings, own.pool, own.base_url, own.admin
+        print(f"replays at {settings.replay_events_per_s:.0f} events/s at most", flush=True)
         async with (
             httpx.AsyncClient(base_url=base_url, timeout=60) as http,
             aiohttp.ClientSession(
@@ -157,8 +135,6 @@ async def bench(args: argparse.Namespace, processes: Processes) -> int:
                     phases.append(phase)
                     print(f"round {round_}: {describe(phase)}", flush=True)
                     check_alive(processes)
-    finally:
-        await tear_down(processes, settings, base, database, pool)
     report(phases)
     return exit_code(lost)
 
