@@ -268,6 +268,19 @@ class Process:
     def log_tail(self) -> str:
         return stack.tail(self.log_path, 60)
 
+    def log_story(self, lines: int = 40) -> str:
+        """The log's last ``lines`` lines, without aiokafka's retries to reach a node that is down
+        (they crowd out what the process did meanwhile)."""
+        noise = ("Unable connect to", "NodeNotReadyError", "Group Coordinator Request failed")
+        if not self.log_path.exists():
+            return f"(no log at {self.log_path})"
+        kept = [
+            line
+            for line in self.log_path.read_text(errors="replace").splitlines()
+            if not any(n in line for n in noise)
+        ]
+        return "\n".join(kept[-lines:])
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

@@ -29,6 +29,7 @@ from tests.conftest import (
     wait_until,
 )
 from vdip import stack
+from vdip.kafka import client_options
 from vdip.settings import Settings
 from vdip.store.applications import create_application
 from vdip.topics import apply_topics, declared_topics
@@ -148,6 +149,17 @@ async def test_a_broker_killed_under_load_loses_no_acknowledged_event(
     )
 
 
+async def _coordinator(settings: Settings, group: str) -> int:
+    """The node id of ``group``'s coordinator."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        node: int = await admin.find_coordinator(group)
+        return node
+    finally:
+        await admin.close()
+
+
 async def _in_sync_everywhere(settings: Settings) -> bool:
     copies = await _in_sync(settings.kafka_bootstrap, settings.topic("events"))
     return bool(copies) and set(copies) == {3}
@@ -159,7 +171,10 @@ async def test_a_queue_topic_first_used_while_a_broker_is_down_is_made_and_deliv
     """One broker of three killed, then an event whose queue topic does not exist yet: the worker's
     metadata may still name the dead broker (faust asks it for the controller), so Kafka's first
     answers may be refusals of the moment. The router tries again until the topic exists: the
-    event is routed and delivered, never failed for it (counted refusals, if any, are in the log)."""
+    event is routed and delivered, never failed for it (counted refusals, if any, are in the log).
+    The broker killed is not the coordinator of the worker's group: a worker whose coordinator
+    dies is tested under load (tests/integration/test_faults.py: the single broker, or one of
+    three, killed)."""
     run = uuid.uuid4().hex[:6]
     own = on_cluster.model_copy(
         update={
@@ -200,7 +215,9 @@ async def test_a_queue_topic_first_used_while_a_broker_is_down_is_made_and_deliv
             return f'vdip_rules_version_seconds{{app_id="{app_id}"}}' in text
 
         await wait_until(rules_read, 90, interval=1, message="the worker routing with the rules")
-        await asyncio.to_thread(cluster.kill, 3)
+        coordinator = await _coordinator(own, own.worker_id)
+        victim = next(n for n in (3, 2, 1) if n != coordinator)
+        await asyncio.to_thread(cluster.kill, victim)
         event_json = event.model_dump_json().encode()
         await producer.send_and_wait(own.topic("events"), event_json, key=app_id.encode())
 
@@ -208,7 +225,13 @@ async def test_a_queue_topic_first_used_while_a_broker_is_down_is_made_and_deliv
             routed[:] = await read_to_end(own, "events.routed")
             return bool(routed)
 
-        await wait_until(routed_once, 90, interval=1, message="the event routed with a broker down")
+        try:
+            await wait_until(routed_once, 90, interval=1, message="the event routed with a broker down")
+        except AssertionError as exc:
+            alive = "runs" if worker.alive() else "exited"
+            raise AssertionError(
+                f"{exc} (node {victim} killed); the worker {alive}:\n{worker.log_story()}"
+            ) from None
     finally:
         worker.stop()
         await producer.stop()
