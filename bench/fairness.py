@@ -120,10 +120,7 @@ async def bench(args: argparse.Namespace, processes: Processes) -> int:
         ):
             keys = {}
             for app_id in ("quiet", "flood"):
-                made = await http.post(
-                    "/api/applications", json={"app_id": app_id, "name": app_id}, headers=admin
-                )
-                keys[app_id] = made.json()["data"]["api_key"]
+                keys[app_id] = await own.create_application(http, app_id)
             _, newest = await create_rules(http, admin, "flood")
             rule = {
                 "app_id": "quiet",

@@ -367,25 +367,46 @@ def own_settings(base: Settings, name: str, database: str, **overrides: Any) -> 
 
 @dataclass
 class OwnPipeline:
-    """A run's own pipeline, running: its settings, a pool on its database, its gateway."""
+    """A run's own pipeline, running: its name, settings, a pool on its database, its gateway."""
 
+    name: str  # bench-<kind>-<run id>: its topics' prefix, and the name of its processes' logs
     settings: Settings
     pool: asyncpg.Pool
     base_url: str
     admin: dict[str, str]  # headers with its admin token
 
+    async def create_application(self, http: httpx.AsyncClient, app_id: str) -> str:
+        """Make the application ``app_id`` (named the same) with the admin token; its API key."""
+        response = await http.post(
+            "/api/applications", json={"app_id": app_id, "name": app_id}, headers=self.admin
+        )
+        if response.status_code != 201:
+            raise RuntimeError(f"creating application {app_id}: {response.status_code} {response.text}")
+        key: str = response.json()["data"]["api_key"]
+        return key
+
 
 @asynccontextmanager
 async def own_pipeline(
-    kind: str, processes: Processes, logs: Path, **overrides: Any
+    kind: str,
+    processes: Processes,
+    logs: Path,
+    *,
+    log_level: str = "WARNING",
+    keep: bool = False,
+    **overrides: Any,
 ) -> AsyncIterator[OwnPipeline]:
     """The whole pipeline (``PROCESSES``) of a run of its own (``own_settings`` with ``overrides``):
     its database made and migrated, its topics applied, its processes started (their logs in
-    ``logs``) and the gateway ready; at the end, its processes stopped and its worker directory,
-    database and topics gone."""
+    ``logs``, at ``log_level``) and the gateway ready; at the end, its processes stopped, its worker
+    directory gone, and its database and topics too unless ``keep``."""
     run_id = uuid.uuid4().hex[:8]
     name, database, base = f"bench-{kind}-{run_id}", f"vdip_bench_{run_id}", Settings()
     settings = own_settings(base, name, database, **overrides)
+    print(
+        f"run {run_id}: topics {settings.topic_prefix}*, database {database}, logs in {logs}/{name}-*.log",
+        flush=True,
+    )
     conn = await asyncpg.connect(base.database_url)
     await conn.execute(f'CREATE DATABASE "{database}"')
     await conn.close()
@@ -395,62 +416,46 @@ async def own_pipeline(
         await apply_own_topics(settings)
         pool = await create_pool(settings.database_url)
         settings.worker_datadir.parent.mkdir(parents=True, exist_ok=True)
-        env = {**settings.as_environment(), "VDIP_LOG_LEVEL": "WARNING"}
+        env = process_env(settings, VDIP_LOG_LEVEL=log_level)
         for process in PROCESSES:
             processes.vdip(process, env, logs / f"{name}-{process}.log")
         base_url = f"http://127.0.0.1:{settings.gateway_port}"
         await wait_ready(base_url, processes.started["gateway"], timeout=90)
         assert settings.admin_token is not None
         admin = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
-        print(f"run {run_id}", flush=True)
-        yield OwnPipeline(settings, pool, base_url, admin)
+        yield OwnPipeline(name, settings, pool, base_url, admin)
     finally:
         processes.stop_all()
         shutil.rmtree(settings.worker_datadir.parent, ignore_errors=True)
         if pool is not None:
             await pool.close()
-        await drop_database(base.database_url, database)
-        await delete_topics(settings.kafka_bootstrap, settings.topic_prefix)
+        if keep:
+            print(f"kept database {database} and topics {settings.topic_prefix}*", flush=True)
+        else:
+            await drop_database(base.database_url, database)
+            deleted = await delete_topics(settings.kafka_bootstrap, settings.topic_prefix)
+            print(f"dropped database {database}, deleted {len(deleted)} topics", flush=True)
 
 
 async def bench(args: argparse.Namespace, processes: Processes) -> int:
-    run_id = uuid.uuid4().hex[:8]
-    name = f"bench-pipeline-{run_id}"
-    base = Settings()
-    database = f"vdip_bench_{run_id}"
-    # The default quotas would cap the saturation run.
-    settings = own_settings(base, name, database, ingest_capacity_events_per_s=10_000_000)
-    log_dir = Path(f"/tmp/{name}")
-    print(
-        f"run {run_id}: topics {settings.topic_prefix}*, database {database}, logs in {log_dir}/", flush=True
-    )
-    conn = await asyncpg.connect(base.database_url)
-    await conn.execute(f'CREATE DATABASE "{database}"')
-    await conn.close()
-    pool: asyncpg.Pool | None = None
     runs: list[Run] = []
-    try:
-        await migrate_url(settings.database_url)
-        await apply_own_topics(settings)
-        pool = await create_pool(settings.database_url)
-        env = process_env(settings, VDIP_LOG_LEVEL=args.log_level)
-        for process in PROCESSES:
-            processes.vdip(process, env, log_dir / f"{process}.log")
-        base_url = f"http://127.0.0.1:{settings.gateway_port}"
-        await wait_ready(base_url, processes.started["gateway"], timeout=90)
+    # The default quotas would cap the saturation run.
+    async with own_pipeline(
+        "pipeline",
+        processes,
+        Path("/tmp"),
+        log_level=args.log_level,
+        keep=args.keep,
+        ingest_capacity_events_per_s=10_000_000,
+    ) as own:
+        settings, pool, base_url, admin = own.settings, own.pool, own.base_url, own.admin
         connector = aiohttp.TCPConnector(limit=args.inflight)
         async with (
             httpx.AsyncClient(base_url=base_url, timeout=60) as http,
             aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as posting,
         ):
-            assert settings.admin_token is not None
-            admin = {"Authorization": f"Bearer {settings.admin_token.get_secret_value()}"}
-            response = await http.post(
-                "/api/applications", json={"app_id": name, "name": name}, headers=admin
-            )
-            if response.status_code != 201:
-                raise RuntimeError(f"creating the application: {response.status_code} {response.text}")
-            app_id, key = name, response.json()["data"]["api_key"]
+            app_id = own.name
+            key = await own.create_application(http, app_id)
             queue_rule, newest = await create_rules(http, admin, app_id)
             await wait_rules_applied(settings, app_id, newest, processes)
             sender = Sender(posting, base_url, app_id, key)
@@ -482,18 +487,7 @@ async def bench(args: argparse.Namespace, processes: Processes) -> int:
             for run in late:  # one more chance: the backlog of a capped wait may have drained since
                 await wait_stored(pool, app_id, run, args.drain_timeout, args.stall, processes)
                 await measure_stored(pool, app_id, run)
-        return report(runs, args)
-    finally:
-        processes.stop_all()
-        shutil.rmtree(settings.worker_datadir, ignore_errors=True)
-        if pool is not None:
-            await pool.close()
-        if not args.keep:
-            await drop_database(base.database_url, database)
-            deleted = await delete_topics(settings.kafka_bootstrap, settings.topic_prefix)
-            print(f"dropped database {database}, deleted {len(deleted)} topics", flush=True)
-        else:
-            print(f"kept database {database} and topics {settings.topic_prefix}*", flush=True)
+    return report(runs, args)
 
 
 # ------------------------------------------------------------------------------------ output

@@ -79,10 +79,7 @@ async def bench(args: argparse.Namespace, processes: Processes) -> int:
         ):
             keys = {}
             for app_id in ("live", "history"):
-                made = await http.post(
-                    "/api/applications", json={"app_id": app_id, "name": app_id}, headers=admin
-                )
-                keys[app_id] = made.json()["data"]["api_key"]
+                keys[app_id] = await own.create_application(http, app_id)
                 for kind, config in (
                     ("queue", {"topic": f"{app_id}.q"}),
                     ("database_table", {"table": app_id}),
