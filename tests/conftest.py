@@ -27,6 +27,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
@@ -437,6 +438,13 @@ def consumed(topic: str, value: bytes, offset: int = 0, key: bytes = b"k") -> Co
         serialized_value_size=len(value),
         headers=(),
     )
+
+
+def record_values(record: ConsumerRecord[bytes, bytes]) -> list[Any]:
+    """The values a record of ``events`` or ``events.routed`` carries: itself, or the values of a
+    batch record (a JSON array; ``schemas.records``)."""
+    value = orjson.loads(record.value)
+    return value if isinstance(value, list) else [value]
 
 
 async def consume_all(

@@ -11,7 +11,7 @@ from aiokafka.structs import ConsumerRecord
 
 from gateway.producer import EventProducer
 from schemas import EventEnvelope
-from tests.conftest import AppKey, Pipeline, consume_all, read_to_end, wait_until
+from tests.conftest import AppKey, Pipeline, consume_all, read_to_end, record_values, wait_until
 from vdip.settings import Settings
 
 
@@ -63,8 +63,7 @@ async def in_kafka_and_stored(
     in_kafka = []
     for record in await read_to_end(pipeline.settings, "events"):
         if record.key == app.app_id.encode():
-            value = orjson.loads(record.value)
-            in_kafka += [_id_of(e) for e in (value if isinstance(value, list) else [value])]
+            in_kafka += [_id_of(e) for e in record_values(record)]
     assert in_kafka[-1:] == [sentinel_id], in_kafka
     rows = await pool.fetch("SELECT event_id FROM data_events WHERE app_id = $1", app.app_id)
     return in_kafka[:-1], {r["event_id"] for r in rows} - {sentinel_id}
@@ -288,8 +287,7 @@ async def test_large_batches_take_the_bulk_lane_and_are_stored_and_counted(
             in_topic = []
             for record in await read_to_end(pipeline.settings, topic):
                 if record.key == app.app_id.encode():
-                    value = orjson.loads(record.value)
-                    in_topic += [of(e) for e in (value if isinstance(value, list) else [value])]
+                    in_topic += [of(e) for e in record_values(record)]
             assert in_topic == ids, topic
     assert await count_rows(pool, app.app_id) == len(everything)
     await wait_until(

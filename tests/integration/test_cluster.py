@@ -26,6 +26,7 @@ from tests.conftest import (
     _free_port,
     another_gateway,
     read_to_end,
+    record_values,
     wait_until,
 )
 from vdip import stack
@@ -132,8 +133,7 @@ async def test_a_broker_killed_under_load_loses_no_acknowledged_event(
     records = await read_to_end(on_cluster, "events")
     stored: set[str] = set()
     for record in records:
-        value = orjson.loads(record.value)
-        stored.update(item["event_id"] for item in (value if isinstance(value, list) else [value]))
+        stored.update(item["event_id"] for item in record_values(record))
     lost = acknowledged - stored
     assert not lost, f"{len(lost)} of {len(acknowledged)} acknowledged events are not in Kafka ({answers})"
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import asyncpg
 import httpx
-import orjson
 import pytest
 from aiokafka.errors import KafkaConnectionError
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
@@ -27,6 +26,7 @@ from tests.conftest import (
     _free_port,
     another_gateway,
     read_to_end,
+    record_values,
     start_private_kafka,
     wait_until,
 )
@@ -211,8 +211,7 @@ def _wrong_password(settings: Settings) -> Settings:
 def _event_ids(records: list[Any]) -> set[str]:
     found: set[str] = set()
     for record in records:
-        value = orjson.loads(record.value)
-        for item in value if isinstance(value, list) else [value]:
+        for item in record_values(record):
             found.add(item["event"]["event_id"] if "event" in item else item["event_id"])
     return found
 
